@@ -1,0 +1,56 @@
+"""`speech-lpo <stage>`: one subcommand per pipeline stage (DESIGN.md, What flows through it).
+
+Each stage module has a docstring (its first line is the help text), ``add_arguments(parser)`` and
+``main(args)``. Only the chosen stage's module is imported, so ``speech-lpo score`` does not pay for
+importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# stage name -> module; keep in pipeline order (it is the order `speech-lpo --help` shows)
+STAGES: dict[str, str] = {
+    "synth-corpus": "speech_lpo.synth_corpus",
+    "prepare": "speech_lpo.prepare",
+    "tokenize": "speech_lpo.tokenize_audio",
+    "build-model": "speech_lpo.build_model",
+    "sft": "speech_lpo.sft",
+    "generate": "speech_lpo.generate",
+    "make-pairs": "speech_lpo.make_pairs",
+    "ref-logps": "speech_lpo.ref_logps",
+    "train": "speech_lpo.train",
+    "decode": "speech_lpo.decode",
+    "synthesize": "speech_lpo.synthesize",
+    "score": "speech_lpo.score",
+    "mos": "speech_lpo.mos.cli",
+    "plot": "speech_lpo.plot",
+    "demo": "speech_lpo.demo",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="speech-lpo", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="stage", metavar="stage", required=True)
+    chosen = argv[0] if argv and argv[0] in STAGES else None
+    for name, module_name in STAGES.items():
+        if name != chosen:
+            sub.add_parser(name)  # listed in --help; its options are only built when it is chosen
+            continue
+        module = importlib.import_module(module_name)
+        stage_parser = sub.add_parser(
+            name,
+            description=module.__doc__,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        module.add_arguments(stage_parser)
+        stage_parser.set_defaults(func=module.main)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
