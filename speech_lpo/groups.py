@@ -80,6 +80,12 @@ def _check_ref(group: PreferenceGroup, where: str) -> None:
         raise GroupFormatError(f"{where}: group {group.id!r} has a NaN or infinite reference log-prob: {values}")
     if len(group.ref_rejected_logp or []) != group.k or len(group.ref_rejected_len or []) != group.k:
         raise GroupFormatError(f"{where}: group {group.id!r} has {group.k} rejected but ref values for another count")
+    lengths = [len(group.chosen_ids), *map(len, group.rejected_ids)]
+    if [group.ref_chosen_len, *group.ref_rejected_len] != lengths:
+        raise GroupFormatError(
+            f"{where}: group {group.id!r} reference log-probs were computed on other tokens "
+            f"(lengths {[group.ref_chosen_len, *group.ref_rejected_len]} vs {lengths})"
+        )
 
 
 def parse_group(line: str, where: str) -> PreferenceGroup:
