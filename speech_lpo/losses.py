@@ -56,7 +56,7 @@ def lpo_loss(
         )
     else:
         raise ValueError(f"unknown LPO variant {variant!r}; expected one of {LPO_VARIANTS}")
-    extras = {"positive_active": (x1 < 0).float().detach()}
+    extras = {"positive_active": (x1 < 0).to(x1.dtype).detach()}
     if variant == "dynamic":
         extras["r2"] = torch.as_tensor(r2).expand_as(x1).detach()
     return linear + positive, extras
@@ -88,7 +88,7 @@ def dpop_loss(x1: Tensor, x2: Tensor, *, beta: float = 0.1, lam: float = 50.0) -
     """DPO-Positive: DPO with a penalty inside the sigmoid when the chosen log-ratio falls below 0."""
     penalty = torch.relu(-x1)
     losses = -F.logsigmoid(beta * (x1 - x2 - lam * penalty))
-    return losses, {"positive_active": (x1 < 0).float().detach()}
+    return losses, {"positive_active": (x1 < 0).to(x1.dtype).detach()}
 
 
 LOSSES: dict[str, Callable[..., LossOutput]] = {

@@ -1,0 +1,220 @@
+"""The preference trainer: a transformers ``Trainer`` that trains LPO (or a baseline) on preference groups.
+
+Distribution, mixed precision, DeepSpeed/FSDP, checkpoints, resume and logging all come from the
+Trainer and accelerate; this class adds the group batches (speech_lpo.packing), the losses
+(speech_lpo.losses) and TRL-style metrics. Reference log-probs come precomputed with the groups
+(``speech-lpo ref-logps``), from a live reference model, or, for a LoRA model, from the base model
+with the adapter disabled.
+
+Logged metrics (averaged over the pairs of each logging window; a group of k rejected is k pairs):
+
+- ``rewards/chosen``, ``rewards/rejected``: beta times the log-ratios the loss saw (x1, x2), so they are
+  length-normalised exactly when the loss is (``length_normalise``); ``rewards/margins``,
+  ``rewards/accuracies`` (x1 > x2).
+- ``logps/chosen``, ``logps/rejected``: policy log-probs summed over the response tokens, as TRL logs them;
+  ``logps_per_token/chosen``, ``logps_per_token/rejected``: the same divided by the response length.
+- ``grad/x1``, ``grad/x2``: the mean derivative of the per-pair loss on x1 and x2; ``grad/ratio``:
+  mean |dL/dx2| / mean |dL/dx1| (r2/r1 for LPO-STE where the positive term is off).
+- ``positive_active``: fraction of pairs with x1 < 0 (the positive term of LPO and DPOP is on).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from speech_lpo.groups import PreferenceGroup
+from speech_lpo.losses import LOSSES, LPO_VARIANTS, NORMALISE, REFERENCE_FREE
+from speech_lpo.packing import collate_groups, response_logps
+
+
+@dataclass
+class PreferenceConfig(TrainingArguments):
+    """TrainingArguments plus the preference-loss settings (defaults: the paper's Table 9)."""
+
+    loss_type: str = field(default="lpo", metadata={"help": f"one of {sorted(LOSSES)}"})
+    beta: float = 0.2
+    r1: float = 1.0
+    r2: float = 1.0
+    gamma: float = field(default=10.0, metadata={"help": "LPO positive-term weight (the paper's lambda)"})
+    lpo_variant: str = field(default="ste", metadata={"help": f"one of {LPO_VARIANTS}"})
+    label_smoothing: float = 0.0
+    simpo_gamma_beta_ratio: float = 0.5
+    dpop_lambda: float = 50.0
+    length_normalise: bool | None = field(
+        default=None, metadata={"help": "divide log-ratios by response length; None: the loss's default"}
+    )
+    shared_prefix: bool = field(default=True, metadata={"help": "pack each group into one sequence"})
+    pad_token_id: int = 0
+    metrics_file: str | None = field(default=None, metadata={"help": "JSONL of logged metrics"})
+    remove_unused_columns: bool = False  # our examples are groups, not dicts of model inputs
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.loss_type not in LOSSES:
+            raise ValueError(f"unknown loss_type {self.loss_type!r}; expected one of {sorted(LOSSES)}")
+        if self.lpo_variant not in LPO_VARIANTS:
+            raise ValueError(f"unknown lpo_variant {self.lpo_variant!r}; expected one of {LPO_VARIANTS}")
+        if self.length_normalise is None:
+            self.length_normalise = NORMALISE[self.loss_type]
+
+    def loss_kwargs(self) -> dict:
+        return {
+            "lpo": {"beta": self.beta, "r1": self.r1, "r2": self.r2, "gamma": self.gamma, "variant": self.lpo_variant},
+            "dpo": {"beta": self.beta, "label_smoothing": self.label_smoothing},
+            "ipo": {"beta": self.beta},
+            "hinge": {"beta": self.beta},
+            "simpo": {"beta": self.beta, "gamma_beta_ratio": self.simpo_gamma_beta_ratio},
+            "dpop": {"beta": self.beta, "lam": self.dpop_lambda},
+        }[self.loss_type]
+
+
+class GroupDataset(torch.utils.data.Dataset):
+    def __init__(self, groups: Sequence[PreferenceGroup]):
+        self.groups = list(groups)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int) -> PreferenceGroup:
+        return self.groups[i]
+
+
+class MetricsJsonlCallback(TrainerCallback):
+    """Appends every log entry to a JSONL file; on resume, drops entries past the restored step."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.path.exists():
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= state.global_step
+            ]
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A NaN or infinite loss: training stops instead of silently continuing."""
+
+
+class PreferenceTrainer(Trainer):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        args: PreferenceConfig,
+        train_dataset: Sequence[PreferenceGroup],
+        eval_dataset: Sequence[PreferenceGroup] | None = None,
+        ref_model: torch.nn.Module | None = None,
+        **kwargs,
+    ):
+        callbacks = list(kwargs.pop("callbacks", []) or [])
+        if args.metrics_file:
+            callbacks.append(MetricsJsonlCallback(args.metrics_file))
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=GroupDataset(train_dataset),
+            eval_dataset=GroupDataset(eval_dataset) if eval_dataset is not None else None,
+            data_collator=lambda groups: collate_groups(groups, args.shared_prefix, args.pad_token_id),
+            callbacks=callbacks,
+            **kwargs,
+        )
+        # Our loss is a mean over pairs, not over labelled tokens: let the Trainer scale it for accumulation.
+        self.model_accepts_loss_kwargs = False
+        self.ref_model = ref_model
+        if ref_model is not None:
+            ref_model.eval().requires_grad_(False)
+            self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def _reference_logps(self, model: torch.nn.Module, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-pair reference log-probs (summed): stored with the groups, or computed now without grad."""
+        if "ref_chosen_logp" in inputs:
+            return inputs["ref_chosen_logp"], inputs["ref_rejected_logp"]
+        unwrapped = self.accelerator.unwrap_model(model)
+        if self.ref_model is not None:
+            ref, context = self.ref_model, contextlib.nullcontext()
+        elif hasattr(unwrapped, "disable_adapter"):  # peft: the base model is the reference
+            ref, context = model, unwrapped.disable_adapter()
+        else:
+            raise ValueError(
+                f"groups {inputs['group_ids'][:3]} have no reference log-probs: run `speech-lpo ref-logps` "
+                "first, or give the trainer a reference model"
+            )
+        with torch.no_grad(), context:
+            logps = response_logps(ref, inputs)
+        return logps[inputs["pair_chosen"]], logps[inputs["pair_rejected"]]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args: PreferenceConfig = self.args
+        logps = response_logps(model, inputs)
+        lengths = inputs["resp_len"].to(logps.dtype)
+        chosen, rejected = logps[inputs["pair_chosen"]], logps[inputs["pair_rejected"]]
+        len_c, len_r = lengths[inputs["pair_chosen"]], lengths[inputs["pair_rejected"]]
+
+        if args.loss_type in REFERENCE_FREE:
+            x1, x2 = chosen, rejected
+        else:
+            ref_c, ref_r = self._reference_logps(model, inputs)
+            x1, x2 = chosen - ref_c, rejected - ref_r
+        if args.length_normalise:
+            x1, x2 = x1 / len_c, x2 / len_r
+
+        losses, extras = LOSSES[args.loss_type](x1, x2, **args.loss_kwargs())
+        loss = losses.mean()
+        if not torch.isfinite(loss):
+            bad = sorted({inputs["group_ids"][g] for g in inputs["pair_group"][~torch.isfinite(losses)].tolist()})
+            raise NonFiniteLossError(
+                f"non-finite loss {loss.item()} at step {self.state.global_step}; groups {bad or inputs['group_ids']}"
+            )
+
+        mode = "train" if model.training else "eval"
+        m = self._metrics[mode]
+        if x1.requires_grad:
+            g1, g2 = torch.autograd.grad(loss, (x1, x2), retain_graph=True)
+            g1, g2 = g1 * len(losses), g2 * len(losses)  # per-pair derivatives, not of the mean
+            m["grad/x1"].append(g1.mean().item())
+            m["grad/x2"].append(g2.mean().item())
+            m["grad/ratio"].append((g2.abs().mean() / g1.abs().mean().clamp_min(1e-12)).item())
+        with torch.no_grad():
+            r1, r2 = args.beta * x1, args.beta * x2
+            m["rewards/chosen"].append(r1.mean().item())
+            m["rewards/rejected"].append(r2.mean().item())
+            m["rewards/margins"].append((r1 - r2).mean().item())
+            m["rewards/accuracies"].append((r1 > r2).float().mean().item())
+            m["logps/chosen"].append(chosen.mean().item())
+            m["logps/rejected"].append(rejected.mean().item())
+            m["logps_per_token/chosen"].append((chosen / len_c).mean().item())
+            m["logps_per_token/rejected"].append((rejected / len_r).mean().item())
+            for key, value in extras.items():
+                m[key].append(value.mean().item())
+        return (loss, {"losses": losses}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        logs.update({prefix + k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v})
+        self._metrics[mode].clear()
+        super().log(logs, start_time)

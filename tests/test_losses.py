@@ -1,0 +1,103 @@
+"""LPO against the closed forms of DESIGN.md (the authors' lpo-ste formula), and the baselines' values."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from speech_lpo.losses import LOSSES, dpo_loss, dpop_loss, hinge_loss, ipo_loss, lpo_loss, simpo_loss
+
+BETA, GAMMA, R1 = 0.2, 10.0, 1.0
+
+
+def random_inputs(seed: int, n: int = 400):
+    g = torch.Generator().manual_seed(seed)
+    x1 = (torch.randn(n, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    x2 = (torch.randn(n, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    d = (x1 - x2 - 1 / (2 * BETA)).detach()
+    # the inputs must cover both signs of D and both sides of 0 for x1, or the test proves little
+    assert (d > 0).any() and (d < 0).any() and (x1 < 0).any() and (x1 > 0).any()
+    return x1, x2, d
+
+
+def authors_forward(x1: np.ndarray, x2: np.ndarray, r1: float, r2) -> np.ndarray:
+    """DESIGN.md's L, evaluated in numpy: each absolute value has the value |D|."""
+    d = x1 - x2 - 1 / (2 * BETA)
+    return 2 * BETA * 2 / (r1 + r2) * (r1 * np.abs(d) + r2 * np.abs(d)) + GAMMA * np.maximum(0, -x1)
+
+
+@pytest.mark.parametrize("r2", [0.1, 0.4, 1.0, 2.0, 3.0])
+def test_lpo_ste_matches_closed_form(r2):
+    x1, x2, d = random_inputs(int(r2 * 10))
+    losses, extras = lpo_loss(x1, x2, beta=BETA, r1=R1, r2=r2, gamma=GAMMA, variant="ste")
+    np.testing.assert_allclose(
+        losses.detach().numpy(), authors_forward(x1.detach().numpy(), x2.detach().numpy(), R1, r2), rtol=1e-12
+    )
+    losses.sum().backward()
+    sgn = torch.sign(d)
+    expected_g1 = 4 * BETA * R1 / (R1 + r2) * sgn - GAMMA * (x1.detach() < 0).double()
+    expected_g2 = -4 * BETA * r2 / (R1 + r2) * sgn
+    torch.testing.assert_close(x1.grad, expected_g1, rtol=0, atol=1e-12)
+    torch.testing.assert_close(x2.grad, expected_g2, rtol=0, atol=1e-12)
+    torch.testing.assert_close(extras["positive_active"], (x1.detach() < 0).double())
+
+
+def test_r2_shifts_gradient_from_chosen_to_rejected():
+    x1, x2, d = random_inputs(7)
+    active = (x1.detach() > 0) & (d < 0)  # positive term off, margin not yet reached
+    grads = []
+    for r2 in (0.4, 1.0, 3.0):
+        a, b = x1.detach().clone().requires_grad_(), x2.detach().clone().requires_grad_()
+        lpo_loss(a, b, beta=BETA, r2=r2)[0].sum().backward()
+        grads.append((-a.grad[active].mean().item(), b.grad[active].mean().item()))
+    # gradient descent raises x1 by -dL/dx1 and lowers x2 by dL/dx2: larger r2, slower rise, faster fall
+    assert grads[0][0] > grads[1][0] > grads[2][0] > 0
+    assert 0 < grads[0][1] < grads[1][1] < grads[2][1]
+    assert grads[2][1] / grads[2][0] == pytest.approx(3.0)
+
+
+def test_lpo_plain_and_dynamic():
+    x1, x2, d = random_inputs(3)
+    losses, _ = lpo_loss(x1, x2, beta=BETA, gamma=GAMMA, variant="plain")
+    losses.sum().backward()
+    np.testing.assert_allclose(
+        losses.detach().numpy(), 4 * BETA * np.abs(d.numpy()) + GAMMA * np.maximum(0, -x1.detach().numpy())
+    )
+    torch.testing.assert_close(x1.grad, 4 * BETA * torch.sign(d) - GAMMA * (x1.detach() < 0).double())
+    torch.testing.assert_close(x2.grad, -4 * BETA * torch.sign(d))
+
+    a, b = x1.detach().clone().requires_grad_(), x2.detach().clone().requires_grad_()
+    losses, extras = lpo_loss(a, b, beta=BETA, r1=R1, gamma=GAMMA, variant="dynamic")
+    losses.sum().backward()
+    r2 = torch.exp(b.detach()) / torch.exp(a.detach())
+    torch.testing.assert_close(extras["r2"], r2)
+    np.testing.assert_allclose(
+        losses.detach().numpy(), authors_forward(a.detach().numpy(), b.detach().numpy(), R1, r2.numpy()), rtol=1e-12
+    )
+    torch.testing.assert_close(a.grad, 4 * BETA * R1 / (R1 + r2) * torch.sign(d) - GAMMA * (a.detach() < 0).double())
+    torch.testing.assert_close(b.grad, -4 * BETA * r2 / (R1 + r2) * torch.sign(d))
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ValueError, match="unknown LPO variant"):
+        lpo_loss(torch.zeros(1), torch.zeros(1), variant="sigmoid")
+
+
+def test_baseline_values():
+    x1 = torch.tensor([1.5, -0.5], dtype=torch.float64)
+    x2 = torch.tensor([-2.0, 0.25], dtype=torch.float64)
+    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    m = (x1 - x2).tolist()
+    assert dpo_loss(x1, x2, beta=0.1)[0].tolist() == pytest.approx([-math.log(sig(0.1 * v)) for v in m])
+    smoothed = [-0.9 * math.log(sig(0.1 * v)) - 0.1 * math.log(sig(-0.1 * v)) for v in m]
+    assert dpo_loss(x1, x2, beta=0.1, label_smoothing=0.1)[0].tolist() == pytest.approx(smoothed)
+    assert ipo_loss(x1, x2, beta=0.1)[0].tolist() == pytest.approx([(v - 5) ** 2 for v in m])
+    assert hinge_loss(x1, x2, beta=0.5)[0].tolist() == pytest.approx([max(0, 1 - 0.5 * v) for v in m])
+    assert simpo_loss(x1, x2, beta=2.0, gamma_beta_ratio=0.5)[0].tolist() == pytest.approx(
+        [-math.log(sig(2.0 * (v - 0.5))) for v in m]
+    )
+    # DPOP: the penalty applies only where the chosen log-ratio is negative (second example)
+    expected = [-math.log(sig(0.1 * m[0])), -math.log(sig(0.1 * (m[1] - 50 * 0.5)))]
+    assert dpop_loss(x1, x2, beta=0.1, lam=50)[0].tolist() == pytest.approx(expected)
+    assert set(LOSSES) == {"lpo", "dpo", "ipo", "hinge", "simpo", "dpop"}
