@@ -1,0 +1,253 @@
+"""Result tables (Markdown, laid out like the paper's Table 7, and TTS automatic metrics) and PNG plots.
+
+Reads the ``summary-*.json`` of ``score asr`` and ``tts-summary-*.json`` of ``score tts``. A system is
+described by the tags given to ``score asr --tag``: ``benchmark``, ``candidates`` (candidate method),
+``method`` (sft, dpo, lpo, ...), ``r2`` and ``epoch``. The SFT baseline of a row is the paired baseline
+scored with it (``--baseline-hyp``), or else the ``method=sft`` system of the same benchmark. Tables
+show each system at its last epoch; the epoch plot shows them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from speech_lpo.score import format_counts, write_atomic
+
+
+def load_summaries(paths: list[str | Path]) -> list[dict]:
+    out = []
+    for path in paths:
+        summ = json.loads(Path(path).read_text(encoding="utf-8"))
+        if summ.get("kind") not in ("asr", "tts"):
+            raise ValueError(f"{path}: not a summary of `speech-lpo score asr` or `score tts`")
+        summ["path"] = str(path)
+        out.append(summ)
+    return out
+
+
+def _tag(summ: dict, key: str, default: str = "") -> str:
+    return summ.get("tags", {}).get(key, default)
+
+
+def _num(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return math.nan
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None or math.isnan(x) or math.isinf(x) else f"{x:.{digits}f}"
+
+
+def _key(summ: dict) -> tuple[str, str, str, str]:
+    return (
+        _tag(summ, "benchmark", "?"),
+        _tag(summ, "candidates", "-"),
+        _tag(summ, "method", summ["system"]),
+        _tag(summ, "r2", "-"),
+    )
+
+
+def last_epochs(summaries: list[dict]) -> list[dict]:
+    """One summary per (benchmark, candidates, method, r2): the one with the largest epoch tag."""
+    best: dict[tuple, dict] = {}
+    for summ in summaries:
+        key = _key(summ)
+        epoch = _num(_tag(summ, "epoch", "nan"))
+        kept = best.get(key)
+        if kept is None or (not math.isnan(epoch) and not epoch <= _num(_tag(kept, "epoch", "-inf"))):
+            best[key] = summ
+    return list(best.values())
+
+
+def _sft_of(summ: dict, sft_by_benchmark: dict[str, dict]) -> tuple[float | None, float | None]:
+    """Baseline error rate and P(better than it): the paired baseline if scored, else the SFT system."""
+    if "baseline" in summ:
+        return summ["baseline"]["error_rate"], summ["baseline"]["p_improvement"]
+    sft = sft_by_benchmark.get(_tag(summ, "benchmark", "?"))
+    return (sft["error_rate"], None) if sft else (None, None)
+
+
+def asr_table(summaries: list[dict]) -> str:
+    rows = last_epochs([s for s in summaries if s["kind"] == "asr"])
+    sft = {_tag(s, "benchmark", "?"): s for s in rows if _tag(s, "method") == "sft"}
+    lines = [
+        "| Benchmark | Candidates | Method | r2 | Error rate (95% CI) | SFT baseline | Δ vs SFT "
+        "| P(better than SFT) | Mean per-utt. rate | Utts | Problems |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = sorted(
+        rows, key=lambda s: (_key(s)[0], _tag(s, "method") != "sft", _key(s)[1], _key(s)[2], _num(_key(s)[3]))
+    )
+    for s in order:
+        bench, cand, method, r2 = _key(s)
+        base, p = _sft_of(s, sft) if method != "sft" else (None, None)
+        delta = s["error_rate"] - base if base is not None else None
+        lines.append(
+            f"| {bench} | {cand} | {method} | {r2} | {s['metric']} {_fmt(s['error_rate'])} "
+            f"({_fmt(s['ci95']['low'])}–{_fmt(s['ci95']['high'])}) | {_fmt(base)} | "
+            f"{'' if delta is None else f'{delta:+.2f}'} | {_fmt(p, 3)} "
+            f"| {_fmt(s['mean_utterance_error_rate'])} | {s['utterances']} "
+            f"| {format_counts(s['problem_counts'])} |"
+        )
+    normalizers = sorted({f"{_tag(s, 'benchmark', '?')}: {s['normalizer']}" for s in rows})
+    lines += [
+        "",
+        "Error rate: pooled (all errors / all reference units, as Kaldi), in percent; 95% CI: bootstrap "
+        "(Bisani & Ney); P(better than SFT): paired bootstrap. Normalisers: " + "; ".join(normalizers) + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def tts_table(summaries: list[dict]) -> str:
+    rows = [s for s in summaries if s["kind"] == "tts"]
+    lines = [
+        "| System | Intelligibility (95% CI) | Codec round-trip ceiling | No <\\|audio_end\\|> "
+        "| Duration ratio mean / median | Utts | Problems |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in sorted(rows, key=lambda s: s["system"]):
+        synth, ceiling = s["intelligibility"], s["codec_ceiling"]
+        lines.append(
+            f"| {s['system']} | {s['metric']} {_fmt(synth['error_rate'])} ({_fmt(synth['ci95']['low'])}–"
+            f"{_fmt(synth['ci95']['high'])}) | {s['metric']} {_fmt(ceiling['error_rate'])} | "
+            f"{_fmt(100 * s['no_audio_end_rate'], 1)}% | {_fmt(s['duration_ratio_mean'])} / "
+            f"{_fmt(s['duration_ratio_median'])} | {s['utterances']} "
+            f"| {format_counts(synth['problem_counts'])} |"
+        )
+    asr = sorted({f"{s['asr']} ({s['normalizer']})" for s in rows})
+    lines += [
+        "",
+        "Intelligibility: pooled error rate of " + ", ".join(asr) + " on the synthesised audio; "
+        "ceiling: the same on codec round trips of the reference codes; "
+        "duration ratio: synthesised / reference.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _axes_per_benchmark(benchmarks: list[str]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(benchmarks), figsize=(5 * len(benchmarks), 4), squeeze=False)
+    return plt, fig, dict(zip(benchmarks, axes[0], strict=True))
+
+
+def _baselines(ax, rows: list[dict], skip_method: str | None = None) -> None:
+    styles = {"sft": ":", "dpo": "--"}
+    for s in rows:
+        method = _tag(s, "method")
+        if method in styles and method != skip_method:
+            label = method.upper() + (f" ({_tag(s, 'candidates')})" if _tag(s, "candidates") else "")
+            ax.axhline(
+                s["error_rate"],
+                linestyle=styles[method],
+                color="grey" if method == "sft" else None,
+                label=label,
+            )
+
+
+def plot_vs_r2(summaries: list[dict], path: str | Path) -> None:
+    """The paper's Figure 3: error rate against r2 for LPO, with DPO and SFT as horizontal lines."""
+    rows = last_epochs([s for s in summaries if s["kind"] == "asr"])
+    benchmarks = sorted({_tag(s, "benchmark", "?") for s in rows})
+    plt, fig, axes = _axes_per_benchmark(benchmarks)
+    for bench, ax in axes.items():
+        in_bench = [s for s in rows if _tag(s, "benchmark", "?") == bench]
+        lines = defaultdict(list)
+        for s in in_bench:
+            if not math.isnan(_num(_tag(s, "r2", "nan"))):
+                lines[(_tag(s, "method"), _tag(s, "candidates"))].append(s)
+        for (method, cand), pts in sorted(lines.items()):
+            pts.sort(key=lambda s: _num(_tag(s, "r2")))
+            x = [_num(_tag(s, "r2")) for s in pts]
+            y = [s["error_rate"] for s in pts]
+            err = [
+                [s["error_rate"] - s["ci95"]["low"] for s in pts],
+                [s["ci95"]["high"] - s["error_rate"] for s in pts],
+            ]
+            ax.errorbar(
+                x,
+                y,
+                yerr=err,
+                marker="o",
+                capsize=3,
+                label=f"{method.upper()} ({cand})" if cand else method.upper(),
+            )
+        _baselines(ax, in_bench)
+        ax.set(title=bench, xlabel="r2", ylabel=f"%{in_bench[0]['metric']}")
+        ax.legend(fontsize=8)
+    _save(plt, fig, path)
+
+
+def plot_vs_epoch(summaries: list[dict], path: str | Path) -> None:
+    """The paper's Figure 2: error rate over epochs for DPO and LPO, SFT as a horizontal line."""
+    rows = [s for s in summaries if s["kind"] == "asr"]
+    benchmarks = sorted({_tag(s, "benchmark", "?") for s in rows})
+    plt, fig, axes = _axes_per_benchmark(benchmarks)
+    for bench, ax in axes.items():
+        in_bench = [s for s in rows if _tag(s, "benchmark", "?") == bench]
+        lines = defaultdict(list)
+        for s in in_bench:
+            if not math.isnan(_num(_tag(s, "epoch", "nan"))):
+                lines[_key(s)[1:]].append(s)
+        for (cand, method, r2), pts in sorted(lines.items()):
+            pts.sort(key=lambda s: _num(_tag(s, "epoch")))
+            label = (
+                method.upper() + (f" r2={r2}" if r2 != "-" else "") + (f" ({cand})" if cand != "-" else "")
+            )
+            ax.plot(
+                [_num(_tag(s, "epoch")) for s in pts], [s["error_rate"] for s in pts], marker="o", label=label
+            )
+        _baselines(ax, last_epochs(in_bench), skip_method="dpo")
+        ax.set(title=bench, xlabel="epoch", ylabel=f"%{in_bench[0]['metric']}")
+        ax.legend(fontsize=8)
+    _save(plt, fig, path)
+
+
+def _save(plt, fig, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_results(summaries: list[dict], out: str | Path, plot_dir: str | Path | None = None) -> str:
+    parts = []
+    if any(s["kind"] == "asr" for s in summaries):
+        parts += ["## ASR", "", asr_table(summaries)]
+        if plot_dir:
+            plot_vs_r2(summaries, Path(plot_dir) / "error_rate_vs_r2.png")
+            plot_vs_epoch(summaries, Path(plot_dir) / "error_rate_vs_epoch.png")
+            rel = Path(os.path.relpath(Path(plot_dir).resolve(), Path(out).resolve().parent))
+            parts += [f"![error rate against r2]({rel / 'error_rate_vs_r2.png'})", ""]
+            parts += [f"![error rate over epochs]({rel / 'error_rate_vs_epoch.png'})", ""]
+    if any(s["kind"] == "tts" for s in summaries):
+        parts += ["## TTS automatic metrics", "", tts_table(summaries)]
+    text = "\n".join(parts)
+    write_atomic(out, text)
+    return text
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "summaries", nargs="+", help="summary-*.json of `score asr`, tts-summary-*.json of `score tts`"
+    )
+    parser.add_argument("--out", required=True, help="Markdown file to write")
+    parser.add_argument("--plot-dir", help="write error_rate_vs_r2.png and error_rate_vs_epoch.png here")
+    parser.set_defaults(run=_main)
+
+
+def _main(args: argparse.Namespace) -> None:
+    print(write_results(load_summaries(args.summaries), args.out, args.plot_dir))

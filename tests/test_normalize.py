@@ -1,0 +1,90 @@
+"""Normalisers on the real AISHELL-1 and LibriSpeech transcripts in ../shared/data."""
+
+from pathlib import Path
+
+import opencc
+import pytest
+
+from speech_lpo.normalize import get_normalizer
+
+DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
+AISHELL_TRANSCRIPT = DATA / "aishell1" / "data_aishell" / "transcript" / "aishell_transcript_v0.8.txt"
+LIBRISPEECH = DATA / "librispeech" / "LibriSpeech"
+
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real corpus samples not found at {DATA}")
+
+
+def librispeech_texts() -> dict[str, str]:
+    lines = [
+        line for f in sorted(LIBRISPEECH.glob("*/*/*/*.trans.txt")) for line in f.read_text().splitlines()
+    ]
+    return dict(line.split(maxsplit=1) for line in lines)
+
+
+def aishell_texts() -> dict[str, str]:
+    return dict(
+        line.split(maxsplit=1) for line in AISHELL_TRANSCRIPT.read_text(encoding="utf-8").splitlines()
+    )
+
+
+def test_librispeech_transcripts_are_already_in_their_own_convention():
+    texts = librispeech_texts()
+    assert len(texts) == 11
+    norm = get_normalizer("librispeech")
+    for text in texts.values():
+        assert norm.normalize(text) == text
+
+
+def test_librispeech_normaliser_undoes_case_and_punctuation():
+    norm = get_normalizer("librispeech")
+    texts = librispeech_texts()
+    assert (
+        norm.normalize("Nor is Mister Quilter\u2019s manner less interesting than his matter.")
+        == (texts["1272-128104-0001"])
+    )
+    assert norm.normalize('"Stuff it into you," his belly counselled him!') == texts["1089-134686-0001"]
+    assert norm.normalize("well-known 'tis 1,000 -- A/B") == "WELL KNOWN TIS 1000 A B"
+    assert norm.units(texts["1089-134691-0000"]) == ["HE", "COULD", "WAIT", "NO", "LONGER"]
+
+
+def test_whisper_english_normaliser_expands_what_pocketsphinx_abbreviates():
+    norm = get_normalizer("whisper_en")
+    texts = librispeech_texts()
+    ref = norm.normalize(texts["1272-128104-0000"])
+    assert ref == "mister quilter is the apostle of the middle classes and we are glad to welcome his gospel"
+    # pocketsphinx writes "mr" and contractions; Whisper's normaliser maps both sides to one form
+    assert (
+        norm.normalize(
+            "Mr. Quilter is the apostle of the middle classes and we're glad to welcome his gospel"
+        )
+        == ref
+    )
+    assert norm.normalize("um, he could wait no longer") == "he could wait no longer"
+
+
+def test_chinese_transcripts_are_unchanged_and_characters_are_units():
+    norm = get_normalizer("chinese")
+    texts = aishell_texts()
+    assert len(texts) == 9
+    for text in texts.values():
+        assert norm.normalize(text) == text
+        assert norm.units(text) == list(text)
+    assert norm.metric == "CER"
+
+
+def test_chinese_normaliser_undoes_segmentation_punctuation_traditional_and_full_width():
+    norm = get_normalizer("chinese")
+    texts = aishell_texts()
+    to_traditional = opencc.OpenCC("s2t")
+    original = texts["BAC009S0764W0121"]  # 甚至出现交易几乎停滞的情况
+    # the release's own word-segmented form, as FireRedASR ships it
+    assert norm.normalize("甚至 出现 交易 几乎 停滞 的 情况") == original
+    assert norm.normalize("「" + to_traditional.convert(original) + "」。") == original
+    for text in texts.values():
+        assert norm.normalize(to_traditional.convert(text) + "，！？") == text
+    assert norm.normalize("总估值已过１２亿元，ＣＥＯ说：ok") == "总估值已过12亿元CEO说OK"
+
+
+def test_unknown_normaliser_is_named():
+    with pytest.raises(ValueError, match="unknown normaliser 'klingon'"):
+        get_normalizer("klingon")
