@@ -1,0 +1,208 @@
+"""The listening panel (Gradio) and its admin page (FastAPI), served together by uvicorn.
+
+Raters see no system names: each sample is copied into Gradio's cache under its content hash and a
+neutral file name, and nothing outside the test's root directory is ever read. Answers are enabled
+only after the sample's ``play`` event reached the server (the store refuses them otherwise too).
+The rater's token and a browser id live in the browser's localStorage (``gr.BrowserState``, its
+key and secret kept in the database), so a reload, or a server restart, resumes at the first
+unrated item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import secrets
+import uuid
+from pathlib import Path
+
+import gradio as gr
+import uvicorn
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import HTMLResponse, Response
+from gradio.utils import get_upload_folder
+
+from speech_lpo.mos.definition import Definition
+from speech_lpo.mos.store import Refused, Store
+
+
+class AudioCopies:
+    """Neutrally named copies of test audio in Gradio's cache; reads only files under ``root``."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.copies: dict[Path, str] = {}
+
+    def __call__(self, path: Path) -> str:
+        if path not in self.copies:
+            real = path.resolve()
+            if not real.is_relative_to(self.root):
+                raise Refused(f"Audio {path} is outside the test directory {self.root}.")
+            data = real.read_bytes()
+            folder = Path(get_upload_folder()) / "speech_lpo_mos" / hashlib.sha256(data).hexdigest()[:32]
+            folder.mkdir(parents=True, exist_ok=True)
+            copy = folder / f"sample{real.suffix.lower()}"
+            copy.write_bytes(data)
+            self.copies[path] = str(copy)
+        return self.copies[path]
+
+
+def _progress_html(done: int, total: int) -> str:
+    return (
+        f'<div id="mos-progress"><progress value="{done}" max="{total}" style="width:100%"></progress>'
+        f"<p>{done} of {total} samples rated</p></div>"
+    )
+
+
+def build_panel(store: Store, defn: Definition) -> gr.Blocks:
+    served = AudioCopies(defn.root)
+    scale = defn.scale
+    choices = [(f"{v:g}", v) for v in scale.choices()]
+    ends = f"{scale.min:g} = {scale.min_label}, {scale.max:g} = {scale.max_label}"
+
+    with gr.Blocks(title=defn.title) as panel:
+        session = gr.State(None)  # {"token", "browser", "item"}: who is rating what, kept on the server
+        saved = gr.BrowserState(
+            None, storage_key=f"speech_lpo_mos_{defn.name}", secret=store.secret("browser_state_secret")
+        )
+        gr.Markdown(f"# {defn.title}\n\n{defn.instructions}")
+        with gr.Column(visible=True) as entry_page:
+            code = gr.Textbox(label="Invitation code", placeholder="the code from your invitation link")
+            start = gr.Button("Start", variant="primary")
+        message = gr.Markdown(elem_id="mos-message")
+        with gr.Column(visible=False) as rating_page:
+            progress = gr.HTML()
+            reference = gr.Audio(label="Reference recording", interactive=False, buttons=[], visible=False)
+            sample = gr.Audio(label="Sample to rate", interactive=False, buttons=[], elem_id="mos-sample")
+            radios = [
+                gr.Radio(choices, label=d.label, info=f"{d.question} ({ends})", interactive=False)
+                for d in defn.dimensions
+            ]
+            submit = gr.Button("Submit and continue", variant="primary", interactive=False)
+        with gr.Column(visible=False) as done_page:
+            gr.Markdown("## Thank you!\n\nAll samples are rated. You can close this page.")
+
+        outputs = [session, saved, entry_page, rating_page, done_page, message, progress, reference, sample]
+        outputs += [*radios, submit]
+
+        def entry_view(note: str, browser: str) -> list:
+            keep = [gr.update()] * (len(outputs) - 6)
+            pages = [gr.update(visible=True), gr.update(visible=False), gr.update(visible=False)]
+            return [None, {"token": None, "browser": browser}, *pages, note, *keep]
+
+        def rating_view(token: str, browser: str) -> list:
+            item_id, done, total, plays = store.next_item(token, browser)
+            state = {"token": token, "browser": browser, "item": item_id}
+            kept = {"token": token, "browser": browser}
+            if item_id is None:
+                pages = [gr.update(visible=False), gr.update(visible=False), gr.update(visible=True)]
+                rest = [gr.update()] * (2 + len(radios) + 1)
+                return [state, kept, *pages, "", _progress_html(done, total), *rest]
+            item = defn.items[item_id]
+            ready = plays > 0
+            pages = [gr.update(visible=False), gr.update(visible=True), gr.update(visible=False)]
+            ref = served(item.reference) if item.reference else None
+            return [
+                state,
+                kept,
+                *pages,
+                "" if ready else "Play the sample to enable the questions.",
+                _progress_html(done, total),
+                gr.update(value=ref, visible=ref is not None),
+                served(item.audio),
+                *[gr.update(value=None, interactive=ready) for _ in radios],
+                gr.update(interactive=ready),
+            ]
+
+        def enter(token: str | None, kept: dict | None) -> list:
+            browser = (kept or {}).get("browser") or str(uuid.uuid4())
+            token = (token or "").strip() or (kept or {}).get("token")
+            if not token and defn.invitations == "required":
+                return entry_view("Please enter the invitation code you were sent.", browser)
+            try:
+                return rating_view(store.enter(token, browser), browser)
+            except Refused as e:
+                return entry_view(f"**{e}**", browser)
+
+        def on_load(kept: dict | None, request: gr.Request) -> list:
+            return enter(request.query_params.get("token"), kept)
+
+        def on_play(state: dict | None) -> list:
+            if not state or not state.get("item"):
+                raise gr.Error("No sample is open.")
+            try:
+                store.play(state["token"], state["browser"], state["item"])
+            except Refused as e:
+                raise gr.Error(str(e)) from e
+            return ["", *[gr.update(interactive=True) for _ in radios], gr.update(interactive=True)]
+
+        def on_submit(state: dict | None, *scores: float | None) -> list:
+            if not state or not state.get("item"):
+                raise gr.Error("No sample is open.")
+            try:
+                store.submit(
+                    state["token"],
+                    state["browser"],
+                    state["item"],
+                    dict(zip(defn.dimension_names(), scores, strict=True)),
+                )
+            except Refused as e:
+                raise gr.Error(str(e)) from e
+            return rating_view(state["token"], state["browser"])
+
+        panel.load(on_load, inputs=[saved], outputs=outputs, api_name=False)
+        start.click(enter, inputs=[code, saved], outputs=outputs, api_name="enter")
+        code.submit(enter, inputs=[code, saved], outputs=outputs, api_name=False)
+        sample.play(on_play, inputs=[session], outputs=[message, *radios, submit], api_name="play")
+        submit.click(on_submit, inputs=[session, *radios], outputs=outputs, api_name="submit")
+    return panel
+
+
+def _admin_html(defn: Definition, progress: list[dict], token: str) -> str:
+    rows = "".join(
+        "<tr>"
+        + "".join(f"<td>{html.escape(str(r[k]))}</td>" for k in ("rater", "kind", "created", "expires"))
+        + f"<td>{r['done']} / {r['total']}</td><td>{r['last']}</td></tr>"
+        for r in progress
+    )
+    finished = sum(r["total"] > 0 and r["done"] == r["total"] for r in progress)
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(defn.title)}: admin</title></head>"
+        f"<body><h1>{html.escape(defn.title)}: progress</h1>"
+        f"<p>{len(progress)} raters, {finished} finished. "
+        f"<a href='/admin/ratings.csv?token={html.escape(token)}'>Download all ratings (CSV)</a></p>"
+        "<table border='1' cellpadding='4'><tr><th>rater</th><th>kind</th><th>created</th><th>expires</th>"
+        f"<th>rated</th><th>last answer</th></tr>{rows}</table></body></html>"
+    )
+
+
+def build_app(store: Store, defn: Definition) -> FastAPI:
+    app = FastAPI()
+    admin_token = store.secret("admin_token")
+
+    def check(token: str) -> None:
+        if not secrets.compare_digest(token.encode(), admin_token.encode()):
+            raise HTTPException(status_code=403, detail="wrong or missing admin token")
+
+    @app.get("/admin", response_class=HTMLResponse)
+    def admin(token: str = Query("")) -> str:
+        check(token)
+        return _admin_html(defn, store.progress(), token)
+
+    @app.get("/admin/ratings.csv")
+    def export(token: str = Query("")) -> Response:
+        check(token)
+        return Response(
+            store.ratings_csv(),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{defn.name}_ratings.csv"'},
+        )
+
+    return gr.mount_gradio_app(app, build_panel(store, defn), path="/")
+
+
+def serve(store: Store, defn: Definition, host: str, port: int) -> None:
+    url = f"http://{host}:{port}"
+    print(f"panel: {url}/  admin: {url}/admin?token={store.secret('admin_token')}", flush=True)
+    uvicorn.run(build_app(store, defn), host=host, port=port, log_level="warning")

@@ -1,0 +1,82 @@
+"""MOS listening test: serve the rating panel, invite raters, export ratings, report MOS with 95% intervals.
+
+speech-lpo mos invite --definition eval/mos_tts.yaml --db exp/mos/ratings.sqlite -n 20 --days 14
+speech-lpo mos serve  --definition eval/mos_tts.yaml --db exp/mos/ratings.sqlite --port 7860
+speech-lpo mos report --definition eval/mos_tts.yaml --db exp/mos/ratings.sqlite --out-dir exp/mos
+speech-lpo mos export --definition eval/mos_tts.yaml --db exp/mos/ratings.sqlite --out exp/mos/ratings.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from speech_lpo.mos.definition import DefinitionError, load_definition
+from speech_lpo.mos.store import Refused, Store
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="mos_command", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.add_argument("--definition", type=Path, required=True, help="test definition YAML (eval/*.yaml)")
+        p.add_argument("--db", type=Path, required=True, help="SQLite ratings file (made if missing)")
+        return p
+
+    p = command("serve", "run the rating panel and the admin page")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to let other machines in")
+    p.add_argument("--port", type=int, default=7860)
+    p = command("invite", "make invitation codes and print one link per rater")
+    p.add_argument("-n", type=int, default=1, help="how many invitations")
+    p.add_argument("--days", type=float, default=30.0, help="days until they expire (0: never)")
+    p.add_argument(
+        "--url", default="http://127.0.0.1:7860/", help="the panel's public address, for the links"
+    )
+    p = command("report", "MOS table (Markdown), bar chart and JSON summary with 95% t-intervals")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p = command("export", "all ratings as CSV")
+    p.add_argument("--out", type=Path, required=True)
+    p = sub.add_parser("anchor", help="write a degraded anchor (3.5 kHz low-pass + noise at 5 dB SNR)")
+    p.add_argument("input", type=Path)
+    p.add_argument("output", type=Path)
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.mos_command == "anchor":
+        import soundfile as sf
+
+        from speech_lpo.mos.anchor import degrade
+
+        audio, sr = sf.read(args.input, dtype="float32", always_2d=False)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(args.output, degrade(audio, sr), sr)
+        return
+    try:
+        defn = load_definition(args.definition)
+        store = Store(args.db, defn)
+    except (DefinitionError, Refused) as e:
+        sys.exit(f"error: {e}")
+    if args.mos_command == "serve":
+        from speech_lpo.mos.app import serve  # gradio is slow to import; only serve needs it
+
+        serve(store, defn, args.host, args.port)
+    elif args.mos_command == "invite":
+        expires = time.time() + args.days * 86400 if args.days > 0 else None
+        for token in store.invite(args.n, expires):
+            print(f"{args.url.rstrip('/')}/?token={token}")
+    elif args.mos_command == "report":
+        from speech_lpo.mos.report import write_report
+
+        table, _ = write_report(defn, store.ratings(), args.out_dir)
+        print(table, end="")
+        print(f"wrote {args.out_dir}/mos_table.md, mos_bars.png, mos_summary.json")
+    elif args.mos_command == "export":
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(store.ratings_csv(), encoding="utf-8")
+        os.replace(tmp, args.out)
+        print(f"wrote {args.out}")

@@ -1,0 +1,276 @@
+"""Listening-test definition: a YAML file in eval/ that users edit (see eval/mos_tts.yaml).
+
+Every audio path is relative to the test's ``root`` directory and must stay inside it: the panel serves
+nothing else. Errors name the file and the key, e.g. ``eval/mos_tts.yaml: scale.step: must be > 0``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+# the paper's Table 6 dimensions, in its column order
+PAPER_DIMENSIONS = {
+    "fidelity": ("Fidelity", "How faithful is the sample to the reference recording (voice, content)?"),
+    "stability": ("Stability", "Is the speech free of glitches, skipped or repeated words, and noise?"),
+    "naturalness": ("Naturalness", "How natural does the speech sound, as if spoken by a person?"),
+    "emotional_expressiveness": (
+        "Emotional expressiveness",
+        "How well does the speech convey emotion and expressive prosody?",
+    ),
+}
+AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg"}
+TOP_KEYS = {
+    "name",
+    "title",
+    "instructions",
+    "root",
+    "scale",
+    "dimensions",
+    "systems",
+    "utterances",
+    "audio_pattern",
+    "reference_pattern",
+    "attention_checks",
+    "attention",
+    "items_per_rater",
+    "invitations",
+}
+
+
+class DefinitionError(ValueError):
+    """A malformed test definition; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Scale:
+    min: float
+    max: float
+    step: float
+    min_label: str
+    max_label: str
+
+    def choices(self) -> list[float]:
+        n = round((self.max - self.min) / self.step)
+        return [round(self.min + i * self.step, 6) for i in range(n + 1)]
+
+    def problem(self, score: object) -> str | None:
+        """Why ``score`` is not a point of this scale, or None when it is."""
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            return f"score {score!r} is not a number"
+        if not self.min <= score <= self.max:
+            return f"score {score} is outside the scale {self.min:g} to {self.max:g}"
+        k = (score - self.min) / self.step
+        if abs(k - round(k)) > 1e-6:
+            return f"score {score} is not on the scale's steps of {self.step:g}"
+        return None
+
+
+@dataclass(frozen=True)
+class Dimension:
+    name: str
+    label: str
+    question: str
+
+
+@dataclass(frozen=True)
+class Item:
+    """One sample a rater hears: a system's rendering of an utterance, or an attention check."""
+
+    id: str
+    audio: Path
+    system: str | None = None  # None for attention checks
+    utterance: str | None = None
+    reference: Path | None = None
+    expect: str | None = None  # attention checks: "high" (hidden reference) or "low" (degraded anchor)
+
+
+@dataclass(frozen=True)
+class Definition:
+    path: Path
+    name: str
+    title: str
+    instructions: str
+    root: Path
+    scale: Scale
+    dimensions: list[Dimension]
+    systems: list[str]
+    items: dict[str, Item]
+    items_per_rater: int
+    high_min: float  # a rater fails a "high" check whose mean score is below this
+    low_max: float  # ... or a "low" check whose mean score is above this
+    invitations: str  # "required": only invited tokens; "open": newcomers get a UUID
+
+    @property
+    def system_items(self) -> list[Item]:
+        return [item for item in self.items.values() if item.system is not None]
+
+    @property
+    def check_items(self) -> list[Item]:
+        return [item for item in self.items.values() if item.expect is not None]
+
+    def dimension_names(self) -> list[str]:
+        return [d.name for d in self.dimensions]
+
+
+def load_definition(path: str | Path) -> Definition:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DefinitionError(f"{path}: cannot read: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise DefinitionError(f"{path}: not valid YAML: {e}") from e
+    return _parse(path, raw)
+
+
+def _parse(path: Path, raw: object) -> Definition:
+    def fail(key: str, problem: str) -> DefinitionError:
+        return DefinitionError(f"{path}: {key}: {problem}")
+
+    if not isinstance(raw, dict):
+        raise fail("(top level)", "expected a mapping of keys")
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        raise fail(unknown[0], f"unknown key (known: {', '.join(sorted(TOP_KEYS))})")
+
+    def text(key: str, default: str | None = None) -> str:
+        value = raw.get(key, default)
+        if not isinstance(value, str) or not value.strip():
+            raise fail(key, "expected a non-empty string")
+        return value
+
+    name = text("name")
+    root = (path.parent / text("root", ".")).resolve()
+    if not root.is_dir():
+        raise fail("root", f"directory {root} does not exist")
+
+    def audio(key: str, rel: object) -> Path:
+        if not isinstance(rel, str) or not rel:
+            raise fail(key, "expected a relative audio path")
+        if Path(rel).is_absolute():
+            raise fail(key, f"{rel} is absolute; audio paths are relative to root {root}")
+        full = (root / rel).resolve()  # resolve() follows symlinks, so a link cannot leave root either
+        if not full.is_relative_to(root):
+            raise fail(key, f"{rel} is outside the test directory {root}")
+        if full.suffix.lower() not in AUDIO_SUFFIXES:
+            raise fail(key, f"{rel}: not an audio file ({', '.join(sorted(AUDIO_SUFFIXES))})")
+        if not full.is_file():
+            raise fail(key, f"{full} does not exist")
+        return full
+
+    scale_raw = raw.get("scale", {})
+    if not isinstance(scale_raw, dict):
+        raise fail("scale", "expected a mapping with min, max, step, min_label, max_label")
+    lo, hi, step = (scale_raw.get(k, d) for k, d in (("min", 0), ("max", 5), ("step", 0.5)))
+    for key, value in (("min", lo), ("max", hi), ("step", step)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail(f"scale.{key}", f"expected a number, got {value!r}")
+    if step <= 0:
+        raise fail("scale.step", "must be > 0")
+    if hi <= lo or abs((hi - lo) / step - round((hi - lo) / step)) > 1e-6:
+        raise fail("scale", f"max ({hi}) must exceed min ({lo}) by a whole number of steps ({step})")
+    scale = Scale(
+        float(lo),
+        float(hi),
+        float(step),
+        str(scale_raw.get("min_label", "very poor")),
+        str(scale_raw.get("max_label", "excellent")),
+    )
+
+    dimensions = []
+    for i, d in enumerate(raw.get("dimensions", list(PAPER_DIMENSIONS))):
+        key = f"dimensions[{i}]"
+        if isinstance(d, str):
+            if d not in PAPER_DIMENSIONS:
+                raise fail(key, f"{d!r} needs a label and question (built in: {', '.join(PAPER_DIMENSIONS)})")
+            d = {"name": d}
+        if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not d["name"].isidentifier():
+            raise fail(key, "expected a name (an identifier) or a mapping with name, label, question")
+        label, question = PAPER_DIMENSIONS.get(d["name"], (None, None))
+        label, question = d.get("label", label), d.get("question", question)
+        if not label or not question:
+            raise fail(key, f"dimension {d['name']!r} needs a label and a question")
+        dimensions.append(Dimension(d["name"], str(label), str(question)))
+    names = [d.name for d in dimensions]
+    if not dimensions or len(set(names)) != len(names):
+        raise fail("dimensions", "expected at least one dimension and no repeated names")
+
+    systems = raw.get("systems")
+    if (
+        not isinstance(systems, list)
+        or not systems
+        or not all(isinstance(s, str) and s for s in systems)
+        or len(set(systems)) != len(systems)
+    ):
+        raise fail("systems", "expected a list of distinct system names")
+    utterances = raw.get("utterances")
+    if not isinstance(utterances, list) or not utterances or not all(isinstance(u, str) for u in utterances):
+        raise fail("utterances", "expected a list of utterance ids")
+    if len(set(utterances)) != len(utterances):
+        raise fail("utterances", "repeated utterance id")
+    pattern = text("audio_pattern", "{system}/{utt}.wav")
+    ref_pattern = raw.get("reference_pattern")
+
+    items: dict[str, Item] = {}
+    for utt in utterances:
+        ref = audio("reference_pattern", ref_pattern.format(utt=utt)) if ref_pattern else None
+        for system in systems:
+            try:
+                rel = pattern.format(system=system, utt=utt)
+            except (KeyError, IndexError) as e:
+                raise fail("audio_pattern", f"only {{system}} and {{utt}} may appear, not {e}") from e
+            item_id = f"{utt}@{system}"
+            items[item_id] = Item(item_id, audio("audio_pattern", rel), system, utt, ref)
+
+    checks = raw.get("attention_checks", [])
+    if not isinstance(checks, list):
+        raise fail("attention_checks", "expected a list of {id, audio, expect, reference (optional)}")
+    for i, check in enumerate(checks):
+        key = f"attention_checks[{i}]"
+        if not isinstance(check, dict) or not isinstance(check.get("id"), str):
+            raise fail(key, "expected a mapping with id, audio, expect")
+        if check.get("expect") not in ("high", "low"):
+            raise fail(f"{key}.expect", "expected 'high' (hidden reference) or 'low' (degraded anchor)")
+        item_id = f"check:{check['id']}"
+        if item_id in items:
+            raise fail(f"{key}.id", f"repeated attention check id {check['id']!r}")
+        ref = audio(f"{key}.reference", check["reference"]) if "reference" in check else None
+        items[item_id] = Item(
+            item_id, audio(f"{key}.audio", check.get("audio")), reference=ref, expect=check["expect"]
+        )
+
+    attention = raw.get("attention", {})
+    if not isinstance(attention, dict) or set(attention) - {"high_min", "low_max"}:
+        raise fail("attention", "expected a mapping with high_min and low_max")
+    high_min = attention.get("high_min", scale.min + 0.6 * (scale.max - scale.min))
+    low_max = attention.get("low_max", scale.min + 0.4 * (scale.max - scale.min))
+
+    n_system_items = len(utterances) * len(systems)
+    per_rater = raw.get("items_per_rater", n_system_items)
+    if isinstance(per_rater, bool) or not isinstance(per_rater, int) or not 1 <= per_rater <= n_system_items:
+        raise fail(
+            "items_per_rater", f"expected an integer from 1 to {n_system_items} (utterances x systems)"
+        )
+    invitations = raw.get("invitations", "required")
+    if invitations not in ("required", "open"):
+        raise fail("invitations", "expected 'required' or 'open'")
+
+    return Definition(
+        path=path,
+        name=name,
+        title=text("title", "Listening test"),
+        instructions=text("instructions", "Play each sample, then rate it on every question."),
+        root=root,
+        scale=scale,
+        dimensions=dimensions,
+        systems=list(systems),
+        items=items,
+        items_per_rater=per_rater,
+        high_min=float(high_min),
+        low_max=float(low_max),
+        invitations=invitations,
+    )
