@@ -1,0 +1,167 @@
+"""TTS with the trained LM: text -> audio tokens -> codec decode -> wav files, with codec round trips.
+
+For each utterance of a tokenised test set the LM answers the TTS prompt; the audio tokens of its answer
+are decoded by the model's codec into ``wav/<id>.wav``. The reference codes of the same utterance are
+decoded into ``roundtrip/<id>.wav``: the ceiling that a perfect LM could reach through this codec.
+``synth.jsonl`` has one row per utterance: ``{id, text, wav, roundtrip_wav, audio_end, n_codes,
+duration, ref_duration}`` (paths relative to the output dir); ``audio_end`` is false when the answer
+never closed with ``<|audio_end|>`` (the generation ran into ``--max-new-tokens``, or stopped with
+``<|im_end|>`` before it). An utterance without audio (no audio tokens generated, or codes the codec
+cannot decode) keeps its row, with ``wav`` null and ``wav_error`` saying why. Rows are appended batch
+by batch, so a killed run continues where it stopped. ``speech-lpo score tts`` scores the directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from speech_lpo.decode import batches, check_settings, generate_batch, load_model, load_rows, read_done
+from speech_lpo.prompts import im_end_id, response_codes, tts_prompt_ids
+from speech_lpo.score import write_atomic
+from speech_lpo.tts_metrics import SYNTH_LIST
+
+
+def write_wav(path: Path, codec, codes: np.ndarray) -> tuple[str | None, float | None, str | None]:
+    """Decode codes to ``path``: (relative path, duration in seconds, error)."""
+    import soundfile as sf
+
+    if len(codes) == 0:
+        return None, None, "no audio codes"
+    try:
+        wav = np.asarray(codec.decode(codes), dtype=np.float32)
+        if wav.size == 0 or not np.isfinite(wav).all():
+            raise ValueError(f"codec returned {wav.size} samples, empty or not finite")
+    except Exception as e:  # any codec failure is this utterance's, named in its row
+        return None, None, f"codec cannot decode {len(codes)} codes: {type(e).__name__}: {e}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.wav")
+    sf.write(tmp, wav, codec.sample_rate)
+    tmp.replace(path)
+    return f"{path.parent.name}/{path.name}", len(wav) / codec.sample_rate, None
+
+
+def synthesize(
+    model_dir: str | Path,
+    data: str | Path,
+    out_dir: str | Path,
+    split: str | None = None,
+    batch_size: int = 4,
+    max_new_tokens: int = 1000,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    limit: int | None = None,
+) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    from speech_lpo.codecs import load_codec
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, tokenizer, vocab = load_model(model_dir)
+    codec = load_codec(model_dir)
+    end_id = im_end_id(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_id
+    rows = load_rows(data, split, limit)
+    list_path = out_dir / SYNTH_LIST
+    settings = {
+        "model": str(model_dir),
+        "data": str(data),
+        "split": split,
+        "sampling": "greedy"
+        if temperature == 0
+        else f"temperature {temperature}, top_p {top_p}, seed {seed}",
+        "max_new_tokens": max_new_tokens,
+    }
+    check_settings(out_dir / "synthesize.json", settings, list_path)
+    done = read_done(list_path)
+    todo = [r for r in rows if r["id"] not in done]
+    sampling = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature}
+    sampling |= {"top_p": top_p, "top_k": 0} if temperature else {}
+    t0 = time.time()
+    with open(list_path, "a", encoding="utf-8") as out, tqdm(total=len(todo), desc="synthesize") as bar:
+        for i, batch in enumerate(batches(todo, batch_size)):
+            torch.manual_seed(seed + i)
+            prompts = [tts_prompt_ids(tokenizer, r["text"]) for r in batch]
+            new = generate_batch(
+                model,
+                prompts,
+                pad_id,
+                [vocab.audio_end_id, end_id],
+                max_new_tokens=max_new_tokens,
+                **sampling,
+            )
+            for row, ids in zip(batch, new, strict=True):
+                codes, closed = response_codes(vocab, ids)
+                wav, duration, error = write_wav(out_dir / "wav" / f"{row['id']}.wav", codec, codes)
+                rt, _, rt_error = write_wav(
+                    out_dir / "roundtrip" / f"{row['id']}.wav", codec, np.asarray(row["codes"])
+                )
+                rec = {
+                    "id": row["id"],
+                    "text": row["text"],
+                    "wav": wav,
+                    "roundtrip_wav": rt,
+                    "audio_end": closed,
+                }
+                rec |= {"n_codes": len(codes), "duration": duration, "ref_duration": row["duration"]}
+                rec |= {k: v for k, v in (("wav_error", error), ("roundtrip_wav_error", rt_error)) if v}
+                done[row["id"]] = rec
+                out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            out.flush()
+            bar.update(len(batch))
+    recs = [done[r["id"]] for r in rows]
+    report = {
+        **settings,
+        "utterances": len(recs),
+        "with_audio": sum(bool(r["wav"]) for r in recs),
+        "synthesized_this_run": len(todo),
+        "seconds_this_run": round(time.time() - t0, 2),
+        "no_audio_end": [r["id"] for r in recs if not r["audio_end"]],
+        "no_audio": {r["id"]: r["wav_error"] for r in recs if not r["wav"]},
+        "no_roundtrip": {r["id"]: r["roundtrip_wav_error"] for r in recs if not r["roundtrip_wav"]},
+    }
+    write_atomic(out_dir / "synthesize.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", required=True, help="model dir with its codec (build-model, sft or train output)"
+    )
+    parser.add_argument(
+        "--data", required=True, help="tokenised dataset (speech-lpo tokenize): texts and reference codes"
+    )
+    parser.add_argument("--split", help="synthesise only this split of the dataset")
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=1000)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, help="synthesise only the first N utterances (by id)")
+
+
+def main(args: argparse.Namespace) -> None:
+    report = synthesize(
+        args.model,
+        args.data,
+        args.out_dir,
+        args.split,
+        args.batch_size,
+        args.max_new_tokens,
+        args.temperature,
+        args.top_p,
+        args.seed,
+        args.limit,
+    )
+    print(
+        f"synthesised {report['with_audio']}/{report['utterances']} with audio; "
+        f"no <|audio_end|>: {len(report['no_audio_end'])} -> {args.out_dir}/{SYNTH_LIST}"
+    )
