@@ -31,6 +31,22 @@ STAGES: dict[str, str] = {
 }
 
 
+def _apply_config(parser: argparse.ArgumentParser, path: str) -> None:
+    """Use a YAML file's values as the parser's defaults, so command-line options still win."""
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        values = yaml.safe_load(f) or {}
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        parser.error(f"{path}: unknown options {unknown}")
+    parser.set_defaults(**values)
+    for action in parser._actions:  # a required option given by the file is no longer required
+        if action.dest in values:
+            action.required = False
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="speech-lpo", description=__doc__.splitlines()[0])
@@ -47,7 +63,12 @@ def main(argv: list[str] | None = None) -> None:
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         module.add_arguments(stage_parser)
+        stage_parser.add_argument(
+            "--config", help="YAML file of option values; options given here override it"
+        )
         stage_parser.set_defaults(func=module.main)
+        if "--config" in argv:
+            _apply_config(stage_parser, argv[argv.index("--config") + 1])
     args = parser.parse_args(argv)
     args.func(args)
 

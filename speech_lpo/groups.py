@@ -68,7 +68,8 @@ class SkipReport:
         if not self.counts:
             return "nothing skipped"
         return "; ".join(
-            f"{reason}: {n} (e.g. {', '.join(self.examples[reason])})" for reason, n in sorted(self.counts.items())
+            f"{reason}: {n} (e.g. {', '.join(self.examples[reason])})"
+            for reason, n in sorted(self.counts.items())
         )
 
 
@@ -77,9 +78,13 @@ def _check_ref(group: PreferenceGroup, where: str) -> None:
         return
     values = [group.ref_chosen_logp, *(group.ref_rejected_logp or [])]
     if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
-        raise GroupFormatError(f"{where}: group {group.id!r} has a NaN or infinite reference log-prob: {values}")
+        raise GroupFormatError(
+            f"{where}: group {group.id!r} has a NaN or infinite reference log-prob: {values}"
+        )
     if len(group.ref_rejected_logp or []) != group.k or len(group.ref_rejected_len or []) != group.k:
-        raise GroupFormatError(f"{where}: group {group.id!r} has {group.k} rejected but ref values for another count")
+        raise GroupFormatError(
+            f"{where}: group {group.id!r} has {group.k} rejected but ref values for another count"
+        )
     lengths = [len(group.chosen_ids), *map(len, group.rejected_ids)]
     if [group.ref_chosen_len, *group.ref_rejected_len] != lengths:
         raise GroupFormatError(
@@ -100,7 +105,9 @@ def parse_group(line: str, where: str) -> PreferenceGroup:
     return group
 
 
-def clean_group(group: PreferenceGroup, report: SkipReport, max_length: int | None = None) -> PreferenceGroup | None:
+def clean_group(
+    group: PreferenceGroup, report: SkipReport, max_length: int | None = None
+) -> PreferenceGroup | None:
     """Drop unusable rejected responses, or the whole group; every drop is counted in ``report``.
 
     Rules: an empty chosen response drops the group; an empty rejected response, or one identical to

@@ -51,9 +51,7 @@ def lpo_loss(
         if variant == "dynamic":
             r2 = torch.exp(x2 - x1).detach()
         scale = 2.0 * beta * 2.0 / (r1 + r2)
-        linear = scale * (
-            r1 * (x1 - x2.detach() - offset).abs() + r2 * (x1.detach() - x2 - offset).abs()
-        )
+        linear = scale * (r1 * (x1 - x2.detach() - offset).abs() + r2 * (x1.detach() - x2 - offset).abs())
     else:
         raise ValueError(f"unknown LPO variant {variant!r}; expected one of {LPO_VARIANTS}")
     extras = {"positive_active": (x1 < 0).to(x1.dtype).detach()}
@@ -79,7 +77,9 @@ def hinge_loss(x1: Tensor, x2: Tensor, *, beta: float = 0.1) -> LossOutput:
     return torch.relu(1.0 - beta * (x1 - x2)), {}
 
 
-def simpo_loss(logp_w: Tensor, logp_l: Tensor, *, beta: float = 2.0, gamma_beta_ratio: float = 0.5) -> LossOutput:
+def simpo_loss(
+    logp_w: Tensor, logp_l: Tensor, *, beta: float = 2.0, gamma_beta_ratio: float = 0.5
+) -> LossOutput:
     """SimPO: reference-free, on length-normalised policy log-probs, with a target margin."""
     return -F.logsigmoid(beta * (logp_w - logp_l - gamma_beta_ratio)), {}
 

@@ -56,6 +56,8 @@ def resize_embeddings_to_mean(model: PreTrainedModel, new_size: int) -> None:
     # ones; DESIGN.md asks for the plain mean, which we set ourselves.
     model.resize_token_embeddings(new_size, mean_resizing=False)
     with torch.no_grad():
-        for emb in {id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings()) if e}.values():
+        for emb in {
+            id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings()) if e
+        }.values():
             if new_size > old_size:
                 emb.weight[old_size:] = emb.weight[:old_size].mean(dim=0, keepdim=True)

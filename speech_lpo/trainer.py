@@ -67,7 +67,13 @@ class PreferenceConfig(TrainingArguments):
 
     def loss_kwargs(self) -> dict:
         return {
-            "lpo": {"beta": self.beta, "r1": self.r1, "r2": self.r2, "gamma": self.gamma, "variant": self.lpo_variant},
+            "lpo": {
+                "beta": self.beta,
+                "r1": self.r1,
+                "r2": self.r2,
+                "gamma": self.gamma,
+                "variant": self.lpo_variant,
+            },
             "dpo": {"beta": self.beta, "label_smoothing": self.label_smoothing},
             "ipo": {"beta": self.beta},
             "hinge": {"beta": self.beta},
@@ -141,7 +147,10 @@ class PreferenceTrainer(Trainer):
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._metrics: dict[str, dict[str, list[float]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
 
     def _reference_logps(self, model: torch.nn.Module, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-pair reference log-probs (summed): stored with the groups, or computed now without grad."""
@@ -179,7 +188,9 @@ class PreferenceTrainer(Trainer):
         losses, extras = LOSSES[args.loss_type](x1, x2, **args.loss_kwargs())
         loss = losses.mean()
         if not torch.isfinite(loss):
-            bad = sorted({inputs["group_ids"][g] for g in inputs["pair_group"][~torch.isfinite(losses)].tolist()})
+            bad = sorted(
+                {inputs["group_ids"][g] for g in inputs["pair_group"][~torch.isfinite(losses)].tolist()}
+            )
             raise NonFiniteLossError(
                 f"non-finite loss {loss.item()} at step {self.state.global_step}; groups {bad or inputs['group_ids']}"
             )

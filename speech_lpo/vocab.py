@@ -65,7 +65,9 @@ class AudioVocab:
     def load(cls, model_dir: str | Path) -> AudioVocab:
         path = Path(model_dir, VOCAB_FILE)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no audio vocabulary; was the model made by `speech-lpo build-model`?")
+            raise FileNotFoundError(
+                f"{path}: no audio vocabulary; was the model made by `speech-lpo build-model`?"
+            )
         return cls(**json.loads(path.read_text()))
 
     @classmethod

@@ -73,9 +73,13 @@ def test_lpo_plain_and_dynamic():
     r2 = torch.exp(b.detach()) / torch.exp(a.detach())
     torch.testing.assert_close(extras["r2"], r2)
     np.testing.assert_allclose(
-        losses.detach().numpy(), authors_forward(a.detach().numpy(), b.detach().numpy(), R1, r2.numpy()), rtol=1e-12
+        losses.detach().numpy(),
+        authors_forward(a.detach().numpy(), b.detach().numpy(), R1, r2.numpy()),
+        rtol=1e-12,
     )
-    torch.testing.assert_close(a.grad, 4 * BETA * R1 / (R1 + r2) * torch.sign(d) - GAMMA * (a.detach() < 0).double())
+    torch.testing.assert_close(
+        a.grad, 4 * BETA * R1 / (R1 + r2) * torch.sign(d) - GAMMA * (a.detach() < 0).double()
+    )
     torch.testing.assert_close(b.grad, -4 * BETA * r2 / (R1 + r2) * torch.sign(d))
 
 

@@ -5,7 +5,6 @@ import copy
 import pytest
 import torch
 from datasets import Dataset
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
@@ -14,6 +13,7 @@ from speech_lpo.groups import PreferenceGroup
 from speech_lpo.modeling import tiny_qwen2
 from speech_lpo.trainer import PreferenceConfig, PreferenceTrainer
 from tests.test_packing import random_groups
+from tokenizers import Tokenizer, models, pre_tokenizers
 
 VOCAB = 97
 
@@ -33,8 +33,13 @@ def grads_of(model) -> torch.Tensor:
 def trl_loss_and_grads(policy, ref, groups: list[PreferenceGroup], tmp_path):
     text = Dataset.from_dict({"prompt": ["w2 w3"], "chosen": ["w4"], "rejected": ["w5"]})
     args = DPOConfig(output_dir=str(tmp_path / "trl"), beta=0.1, report_to=[], use_cpu=True, bf16=False)
-    trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=text, processing_class=word_tokenizer())
-    examples = [{"prompt_ids": g.prompt_ids, "chosen_ids": g.chosen_ids, "rejected_ids": g.rejected_ids[0]} for g in groups]
+    trainer = DPOTrainer(
+        model=policy, ref_model=ref, args=args, train_dataset=text, processing_class=word_tokenizer()
+    )
+    examples = [
+        {"prompt_ids": g.prompt_ids, "chosen_ids": g.chosen_ids, "rejected_ids": g.rejected_ids[0]}
+        for g in groups
+    ]
     batch = DataCollatorForPreference(pad_token_id=0)(examples)
     trainer.model.train()
     loss = trainer.compute_loss(trainer.model, batch)
@@ -56,8 +61,12 @@ def test_dpo_matches_trl(tmp_path, shared_prefix):
 
     policy = copy.deepcopy(base)
     args = PreferenceConfig(
-        output_dir=str(tmp_path / "ours"), loss_type="dpo", beta=0.1, shared_prefix=shared_prefix,
-        report_to=[], use_cpu=True,
+        output_dir=str(tmp_path / "ours"),
+        loss_type="dpo",
+        beta=0.1,
+        shared_prefix=shared_prefix,
+        report_to=[],
+        use_cpu=True,
     )
     trainer = PreferenceTrainer(model=policy, args=args, train_dataset=groups, ref_model=copy.deepcopy(ref))
     policy.train()

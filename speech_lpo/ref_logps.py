@@ -1,0 +1,113 @@
+"""Compute reference log-probs of every response once and store them with the preference groups.
+
+Training then needs no reference model in memory. Batches are packed exactly as in training (or one row
+per pair with --no_shared_prefix), run without gradients, and appended to ``<output>.partial`` as they
+finish; a killed run continues after the last complete line, and the finished file is renamed into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from speech_lpo.groups import PreferenceGroup, load_groups
+from speech_lpo.packing import collate_groups, response_logps
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def with_ref_logps(
+    model: torch.nn.Module,
+    groups: Sequence[PreferenceGroup],
+    batch_size: int = 8,
+    shared_prefix: bool = True,
+    pad_id: int = 0,
+) -> Iterator[PreferenceGroup]:
+    """Yield the groups, in order, with ``ref_*`` fields filled from ``model``."""
+    model.eval()
+    device = next(model.parameters()).device
+    for start in range(0, len(groups), batch_size):
+        chunk = groups[start : start + batch_size]
+        batch = collate_groups(chunk, shared_prefix=shared_prefix, pad_id=pad_id)
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        logps = response_logps(model, batch).tolist()
+        lengths = batch["resp_len"].tolist()
+        chosen, rejected = batch["pair_chosen"].tolist(), batch["pair_rejected"].tolist()
+        pair = 0  # pairs come group by group, k of them each, in either layout
+        for g in chunk:
+            c, rs = chosen[pair], rejected[pair : pair + g.k]
+            g.ref_chosen_logp, g.ref_chosen_len = logps[c], lengths[c]
+            g.ref_rejected_logp = [logps[r] for r in rs]
+            g.ref_rejected_len = [lengths[r] for r in rs]
+            pair += g.k
+            yield g
+
+
+def _finished_ids(path: Path) -> list[str]:
+    """Group ids of the complete lines of a partial file; a torn last line (killed mid-write) is cut off."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with path.open("r+b") as f:
+            f.truncate(end)
+    return [json.loads(line)["id"] for line in data[:end].decode("utf-8").splitlines()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--groups", required=True, help="preference groups JSONL (from make-pairs)")
+    parser.add_argument("--model", required=True, help="reference model: the SFT model dir or a hub id")
+    parser.add_argument("--output", required=True, help="groups JSONL with reference log-probs")
+    parser.add_argument("--batch_size", type=int, default=8, help="groups per forward pass")
+    parser.add_argument(
+        "--max_length", type=int, default=None, help="drop groups whose packed length exceeds this"
+    )
+    parser.add_argument(
+        "--no_shared_prefix", action="store_true", help="one row per pair instead of packed groups"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def main(args: argparse.Namespace) -> None:
+    from transformers import AutoModelForCausalLM
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    output = Path(args.output)
+    if output.exists():
+        log.info("%s exists; nothing to do", output)
+        return
+    groups, report = load_groups(args.groups, max_length=args.max_length)
+    log.info("%d groups from %s; skipped: %s", len(groups), args.groups, report.summary())
+    partial = output.with_name(output.name + ".partial")
+    finished = _finished_ids(partial)
+    done = len(finished)
+    if finished != [g.id for g in groups[:done]]:
+        raise ValueError(
+            f"{partial} holds groups other than the first {done} of {args.groups}; remove it to start over"
+        )
+    if done:
+        log.info("resuming after %d finished groups in %s", done, partial)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(args.device)
+    pad_id = model.config.pad_token_id or 0
+    todo = groups[done:]
+    with partial.open("a", encoding="utf-8") as f:
+        for g in tqdm(
+            with_ref_logps(model, todo, args.batch_size, not args.no_shared_prefix, pad_id),
+            total=len(todo),
+            desc="ref-logps",
+            unit="group",
+        ):
+            f.write(g.to_json() + "\n")
+            f.flush()
+        os.fsync(f.fileno())
+    partial.replace(output)
+    log.info("wrote %d groups with reference log-probs to %s", len(groups), output)

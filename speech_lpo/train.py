@@ -1,0 +1,199 @@
+"""Train a model with LPO (or DPO, IPO, hinge, SimPO, DPOP) on preference groups.
+
+Reference log-probs come from the groups (``speech-lpo ref-logps``), from ``--ref_model``, or, with
+LoRA, from the base model with the adapter disabled. Re-running with the same output dir resumes from
+its last checkpoint. The trained model is saved to the output dir with the tokenizer, the audio
+vocabulary and everything else the source model dir held, so later stages can use it as a model dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from speech_lpo.groups import load_groups
+from speech_lpo.losses import LOSSES, LPO_VARIANTS
+
+log = logging.getLogger(__name__)
+
+# Files that save_pretrained writes for the model itself; everything else in a model dir is copied over.
+_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
+
+
+def _bool(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    io = parser.add_argument_group("data and model")
+    io.add_argument("--groups", required=True, help="training preference groups JSONL")
+    io.add_argument("--eval_groups", default=None, help="held-out preference groups JSONL")
+    io.add_argument("--model", required=True, help="policy to start from: a model dir or a hub id")
+    io.add_argument(
+        "--ref_model", default=None, help="live reference model (otherwise: stored ref log-probs)"
+    )
+    io.add_argument("--output_dir", required=True)
+    io.add_argument(
+        "--max_length", type=int, default=None, help="drop groups whose packed length exceeds this"
+    )
+
+    loss = parser.add_argument_group("loss (defaults: the paper's Table 9)")
+    loss.add_argument("--loss", dest="loss_type", default="lpo", choices=sorted(LOSSES))
+    loss.add_argument("--beta", type=float, default=0.2)
+    loss.add_argument("--r1", type=float, default=1.0)
+    loss.add_argument("--r2", type=float, default=1.0, help="LPO: rate of the rejected log-prob's fall")
+    loss.add_argument("--gamma", type=float, default=10.0, help="LPO positive-term weight (paper: lambda)")
+    loss.add_argument("--lpo_variant", default="ste", choices=LPO_VARIANTS)
+    loss.add_argument("--label_smoothing", type=float, default=0.0, help="DPO")
+    loss.add_argument("--simpo_gamma_beta_ratio", type=float, default=0.5)
+    loss.add_argument("--dpop_lambda", type=float, default=50.0)
+    loss.add_argument(
+        "--length_normalise", type=_bool, default=None, help="default: the loss's own convention"
+    )
+    loss.add_argument("--no_shared_prefix", action="store_true", help="one row per pair (TRL's layout)")
+
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--learning_rate", type=float, default=5e-6)
+    opt.add_argument("--num_train_epochs", type=float, default=1.0)
+    opt.add_argument("--max_steps", type=int, default=-1, help="overrides epochs when > 0")
+    opt.add_argument("--batch_size", type=int, default=4, help="groups per device per step")
+    opt.add_argument("--grad_accum", type=int, default=1)
+    opt.add_argument("--warmup_steps", type=int, default=0)
+    opt.add_argument("--lr_scheduler_type", default="linear")
+    opt.add_argument("--weight_decay", type=float, default=0.0)
+    opt.add_argument("--max_grad_norm", type=float, default=1.0)
+    opt.add_argument("--bf16", action="store_true")
+    opt.add_argument("--gradient_checkpointing", action="store_true")
+    opt.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config (with accelerate launch)")
+    opt.add_argument("--seed", type=int, default=42)
+    opt.add_argument("--logging_steps", type=int, default=10)
+    opt.add_argument("--eval_steps", type=int, default=None)
+    opt.add_argument("--save_steps", type=int, default=500)
+    opt.add_argument("--save_total_limit", type=int, default=2)
+
+    lora = parser.add_argument_group("LoRA (peft)")
+    lora.add_argument("--lora_r", type=int, default=0, help="LoRA rank; 0 trains all weights")
+    lora.add_argument("--lora_alpha", type=int, default=16)
+    lora.add_argument("--lora_target_modules", default="q_proj,k_proj,v_proj,o_proj")
+
+
+def build_config(args: argparse.Namespace):
+    from speech_lpo.trainer import PreferenceConfig
+
+    return PreferenceConfig(
+        output_dir=args.output_dir,
+        loss_type=args.loss_type,
+        beta=args.beta,
+        r1=args.r1,
+        r2=args.r2,
+        gamma=args.gamma,
+        lpo_variant=args.lpo_variant,
+        label_smoothing=args.label_smoothing,
+        simpo_gamma_beta_ratio=args.simpo_gamma_beta_ratio,
+        dpop_lambda=args.dpop_lambda,
+        length_normalise=args.length_normalise,
+        shared_prefix=not args.no_shared_prefix,
+        learning_rate=args.learning_rate,
+        num_train_epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum,
+        warmup_steps=args.warmup_steps,
+        lr_scheduler_type=args.lr_scheduler_type,
+        weight_decay=args.weight_decay,
+        max_grad_norm=args.max_grad_norm,
+        bf16=args.bf16,
+        gradient_checkpointing=args.gradient_checkpointing,
+        deepspeed=args.deepspeed,
+        seed=args.seed,
+        data_seed=args.seed,
+        logging_steps=args.logging_steps,
+        eval_strategy="steps" if args.eval_groups else "no",
+        eval_steps=args.eval_steps or args.save_steps,
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        metrics_file=str(Path(args.output_dir) / "metrics.jsonl"),
+        report_to=[],
+        dataloader_drop_last=False,
+    )
+
+
+def copy_model_extras(src: str, dst: str) -> None:
+    """Copy what a model dir holds beside the weights (tokenizer, audio vocabulary, codec)."""
+    src_dir = Path(src)
+    if not src_dir.is_dir():
+        return  # a hub id: the tokenizer is saved separately
+    for item in src_dir.iterdir():
+        target = Path(dst) / item.name
+        if item.name in _MODEL_FILES or item.name.startswith("checkpoint-") or target.exists():
+            continue
+        (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
+
+
+def main(args: argparse.Namespace) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from speech_lpo.trainer import PreferenceTrainer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = build_config(args)
+    train_groups, report = load_groups(args.groups, max_length=args.max_length)
+    log.info(
+        "%d training groups (%d pairs); skipped: %s",
+        len(train_groups),
+        sum(g.k for g in train_groups),
+        report.summary(),
+    )
+    eval_groups = load_groups(args.eval_groups, max_length=args.max_length)[0] if args.eval_groups else None
+
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+    config.pad_token_id = model.config.pad_token_id or 0
+    if args.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=args.lora_r,
+                lora_alpha=args.lora_alpha,
+                target_modules=args.lora_target_modules.split(","),
+                task_type="CAUSAL_LM",
+            ),
+        )
+    ref_model = AutoModelForCausalLM.from_pretrained(args.ref_model, dtype=dtype) if args.ref_model else None
+
+    trainer = PreferenceTrainer(
+        model=model, args=config, train_dataset=train_groups, eval_dataset=eval_groups, ref_model=ref_model
+    )
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    if last:
+        log.info("resuming from %s", last)
+    result = trainer.train(resume_from_checkpoint=last)
+
+    if args.lora_r > 0:
+        model = model.merge_and_unload()  # later stages load a plain model dir
+        model.save_pretrained(args.output_dir)
+    else:
+        trainer.save_model(args.output_dir)
+    copy_model_extras(args.model, args.output_dir)
+    if not Path(args.model).is_dir():
+        AutoTokenizer.from_pretrained(args.model).save_pretrained(args.output_dir)
+    summary = {
+        "train_loss": result.training_loss,
+        "steps": result.global_step,
+        "skipped": dict(report.counts),
+    }
+    Path(args.output_dir, "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("done: %s", summary)
