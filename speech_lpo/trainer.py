@@ -191,8 +191,9 @@ class PreferenceTrainer(Trainer):
             bad = sorted(
                 {inputs["group_ids"][g] for g in inputs["pair_group"][~torch.isfinite(losses)].tolist()}
             )
+            step = self.state.global_step
             raise NonFiniteLossError(
-                f"non-finite loss {loss.item()} at step {self.state.global_step}; groups {bad or inputs['group_ids']}"
+                f"non-finite loss {loss.item()} at step {step}; groups {bad or inputs['group_ids']}"
             )
 
         mode = "train" if model.training else "eval"
