@@ -48,8 +48,10 @@ class AudioCopies:
 
 
 def _progress_html(done: int, total: int) -> str:
+    bar = "height:8px;border-radius:4px"
     return (
-        f'<div id="mos-progress"><progress value="{done}" max="{total}" style="width:100%"></progress>'
+        f'<div id="mos-progress"><div style="background:#e5e7eb;{bar}">'
+        f'<div style="width:{100 * done / max(total, 1):.1f}%;background:#f97316;{bar}"></div></div>'
         f"<p>{done} of {total} samples rated</p></div>"
     )
 
@@ -70,17 +72,27 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
             code = gr.Textbox(label="Invitation code", placeholder="the code from your invitation link")
             start = gr.Button("Start", variant="primary")
         message = gr.Markdown(elem_id="mos-message")
+        progress = gr.HTML()
         with gr.Column(visible=False) as rating_page:
-            progress = gr.HTML()
             reference = gr.Audio(label="Reference recording", interactive=False, buttons=[], visible=False)
             sample = gr.Audio(label="Sample to rate", interactive=False, buttons=[], elem_id="mos-sample")
             radios = [
-                gr.Radio(choices, label=d.label, info=f"{d.question} ({ends})", interactive=False)
+                gr.Radio(
+                    choices,
+                    label=d.label,
+                    info=f"{d.question} ({ends})",
+                    interactive=False,
+                    elem_id=f"mos-{d.name}",
+                )
                 for d in defn.dimensions
             ]
-            submit = gr.Button("Submit and continue", variant="primary", interactive=False)
+            submit = gr.Button(
+                "Submit and continue", variant="primary", interactive=False, elem_id="mos-submit"
+            )
         with gr.Column(visible=False) as done_page:
-            gr.Markdown("## Thank you!\n\nAll samples are rated. You can close this page.")
+            gr.Markdown(
+                "## Thank you!\n\nAll samples are rated. You can close this page.", elem_id="mos-done"
+            )
 
         outputs = [session, saved, entry_page, rating_page, done_page, message, progress, reference, sample]
         outputs += [*radios, submit]
