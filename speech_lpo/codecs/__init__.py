@@ -1,0 +1,135 @@
+"""Audio codecs behind one interface: waveform <-> 1-D integer codes.
+
+Every codec has ``sample_rate``, ``frame_rate`` (code frames per second), ``codebook_size`` (K, the number
+of distinct codes, all codebooks together), ``encode(wav, sample_rate)``, ``decode(codes)`` and
+``save(dir)``; ``load_codec`` reads any of them back.
+
+Multi-codebook codecs (EnCodec, Mimi, DAC) are flattened as ESPnet does: frame-major, codebook q of
+frame t at position ``t * Q + q`` with value ``code + q * C`` (C codes per codebook), so K = Q * C and one
+audio token block serves every codebook. ``decode`` accepts any 1-D sequence: a trailing partial frame
+is dropped and a code in the wrong codebook band is folded into the right one (``code % C``), because
+decode also sees what an undertrained TTS model generates.
+
+``load_codec(path_or_name)`` accepts
+- a directory written by ``Codec.save`` (it holds ``codec.json``), or a model directory from
+  ``speech-lpo build-model`` (the codec lives in its ``codec/`` subdirectory);
+- a tokenizer spec, ``tokenizers/<name>.yaml``: neural codecs load their ``pretrained`` model; melvq has
+  no weights until fitted, see ``speech_lpo.codecs.melvq.MelVQ.fit``;
+- a transformers EnCodec / Mimi / DAC checkpoint: a local directory or a hub id.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import yaml
+
+CODEC_FILE = "codec.json"
+MODEL_CODEC_DIR = "codec"  # where build-model puts the codec inside a model directory
+
+
+class Codec(ABC):
+    """Waveform (float32 mono) <-> codes (int64, 1-D, values in [0, codebook_size))."""
+
+    name: str
+    sample_rate: int
+    frame_rate: float
+    codebook_size: int
+
+    def encode(self, wav: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Codes of one utterance; ``wav`` is resampled (soxr) to the codec's rate first."""
+        wav = resample(as_mono_float32(wav), sample_rate, self.sample_rate)
+        codes = self._encode(wav)
+        return np.ascontiguousarray(codes, dtype=np.int64).reshape(-1)
+
+    @abstractmethod
+    def _encode(self, wav: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def decode(self, codes: np.ndarray | list[int]) -> np.ndarray:
+        """Waveform (float32, ``sample_rate``) of a code sequence."""
+
+    @abstractmethod
+    def save(self, directory: str | Path) -> None: ...
+
+    def spec(self) -> dict:
+        """The figures a tokenizer YAML documents."""
+        return {
+            "codec": self.name,
+            "sample_rate": self.sample_rate,
+            "frame_rate": self.frame_rate,
+            "codebook_size": self.codebook_size,
+            "token_format": "<|audio_{code}|>",
+        }
+
+
+def as_mono_float32(wav: np.ndarray) -> np.ndarray:
+    wav = np.asarray(wav, dtype=np.float32)
+    if wav.ndim == 2:  # (samples, channels), as soundfile reads it
+        wav = wav.mean(axis=1)
+    if wav.ndim != 1:
+        raise ValueError(f"expected mono audio (samples,) or (samples, channels), got shape {wav.shape}")
+    return wav
+
+
+def resample(wav: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
+    if sample_rate == target_rate:
+        return wav
+    return soxr.resample(wav, sample_rate, target_rate).astype(np.float32, copy=False)
+
+
+def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Float32 mono samples and their rate; errors name the file."""
+    try:
+        wav, sr = sf.read(str(path), dtype="float32", always_2d=False)
+    except Exception as e:  # soundfile raises LibsndfileError, RuntimeError or TypeError by case
+        raise ValueError(f"{path}: unreadable audio ({e})") from e
+    return as_mono_float32(wav), sr
+
+
+def flatten_codes(codes: np.ndarray, per_codebook: int) -> np.ndarray:
+    """(Q, T) codes -> 1-D frame-major codes with codebook q offset by q * per_codebook."""
+    n_q = codes.shape[0]
+    offsets = (np.arange(n_q, dtype=np.int64) * per_codebook)[:, None]
+    return (codes.astype(np.int64) + offsets).T.reshape(-1)
+
+
+def unflatten_codes(codes: np.ndarray | list[int], n_q: int, per_codebook: int) -> np.ndarray:
+    """Inverse of flatten_codes: 1-D -> (Q, T); drops a trailing partial frame, folds stray bands."""
+    codes = np.asarray(codes, dtype=np.int64).reshape(-1)
+    codes = codes[: len(codes) // n_q * n_q]
+    return (codes.reshape(-1, n_q) % per_codebook).T
+
+
+def _codec_class(name: str) -> type[Codec]:
+    from speech_lpo.codecs import melvq, neural
+
+    classes = {"melvq": melvq.MelVQ, **neural.NEURAL_CODECS}
+    if name not in classes:
+        raise ValueError(f"unknown codec {name!r}; known: {sorted(classes)}")
+    return classes[name]
+
+
+def load_codec(path_or_name: str | Path) -> Codec:
+    """A codec from a saved codec dir, a model dir, a tokenizer YAML, or a transformers checkpoint."""
+    path = Path(path_or_name)
+    if (path / MODEL_CODEC_DIR / CODEC_FILE).is_file():
+        path = path / MODEL_CODEC_DIR
+    if (path / CODEC_FILE).is_file():
+        meta = json.loads((path / CODEC_FILE).read_text())
+        return _codec_class(meta["codec"]).load(path, meta)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such tokenizer spec")
+        spec = yaml.safe_load(path.read_text())
+        return _codec_class(spec["codec"]).from_spec(spec, path)
+    if path.exists() and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: neither a saved codec ({CODEC_FILE}) nor a transformers checkpoint")
+    from speech_lpo.codecs.neural import NeuralCodec
+
+    return NeuralCodec.from_pretrained(str(path_or_name))

@@ -1,0 +1,305 @@
+"""Synthesise the embedded mini corpus with espeak-ng, in the AISHELL-1 and LibriSpeech release layouts.
+
+Sentences come from a small grammar with a bounded vocabulary (3 to 8 words), drawn without repeats
+and split into train/dev/test so that no test sentence is seen in training. Every espeak voice is one
+speaker and speaks in every split. Deterministic for a given seed. Output (16 kHz, 16-bit PCM):
+
+  <out>/aishell1/data_aishell/wav/{train,dev,test}/S<spk>/BAC009S<spk>W<utt>.wav
+  <out>/aishell1/data_aishell/transcript/aishell_transcript_v0.8.txt   (words separated by spaces)
+  <out>/librispeech/LibriSpeech/{train-clean-100,dev-clean,test-clean}/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac
+  <out>/librispeech/LibriSpeech/.../<spk>-<chapter>.trans.txt           (upper case)
+  <out>/librispeech/LibriSpeech/SPEAKERS.TXT                            (speaker id -> espeak voice)
+
+espeak-ng is the library bundled in the ``espeakng-loader`` wheel, driven through ctypes (no system
+package). Audio files are written atomically and existing ones are kept, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import random
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+from tqdm import tqdm
+
+SAMPLE_RATE = 16000
+PEAK = 0.9
+SPLITS = ("train", "dev", "test")
+LIBRISPEECH_SUBSETS = {"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean"}
+# pocketsphinx recognises the +f2 / +klatt4 style variants far better than plain en-us (DESIGN.md)
+EN_VOICES = ("en-us+f2", "en-us+klatt4", "en-us+f4", "en-us+klatt2")
+CMN_VOICES = ("cmn", "cmn+f2", "cmn+klatt4", "cmn+m3")
+EN_SPEAKER_BASE = 9001  # LibriSpeech-style numeric speaker ids, far above the real corpus's
+CMN_SPEAKER_BASE = 1  # AISHELL-style S0001...
+
+# -- grammar ---------------------------------------------------------------------------------------------
+EN_WORDS = {
+    "name": ["JOHN", "MARY", "PETER", "ANNA", "DAVID", "SARAH"],
+    "adj": ["RED", "BIG", "SMALL", "GREEN", "OLD", "YOUNG", "HAPPY", "COLD"],
+    "noun": ["DOG", "CAT", "HOUSE", "CAR", "BOOK", "TREE", "BIRD", "TABLE", "RIVER", "GARDEN"],
+    "plural": ["DOGS", "CATS", "HOUSES", "CARS", "BOOKS", "TREES", "BIRDS", "APPLES"],
+    "verb": ["SAW", "FOUND", "LIKED", "WANTED", "OPENED", "PAINTED", "CALLED", "FOLLOWED"],
+    "num": ["TWO", "THREE", "FOUR", "FIVE", "SIX", "TEN"],
+    "adv": ["TODAY", "AGAIN", "SLOWLY", "QUICKLY", "LATER", "OUTSIDE"],
+    "place": ["HOME", "SCHOOL", "WORK", "TOWN"],
+}
+EN_TEMPLATES = [
+    "name verb THE adj noun",
+    "THE adj noun IS adj",
+    "name verb num plural adv",
+    "THE noun verb THE noun",
+    "name WENT TO place adv",
+    "THE adj noun verb THE adj noun",
+    "name AND name verb num plural",
+    "I verb THE noun adv",
+    "name verb THE adj noun NEAR THE noun",
+]
+CMN_WORDS = {
+    "name": ["小明", "小红", "老王", "妈妈", "爸爸", "老师"],
+    "verb": ["看见", "喜欢", "买了", "找到", "画了", "拿了"],
+    "num": ["一", "两", "三", "四", "五", "六"],
+    "noun": ["苹果", "小猫", "汽车", "书", "花", "鸟"],
+    "adj": ["红色", "大", "小", "新", "旧", "漂亮"],
+    "place": ["学校", "公园", "商店", "北京", "上海"],
+    "time": ["今天", "明天", "昨天", "早上", "晚上"],
+}
+CMN_TEMPLATES = [
+    "name verb num 个 noun",
+    "time name 去 place",
+    "name 在 place verb noun",
+    "这 个 noun 很 adj",
+    "time name verb 的 adj 的 noun",
+    "name 和 name 去 place",
+    "name time 在 place 看 书",
+]
+GRAMMARS = {"en": (EN_TEMPLATES, EN_WORDS), "cmn": (CMN_TEMPLATES, CMN_WORDS)}
+
+
+def sentences(lang: str, count: int, seed: int) -> list[list[str]]:
+    """``count`` distinct sentences (lists of words) from the language's grammar."""
+    templates, words = GRAMMARS[lang]
+    rng = random.Random(seed)
+    seen: set[tuple[str, ...]] = set()
+    out: list[list[str]] = []
+    for _ in range(count * 50):
+        if len(out) == count:
+            return out
+        template = rng.choice(templates).split()
+        sentence = tuple(rng.choice(words[slot]) if slot in words else slot for slot in template)
+        if sentence not in seen:
+            seen.add(sentence)
+            out.append(list(sentence))
+    raise ValueError(f"the {lang} grammar cannot give {count} distinct sentences; ask for fewer")
+
+
+def vocabulary(lang: str) -> set[str]:
+    templates, words = GRAMMARS[lang]
+    fixed = {w for t in templates for w in t.split() if w not in words}
+    return fixed | {w for ws in words.values() for w in ws}
+
+
+# -- espeak-ng through ctypes -------------------------------------------------------------------------------
+AUDIO_OUTPUT_SYNCHRONOUS = 2
+POS_CHARACTER = 1
+ESPEAK_CHARS_UTF8 = 1
+ESPEAK_RATE = 1
+SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+
+class Espeak:
+    """One espeak-ng instance per process (the library keeps global state)."""
+
+    def __init__(self):
+        import espeakng_loader
+
+        self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        self.lib.espeak_Initialize.restype = ctypes.c_int
+        self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        self.lib.espeak_Synth.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
+        data = espeakng_loader.get_data_path().encode()
+        self.sample_rate = self.lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0)
+        if self.sample_rate <= 0:
+            raise RuntimeError(f"espeak_Initialize failed with data path {data.decode()}")
+        self._chunks: list[np.ndarray] = []
+        self._callback = SYNTH_CALLBACK(self._collect)  # keep a reference: ctypes does not
+        self.lib.espeak_SetSynthCallback(self._callback)
+        self._voice: str | None = None
+
+    def _collect(self, wav, num_samples, events) -> int:
+        if num_samples > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
+        return 0
+
+    def synth(self, text: str, voice: str, rate_wpm: int = 160) -> np.ndarray:
+        """Float32 samples at ``self.sample_rate`` (22,050 Hz)."""
+        if voice != self._voice:
+            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                raise ValueError(f"espeak-ng has no voice {voice!r}")
+            self._voice = voice
+        self.lib.espeak_SetParameter(ESPEAK_RATE, rate_wpm, 0)
+        self._chunks = []
+        data = text.encode("utf-8")
+        err = self.lib.espeak_Synth(data, len(data) + 1, 0, POS_CHARACTER, 0, ESPEAK_CHARS_UTF8, None, None)
+        if err != 0:
+            raise RuntimeError(f"espeak_Synth failed ({err}) on {text!r}")
+        if not self._chunks:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(self._chunks).astype(np.float32) / 32768.0
+
+
+_ESPEAK: Espeak | None = None
+
+
+def synthesize(text: str, voice: str) -> np.ndarray:
+    """16 kHz float32 audio of ``text`` spoken by an espeak-ng voice."""
+    global _ESPEAK
+    if _ESPEAK is None:
+        _ESPEAK = Espeak()
+    wav = soxr.resample(_ESPEAK.synth(text, voice), _ESPEAK.sample_rate, SAMPLE_RATE)
+    peak = float(np.abs(wav).max()) if wav.size else 0.0
+    return (wav * (PEAK / peak) if peak > 0 else wav).astype(np.float32)  # klatt voices overshoot 1.0
+
+
+# -- corpus layout ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Utterance:
+    id: str
+    path: Path  # audio file
+    words: list[str]
+    voice: str
+    speaker: str
+    split: str
+
+
+def write_audio(path: Path, wav: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    sf.write(tmp, wav, SAMPLE_RATE, subtype="PCM_16")
+    os.replace(tmp, path)
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def assign(lang: str, counts: dict[str, int], voices: tuple[str, ...], seed: int) -> Iterator[tuple]:
+    """(split, voice index, per-voice utterance index, words) for every utterance, deterministically."""
+    pool = sentences(lang, sum(counts.values()), seed)
+    start = 0
+    per_voice = [0] * len(voices)
+    for split in SPLITS:
+        for i, words in enumerate(pool[start : start + counts[split]]):
+            v = i % len(voices)
+            per_voice[v] += 1
+            yield split, v, per_voice[v], words
+        start += counts[split]
+
+
+def aishell_utterances(root: Path, counts: dict[str, int], seed: int) -> list[Utterance]:
+    out = []
+    for split, v, n, words in assign("cmn", counts, CMN_VOICES, seed):
+        spk = f"S{CMN_SPEAKER_BASE + v:04d}"
+        uid = f"BAC009{spk}W{n:04d}"
+        path = root / "data_aishell" / "wav" / split / spk / f"{uid}.wav"
+        out.append(Utterance(uid, path, words, CMN_VOICES[v], spk, split))
+    return out
+
+
+def librispeech_utterances(root: Path, counts: dict[str, int], seed: int) -> list[Utterance]:
+    out = []
+    for split, v, n, words in assign("en", counts, EN_VOICES, seed + 1):
+        spk = str(EN_SPEAKER_BASE + v)
+        chapter = str(100 + SPLITS.index(split))  # one chapter per speaker and split
+        uid = f"{spk}-{chapter}-{n:04d}"
+        path = root / "LibriSpeech" / LIBRISPEECH_SUBSETS[split] / spk / chapter / f"{uid}.flac"
+        out.append(Utterance(uid, path, words, EN_VOICES[v], spk, split))
+    return out
+
+
+def render(utt: Utterance) -> str:
+    """Synthesise one utterance unless its file already exists; returns its id."""
+    if not utt.path.is_file():
+        # Mandarin is written without spaces; English is spoken from lower case, because espeak reads
+        # short all-capital words as letter-by-letter abbreviations
+        text = "".join(utt.words) if utt.voice.startswith("cmn") else " ".join(utt.words).lower()
+        write_audio(utt.path, synthesize(text, utt.voice))
+    return utt.id
+
+
+def write_transcripts(root: Path, utts: list[Utterance], layout: str) -> None:
+    if layout == "aishell":
+        lines = "".join(f"{u.id} {' '.join(u.words)}\n" for u in sorted(utts, key=lambda u: u.id))
+        write_text(root / "data_aishell" / "transcript" / "aishell_transcript_v0.8.txt", lines)
+        return
+    chapters: dict[Path, list[Utterance]] = {}
+    for u in utts:
+        chapters.setdefault(u.path.parent, []).append(u)
+    for chapter_dir, chapter_utts in chapters.items():
+        name = f"{chapter_dir.parent.name}-{chapter_dir.name}.trans.txt"
+        lines = "".join(f"{u.id} {' '.join(u.words)}\n" for u in sorted(chapter_utts, key=lambda u: u.id))
+        write_text(chapter_dir / name, lines)
+    speakers = sorted({(u.speaker, u.voice) for u in utts})
+    table = "".join(
+        f"{spk:<5}| {'F' if '+f' in voice else 'M'} | synthetic | espeak-ng {voice}\n"
+        for spk, voice in speakers
+    )
+    write_text(root / "LibriSpeech" / "SPEAKERS.TXT", "; ID  | SEX | SUBSET | NAME\n" + table)
+
+
+def synth_corpus(
+    out: Path, counts: dict[str, int], seed: int = 0, jobs: int = 1, langs=("cmn", "en")
+) -> dict:
+    """Write both layouts under ``out``; returns {layout: number of utterances}."""
+    plan = {}
+    if "cmn" in langs:
+        plan["aishell"] = (out / "aishell1", aishell_utterances(out / "aishell1", counts, seed))
+    if "en" in langs:
+        plan["librispeech"] = (out / "librispeech", librispeech_utterances(out / "librispeech", counts, seed))
+    for layout, (root, utts) in plan.items():
+        if jobs > 1:
+            with ProcessPoolExecutor(jobs) as pool:
+                list(tqdm(pool.map(render, utts, chunksize=16), total=len(utts), desc=f"synth {layout}"))
+        else:  # espeak is fast; one process avoids forking a torch-free but still large interpreter
+            list(tqdm(map(render, utts), total=len(utts), desc=f"synth {layout}"))
+        write_transcripts(root, utts, layout)
+    return {layout: len(utts) for layout, (_, utts) in plan.items()}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out", type=Path, required=True, help="corpus root (aishell1/ and librispeech/ below)"
+    )
+    parser.add_argument("--num-train", type=int, default=800, help="utterances per language")
+    parser.add_argument("--num-dev", type=int, default=80)
+    parser.add_argument("--num-test", type=int, default=80)
+    parser.add_argument("--langs", nargs="+", choices=["cmn", "en"], default=["cmn", "en"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=1, help="synthesis processes")
+
+
+def main(args: argparse.Namespace) -> None:
+    counts = {"train": args.num_train, "dev": args.num_dev, "test": args.num_test}
+    written = synth_corpus(args.out, counts, seed=args.seed, jobs=args.jobs, langs=tuple(args.langs))
+    for layout, n in written.items():
+        print(f"{layout}: {n} utterances under {args.out}")
