@@ -13,6 +13,8 @@ Logged metrics (averaged over the pairs of each logging window; a group of k rej
   ``rewards/accuracies`` (x1 > x2).
 - ``logps/chosen``, ``logps/rejected``: policy log-probs summed over the response tokens, as TRL logs them;
   ``logps_per_token/chosen``, ``logps_per_token/rejected``: the same divided by the response length.
+- ``logratio_per_token/chosen``, ``logratio_per_token/rejected``: (policy - reference) log-prob per token,
+  comparable across losses whatever their normalisation: what ``speech-lpo plot`` draws by default.
 - ``grad/x1``, ``grad/x2``: the mean derivative of the per-pair loss on x1 and x2; ``grad/ratio``:
   mean |dL/dx2| / mean |dL/dx1| (r2/r1 for LPO-STE where the positive term is off).
 - ``positive_active``: fraction of pairs with x1 < 0 (the positive term of LPO and DPOP is on).
@@ -177,11 +179,10 @@ class PreferenceTrainer(Trainer):
         chosen, rejected = logps[inputs["pair_chosen"]], logps[inputs["pair_rejected"]]
         len_c, len_r = lengths[inputs["pair_chosen"]], lengths[inputs["pair_rejected"]]
 
-        if args.loss_type in REFERENCE_FREE:
-            x1, x2 = chosen, rejected
-        else:
-            ref_c, ref_r = self._reference_logps(model, inputs)
-            x1, x2 = chosen - ref_c, rejected - ref_r
+        ref_c, ref_r = (
+            (None, None) if args.loss_type in REFERENCE_FREE else self._reference_logps(model, inputs)
+        )
+        x1, x2 = (chosen, rejected) if ref_c is None else (chosen - ref_c, rejected - ref_r)
         if args.length_normalise:
             x1, x2 = x1 / len_c, x2 / len_r
 
@@ -214,6 +215,9 @@ class PreferenceTrainer(Trainer):
             m["logps/rejected"].append(rejected.mean().item())
             m["logps_per_token/chosen"].append((chosen / len_c).mean().item())
             m["logps_per_token/rejected"].append((rejected / len_r).mean().item())
+            if ref_c is not None:
+                m["logratio_per_token/chosen"].append(((chosen - ref_c) / len_c).mean().item())
+                m["logratio_per_token/rejected"].append(((rejected - ref_r) / len_r).mean().item())
             for key, value in extras.items():
                 m[key].append(value.mean().item())
         return (loss, {"losses": losses}) if return_outputs else loss
