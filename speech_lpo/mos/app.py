@@ -217,4 +217,7 @@ def build_app(store: Store, defn: Definition) -> FastAPI:
 def serve(store: Store, defn: Definition, host: str, port: int) -> None:
     url = f"http://{host}:{port}"
     print(f"panel: {url}/  admin: {url}/admin?token={store.secret('admin_token')}", flush=True)
-    uvicorn.run(build_app(store, defn), host=host, port=port, log_level="warning")
+    # open event streams never end by themselves: give them 3 s on Ctrl-C / SIGTERM, not forever
+    uvicorn.run(
+        build_app(store, defn), host=host, port=port, log_level="warning", timeout_graceful_shutdown=3
+    )

@@ -11,27 +11,33 @@ from speech_lpo.mos.definition import Definition
 def assign_items(defn: Definition, seed: int, rater_index: int, taken: Counter[str]) -> list[str]:
     """Item ids for one rater.
 
-    ``items_per_rater`` system items: each system gets the same number (+1 for some when it does not
-    divide; which systems get the extra rotates with ``rater_index``); within a system the items given
-    to fewest raters so far (``taken``) come first, and an utterance repeats only when it must. The
-    order is shuffled, and every attention check goes in at a random place after the first item.
+    ``items_per_rater`` system items, chosen as cells of the utterance x system grid so that every
+    system gets the same number of items (+1 for some when it does not divide; which ones rotates
+    with ``rater_index``) and every utterance too (+1 for the utterances given out least so far).
+    Among equal choices the items given to fewest raters so far (``taken``) win. Filling the grid
+    system by system, each taking the utterances with the most places left, always succeeds when
+    the counts allow it (Ryser's construction). The order is shuffled, and every attention check
+    goes in at a random place after the first item.
     """
     rng = random.Random(seed)
-    n_sys = len(defn.systems)
-    quota = {s: defn.items_per_rater // n_sys for s in defn.systems}
-    for j in range(defn.items_per_rater % n_sys):
-        quota[defn.systems[(rater_index + j) % n_sys]] += 1
+    n = defn.items_per_rater
+    systems, utts = defn.systems, list(dict.fromkeys(it.utterance for it in defn.system_items))
+    by_cell = {(it.utterance, it.system): it.id for it in defn.system_items}
+    tiebreak = {cell: rng.random() for cell in by_cell}
 
-    tiebreak = {item.id: rng.random() for item in defn.system_items}
-    slots = [s for s in defn.systems for _ in range(quota[s])]
-    rng.shuffle(slots)
+    quota = {s: n // len(systems) for s in systems}
+    for j in range(n % len(systems)):
+        quota[systems[(rater_index + j) % len(systems)]] += 1
+    heard = Counter({u: sum(taken[by_cell[u, s]] for s in systems) for u in utts})
+    extra = sorted(utts, key=lambda u: (heard[u], rng.random()))[: n % len(utts)]
+    places = {u: n // len(utts) + (u in extra) for u in utts}
+
     chosen: list[str] = []
-    heard = Counter()
-    for system in slots:
-        candidates = [it for it in defn.system_items if it.system == system and it.id not in chosen]
-        best = min(candidates, key=lambda it: (heard[it.utterance], taken[it.id], tiebreak[it.id]))
-        chosen.append(best.id)
-        heard[best.utterance] += 1
+    for system in sorted(systems, key=lambda s: -quota[s]):
+        ranked = sorted(utts, key=lambda u: (-places[u], taken[by_cell[u, system]], tiebreak[u, system]))
+        for u in ranked[: quota[system]]:
+            chosen.append(by_cell[u, system])
+            places[u] -= 1
     rng.shuffle(chosen)
     for check in defn.check_items:
         chosen.insert(rng.randint(1, len(chosen)), check.id)

@@ -1,8 +1,8 @@
 """MOS per system and dimension with t-based 95% intervals, after screening raters.
 
-A rater is excluded when a hidden reference ("high" check) gets a mean score below ``high_min``, a
-degraded anchor ("low" check) a mean above ``low_max``, when every score they gave is the same
-(a straight-liner), or when they answered no attention check at all. Attention-check answers never
+A rater is excluded when every score they gave is the same (a straight-liner), when a hidden
+reference ("high" check) gets a mean score below ``high_min`` or a degraded anchor ("low" check) a
+mean above ``low_max``, or when they answered no attention check at all. Attention-check answers never
 enter the means.
 """
 
@@ -55,10 +55,10 @@ def screen(defn: Definition, rows: list[dict]) -> dict[str, str | None]:
             if (defn.items[item_id].expect == "high" and np.mean(scores) < defn.high_min)
             or (defn.items[item_id].expect == "low" and np.mean(scores) > defn.low_max)
         ]
-        if failed:
-            verdict[rater] = "failed attention check"
-        elif len(answers) > 1 and len({row["score"] for row in answers}) == 1:
+        if len(answers) > 1 and len({row["score"] for row in answers}) == 1:
             verdict[rater] = "same score for everything"
+        elif failed:
+            verdict[rater] = "failed attention check"
         elif defn.check_items and not check_scores:
             verdict[rater] = "answered no attention check"
         else:

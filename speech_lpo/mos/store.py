@@ -17,6 +17,7 @@ import io
 import json
 import secrets
 import sqlite3
+import threading
 import time
 import uuid
 from collections import Counter
@@ -86,6 +87,7 @@ class Store:
         self.path = Path(path)
         self.defn = defn
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -97,21 +99,26 @@ class Store:
         if name != defn.name:
             raise Refused(f"{self.path} holds ratings of test {name!r}, not {defn.name!r} ({defn.path})")
 
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection (the panel calls from many threads). Connections stay open: closing
+        the last one checkpoints and deletes the WAL, which costs more than the transaction."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            db.execute("PRAGMA synchronous=FULL")  # an acknowledged rating survives power loss too
+        return db
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction on its own connection (the panel calls from many threads)."""
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        db.execute("PRAGMA synchronous=FULL")
+        """One write transaction: everything in it is committed, or nothing."""
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute("BEGIN IMMEDIATE")
             yield db
             db.execute("COMMIT")
         except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
-        finally:
-            db.close()
 
     def secret(self, key: str) -> str:
         """A random value made once per database (admin token, browser-state key)."""
@@ -252,14 +259,10 @@ class Store:
             )
 
     def ratings(self) -> list[dict]:
-        db = sqlite3.connect(self.path, timeout=60)
-        try:
-            rows = db.execute(
-                f"SELECT {', '.join(RATING_COLUMNS)} FROM ratings ORDER BY rater, item, dimension"
-            )
-            return [dict(zip(RATING_COLUMNS, row, strict=True)) for row in rows]
-        finally:
-            db.close()
+        rows = self._connection().execute(
+            f"SELECT {', '.join(RATING_COLUMNS)} FROM ratings ORDER BY rater, item, dimension"
+        )
+        return [dict(zip(RATING_COLUMNS, row, strict=True)) for row in rows]
 
     def ratings_csv(self) -> str:
         """Every rating with its system, utterance and attention-check kind (from the definition)."""
@@ -275,31 +278,28 @@ class Store:
     def progress(self) -> list[dict]:
         """One entry per rater: kind, items assigned and done, last submission (for the admin page)."""
         n_dims = len(self.defn.dimensions)
-        db = sqlite3.connect(self.path, timeout=60)
-        try:
-            done = dict(
-                db.execute(
-                    "SELECT rater, COUNT(*) FROM (SELECT rater FROM ratings GROUP BY rater, item "
-                    "HAVING COUNT(*) = ?) GROUP BY rater",
-                    (n_dims,),
-                )
+        db = self._connection()
+        done = dict(
+            db.execute(
+                "SELECT rater, COUNT(*) FROM (SELECT rater FROM ratings GROUP BY rater, item "
+                "HAVING COUNT(*) = ?) GROUP BY rater",
+                (n_dims,),
             )
-            last = dict(db.execute("SELECT rater, MAX(updated) FROM ratings GROUP BY rater"))
-            out = []
-            for token, kind, created, expires, items in db.execute(
-                "SELECT token, kind, created, expires, items FROM raters ORDER BY created"
-            ):
-                out.append(
-                    {
-                        "rater": token,
-                        "kind": kind,
-                        "created": _date(created),
-                        "expires": _date(expires) if expires else "",
-                        "total": len(json.loads(items)) if items else 0,
-                        "done": done.get(token, 0),
-                        "last": _date(last[token]) if token in last else "",
-                    }
-                )
-            return out
-        finally:
-            db.close()
+        )
+        last = dict(db.execute("SELECT rater, MAX(updated) FROM ratings GROUP BY rater"))
+        out = []
+        for token, kind, created, expires, items in db.execute(
+            "SELECT token, kind, created, expires, items FROM raters ORDER BY created"
+        ):
+            out.append(
+                {
+                    "rater": token,
+                    "kind": kind,
+                    "created": _date(created),
+                    "expires": _date(expires) if expires else "",
+                    "total": len(json.loads(items)) if items else 0,
+                    "done": done.get(token, 0),
+                    "last": _date(last[token]) if token in last else "",
+                }
+            )
+        return out

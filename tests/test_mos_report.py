@@ -1,0 +1,131 @@
+"""`mos report` on synthetic ratings with known means: means, scipy's t-interval, rater screening, outputs."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+from scipy import stats
+
+from speech_lpo.mos.definition import load_definition
+from speech_lpo.mos.report import screen, summarize, t_interval
+from speech_lpo.mos.store import Store
+from tests.test_mos_kit import REPO, make_test
+
+BASE = {"original": 4.0, "telephone": 3.0, "noisy": 2.0}  # true MOS of each system
+DIM_SHIFT = {"fidelity": 0.0, "stability": 0.5, "naturalness": -0.5, "emotional_expressiveness": 0.0}
+
+
+def rate_all(store: Store, token: str, answer) -> None:
+    """Rate every sample of ``token`` through the store, answers from ``answer(item, dimension)``."""
+    browser = f"browser-{token}"
+    store.enter(token, browser)
+    for _ in range(100):
+        item, *_ = store.next_item(token, browser)
+        if item is None:
+            return
+        store.play(token, browser, item)
+        store.submit(
+            token, browser, item, {d: answer(store.defn.items[item], d) for d in store.defn.dimension_names()}
+        )
+    raise AssertionError("rater did not finish")
+
+
+@pytest.fixture
+def rated(tmp_path: Path) -> tuple[Path, Path, dict, dict]:
+    definition = make_test(tmp_path, n_utts=4)
+    db = tmp_path / "ratings.sqlite"
+    store = Store(db, load_definition(definition))
+    tokens = store.invite(10, expires=None)
+    expected = defaultdict(list)
+    for k, token in enumerate(tokens[:8]):  # attentive raters: noise around the true MOS
+        rng = random.Random(k)
+
+        def attentive(item, dim, rng=rng):
+            if item.expect:
+                return 4.5 if item.expect == "high" else 1.0
+            score = min(5.0, BASE[item.system] + DIM_SHIFT[dim] + rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0]))
+            expected[item.system, dim].append(score)
+            return score
+
+        rate_all(store, token, attentive)
+    rate_all(store, tokens[8], lambda item, dim: 3.0)  # straight-liner
+    rate_all(store, tokens[9], lambda item, dim: 5.0 if item.expect == "low" else 4.0 - (dim == "stability"))
+    why = {tokens[8]: "same score for everything", tokens[9]: "failed attention check"}
+    return definition, db, expected, why
+
+
+def test_t_interval_matches_scipy() -> None:
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 10, 57):
+        x = rng.choice(np.arange(0, 5.5, 0.5), size=n).tolist()
+        mean, low, high = t_interval(x)
+        ref_low, ref_high = stats.t.interval(0.95, n - 1, loc=np.mean(x), scale=stats.sem(x))
+        assert mean == pytest.approx(np.mean(x), abs=1e-12)
+        assert (low, high) == pytest.approx((ref_low, ref_high), abs=1e-12)
+    assert np.isnan(t_interval([3.0])[1])
+
+
+def test_report_reproduces_known_means(rated) -> None:
+    definition, db, expected, why = rated
+    defn = load_definition(definition)
+    rows = Store(db, defn).ratings()
+    verdict = screen(defn, rows)
+    assert {r: v for r, v in verdict.items() if v} == why and sum(v is None for v in verdict.values()) == 8
+    cells = {(c.system, c.dimension): c for c in summarize(defn, rows, verdict)}
+    assert set(cells) == set(expected)
+    for key, scores in expected.items():
+        c = cells[key]
+        assert c.n == len(scores) == 8 * 4  # 8 raters x 4 utterances, checks left out
+        assert c.mean == pytest.approx(np.mean(scores), abs=1e-12)
+        assert (c.low, c.high) == pytest.approx(
+            stats.t.interval(0.95, len(scores) - 1, loc=np.mean(scores), scale=stats.sem(scores)), abs=1e-12
+        )
+        system, dim = key
+        assert abs(c.mean - BASE[system] - DIM_SHIFT[dim]) < 0.4  # the noise averages out
+
+
+def test_report_cli_writes_table_chart_and_summary(rated, tmp_path: Path) -> None:
+    definition, db, expected, why = rated
+    out = tmp_path / "report"
+    cmd = [sys.executable, "-m", "speech_lpo.cli", "mos", "report", "--definition", str(definition)]
+    run = subprocess.run(
+        cmd + ["--db", str(db), "--out-dir", str(out)], capture_output=True, text=True, cwd=REPO
+    )
+    assert run.returncode == 0, run.stderr
+    table = (out / "mos_table.md").read_text()
+    assert table in run.stdout
+    lines = table.splitlines()
+    assert lines[0] == "| System | Fidelity | Stability | Naturalness | Emotional expressiveness |"
+    assert [line.split(" | ")[0] for line in lines[2:5]] == ["| original", "| telephone", "| noisy"]
+    summary = json.loads((out / "mos_summary.json").read_text())
+    assert summary["excluded"] == why and len(summary["kept"]) == 8
+    for cell in summary["cells"]:
+        scores = expected[cell["system"], cell["dimension"]]
+        half = stats.t.ppf(0.975, len(scores) - 1) * stats.sem(scores)
+        assert f"{np.mean(scores):.2f} ± {half:.2f}" in table
+    assert "8 raters kept, excluded: 1 failed attention check, 1 same score for everything" in table
+    image = matplotlib.image.imread(out / "mos_bars.png")
+    assert image.shape[0] > 300 and image.shape[1] > 600 and image[..., :3].std() > 0.05  # a drawn chart
+
+
+def test_report_cli_names_a_malformed_definition(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsystems: lpo\n")
+    cmd = [sys.executable, "-m", "speech_lpo.cli", "mos", "report", "--definition", str(bad)]
+    run = subprocess.run(
+        cmd + ["--db", str(tmp_path / "r.sqlite"), "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert run.returncode != 0
+    assert f"error: {bad}: systems: expected a list of distinct system names" in run.stderr
+    assert not (tmp_path / "r.sqlite").exists()

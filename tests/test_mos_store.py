@@ -1,0 +1,193 @@
+"""Ratings store on a real SQLite file: bad input refused with nothing written, updates not duplicated,
+orders balanced; the same refusals through the running panel's API."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client import Client
+
+from speech_lpo.mos.definition import load_definition
+from speech_lpo.mos.store import Refused, Store
+from tests.test_mos_kit import free_port, make_test, start_server, stop_server
+
+GOOD = {"fidelity": 4.0, "stability": 3.5, "naturalness": 4.5, "emotional_expressiveness": 2.0}
+
+
+def dump(db: Path) -> list[str]:
+    with sqlite3.connect(db) as con:
+        return list(con.iterdump())
+
+
+def order_of(store: Store, token: str) -> list[str]:
+    with sqlite3.connect(store.path) as con:
+        return json.loads(con.execute("SELECT items FROM raters WHERE token = ?", (token,)).fetchone()[0])
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "ratings.sqlite", load_definition(make_test(tmp_path, items_per_rater=3)))
+
+
+def entered(store: Store, browser: str = "browser-a") -> tuple[str, str]:
+    """A rater who entered and played the first sample: (token, item)."""
+    (token,) = store.invite(1, expires=None)
+    store.enter(token, browser)
+    item, *_ = store.next_item(token, browser)
+    store.play(token, browser, item)
+    return token, item
+
+
+def test_wal_and_update_not_duplicate(store: Store) -> None:
+    token, item = entered(store)
+    store.submit(token, "browser-a", item, GOOD)
+    time.sleep(0.01)
+    store.submit(token, "browser-a", item, {**GOOD, "naturalness": 1.0})
+    rows = {r["dimension"]: r for r in store.ratings()}
+    assert len(store.ratings()) == 4
+    assert rows["naturalness"]["score"] == 1.0 and rows["fidelity"]["score"] == 4.0
+    assert all(
+        r["revisions"] == 1 and r["plays"] == 1 and r["updated"] > r["first_submitted"] for r in rows.values()
+    )
+    with sqlite3.connect(store.path) as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.next_item(token, "browser-a")[1] == 1  # one sample done
+
+
+def test_bad_submissions_are_refused_and_write_nothing(store: Store) -> None:
+    token, item = entered(store)
+    other, other_item = entered(store, "browser-b")
+    foreign = next(i for i in store.defn.items if i not in order_of(store, token))
+    (expired,) = store.invite(1, expires=time.time() - 60)
+    before = dump(store.path)
+    cases = [
+        (
+            (token, "browser-a", item, {**GOOD, "fidelity": 5.5}),
+            "fidelity: score 5.5 is outside the scale 0 to 5",
+        ),
+        ((token, "browser-a", item, {**GOOD, "fidelity": -1}), "outside the scale"),
+        ((token, "browser-a", item, {**GOOD, "fidelity": 3.3}), "not on the scale's steps of 0.5"),
+        ((token, "browser-a", item, {**GOOD, "fidelity": "4"}), "is not a number"),
+        ((token, "browser-a", item, {**GOOD, "loudness": 3.0}), "Unknown dimension 'loudness'"),
+        ((token, "browser-a", item, {"fidelity": 3.0}), "missing: stability"),
+        ((token, "browser-a", "utt9@lpo", GOOD), "Unknown item 'utt9@lpo'"),
+        ((token, "browser-a", foreign, GOOD), "not one of this rater's items"),
+        ((other, "browser-a", other_item, GOOD), "already in use in another browser"),
+        (("no-such-token", "browser-a", item, GOOD), "Unknown invitation code"),
+        ((expired, "browser-x", item, GOOD), "This invitation expired on"),
+    ]
+    for args, message in cases:
+        with pytest.raises(Refused, match=message):
+            store.submit(*args)
+    with pytest.raises(Refused, match="An invitation code is required"):
+        store.enter(None, "browser-c")
+    with pytest.raises(Refused, match="This invitation expired"):
+        store.enter(expired, "browser-c")
+    with pytest.raises(Refused, match="already in use in another browser"):
+        store.enter(token, "browser-c")
+    assert dump(store.path) == before
+
+
+def test_rating_needs_a_play(store: Store) -> None:
+    (token,) = store.invite(1, expires=None)
+    store.enter(token, "b")
+    item, *_ = store.next_item(token, "b")
+    before = dump(store.path)
+    with pytest.raises(Refused, match="Play the sample before rating it"):
+        store.submit(token, "b", item, GOOD)
+    assert dump(store.path) == before
+    assert store.play(token, "b", item) == 1 and store.play(token, "b", item) == 2
+    store.submit(token, "b", item, GOOD)
+    assert {r["plays"] for r in store.ratings()} == {2}
+
+
+def test_orders_are_random_and_balanced(tmp_path: Path) -> None:
+    defn = load_definition(make_test(tmp_path, n_utts=4, items_per_rater=8))
+    store = Store(tmp_path / "r.sqlite", defn)
+    orders = []
+    for token in store.invite(12, expires=None):
+        store.enter(token, f"browser-{token}")
+        orders.append(order_of(store, token))
+    totals = Counter()
+    for order in orders:
+        systems = Counter(defn.items[i].system for i in order if defn.items[i].system)
+        assert max(systems.values()) - min(systems.values()) <= 1 and sum(systems.values()) == 8
+        assert sorted(i for i in order if i.startswith("check:")) == ["check:anchor", "check:hidden_ref"]
+        assert not order[0].startswith("check:")
+        utts = Counter(defn.items[i].utterance for i in order if defn.items[i].system)
+        assert max(utts.values()) == 2  # 8 samples over 4 utterances: each exactly twice
+        totals.update(i for i in order if not i.startswith("check:"))
+    assert len({tuple(o) for o in orders}) == len(orders)  # randomised per rater
+    # across raters every (utterance, system) is given out equally often: 12 x 8 / 12 items
+    assert set(totals.values()) == {8}
+
+
+def test_open_test_gives_a_uuid(tmp_path: Path) -> None:
+    store = Store(tmp_path / "r.sqlite", load_definition(make_test(tmp_path, invitations="open")))
+    token = store.enter(None, "b")
+    assert str(uuid.UUID(token)) == token and store.next_item(token, "b")[2] == 8
+
+
+def test_database_of_another_test_is_refused(tmp_path: Path) -> None:
+    defn = load_definition(make_test(tmp_path))
+    with sqlite3.connect(tmp_path / "r.sqlite") as con:
+        con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        con.execute("INSERT INTO meta VALUES ('test', 'other_test')")
+    with pytest.raises(Refused, match="holds ratings of test 'other_test', not 'test_mos'"):
+        Store(tmp_path / "r.sqlite", defn)
+
+
+def test_refusals_through_the_panel(tmp_path: Path) -> None:
+    """The served panel: out-of-scale score, unplayed sample, wrong admin token, files outside the test."""
+    definition = make_test(tmp_path)
+    db = tmp_path / "ratings.sqlite"
+    store = Store(db, load_definition(definition))
+    (token,) = store.invite(1, expires=None)
+    (expired,) = store.invite(1, expires=time.time() - 60)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    server = start_server(definition, db, port, tmp_path / "server.log")
+    try:
+        client = Client(url, download_files=False, verbose=False)
+        out = client.predict(expired, {"token": None, "browser": "b"}, api_name="/enter")
+        assert "This invitation expired" in out[1]
+        out = client.predict("", {"token": None, "browser": "b"}, api_name="/enter")
+        assert "Please enter the invitation code" in out[1]
+        out = client.predict(token, {"token": None, "browser": "b"}, api_name="/enter")
+        assert "0 of 8 samples rated" in out[2]
+        sample = out[4]["url"]
+        assert all(s not in sample for s in ("original", "telephone", "noisy", "@"))  # names hidden
+        with pytest.raises(Exception, match="Play the sample before rating it"):
+            client.predict(4.0, 4.0, 4.0, 4.0, api_name="/submit")
+        client.predict(api_name="/play")
+        with pytest.raises(Exception, match="not in the list of choices"):
+            client.predict(7.0, 4.0, 4.0, 4.0, api_name="/submit")
+        with pytest.raises(Exception, match="Please answer every question"):
+            client.predict(4.0, None, 4.0, 4.0, api_name="/submit")
+        other = Client(url, download_files=False, verbose=False)
+        out = other.predict(token, {"token": None, "browser": "another"}, api_name="/enter")
+        assert "already in use in another browser" in out[1]
+        assert store.ratings() == []
+
+        http = httpx.Client(base_url=url, timeout=30)
+        assert http.get(sample).status_code == 200
+        for path in [f"gradio_api/file={definition}", f"gradio_api/file={tmp_path / 'audio' / 'noisy'}"]:
+            assert http.get(path).status_code in (403, 404)
+        assert http.get("admin").status_code == 403
+        assert http.get("admin/ratings.csv", params={"token": "wrong"}).status_code == 403
+        admin = store.secret("admin_token")
+        page = http.get("admin", params={"token": admin})
+        assert page.status_code == 200 and "0 / 8" in page.text and "2 raters, 0 finished" in page.text
+        csv = http.get("admin/ratings.csv", params={"token": admin}).text
+        assert csv.splitlines() == [
+            "system,utterance,check,rater,item,dimension,score,plays,shown,first_submitted,updated,revisions"
+        ]
+    finally:
+        stop_server(server)
