@@ -1,0 +1,486 @@
+"""Sample n candidate responses per prompt from a model (transformers or vLLM), in resumable shards.
+
+The paper's recipe samples the SFT model at temperature 1.0 and top_p 1.0 (no top-k); make-pairs turns
+the candidates into preference groups. Output directory:
+
+- ``generate.json``: the settings; a re-run with other settings is refused rather than mixing shards.
+- ``shard-00000.jsonl`` ...: one row per prompt, ``{id, task, lang, text, prompt_ids, reference_ids,
+  candidates: [{ids, hit_max_new_tokens}], skipped}``; a prompt that cannot be generated for (empty
+  transcript, too long for the model) is a row with ``skipped`` set to the reason and no candidates.
+  Each shard is written to a temporary file and renamed into place when complete, so a killed run
+  leaves only whole shards, and a re-run generates just the missing ones. Seeds depend on the shard
+  and batch, not on the run, so a resumed run gives the same files as an uninterrupted one.
+- ``report.json``: prompts, skips by reason, candidates, how many hit max_new_tokens or are empty,
+  failed shards, throughput.
+
+Candidate ids run up to and including the first stop token (``<|im_end|>``; TTS also ``<|audio_end|>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from speech_lpo.prompts import (
+    asr_prompt_ids,
+    asr_response_ids,
+    im_end_id,
+    tts_prompt_ids,
+    tts_response_ids,
+)
+from speech_lpo.vocab import AudioVocab
+
+log = logging.getLogger(__name__)
+
+TASKS = ("asr", "tts", "text")
+SETTINGS_FILE = "generate.json"
+REPORT_FILE = "report.json"
+
+
+@dataclass
+class Item:
+    """One prompt to sample for, with its ground-truth response (the chosen one, later)."""
+
+    id: str
+    task: str
+    lang: str
+    text: str  # ASR: the reference transcript; TTS: the text spoken; text: the reference answer
+    prompt_ids: list[int]
+    reference_ids: list[int]
+    skipped: str | None = None  # why no candidates are sampled for it
+
+
+@dataclass
+class SamplingConfig:
+    n: int = 3
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    stop_ids: tuple[int, ...] = ()
+
+
+@dataclass
+class Candidate:
+    ids: list[int]
+    hit_max_new_tokens: bool
+
+
+def cut_at_stop(ids: list[int], stop_ids: tuple[int, ...]) -> Candidate:
+    """Keep tokens up to and including the first stop token; none found means max_new_tokens was hit."""
+    for i, t in enumerate(ids):
+        if t in stop_ids:
+            return Candidate(ids[: i + 1], False)
+    return Candidate(ids, True)
+
+
+class TransformersBackend:
+    """``model.generate``: left-padded batches, KV cache, ``num_return_sequences`` samples per prompt."""
+
+    name = "transformers"
+
+    def __init__(self, model_dir: str | Path, batch_size: int = 16, device: str | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir).to(self.device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else im_end_id(tokenizer)
+        self.batch_size = batch_size
+
+    def generate(self, prompts: list[list[int]], cfg: SamplingConfig, seed: int) -> list[list[Candidate]]:
+        torch = self.torch
+        torch.manual_seed(seed)
+        width = max(map(len, prompts))
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for i, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
+            input_ids[i, width - len(p) :] = torch.tensor(p)
+            attention_mask[i, width - len(p) :] = 1
+        greedy = cfg.temperature == 0
+        sampling = {} if greedy else {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0}
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention_mask.to(self.device),
+                do_sample=not greedy,
+                # greedy decoding cannot return several sequences; its n samples are one, repeated
+                num_return_sequences=1 if greedy else cfg.n,
+                max_new_tokens=cfg.max_new_tokens,
+                eos_token_id=list(cfg.stop_ids),
+                pad_token_id=self.pad_id,
+                use_cache=True,
+                **sampling,
+            )
+        new = out[:, width:].tolist()
+        per_prompt = 1 if greedy else cfg.n
+        return [
+            [cut_at_stop(new[i * per_prompt + (0 if greedy else j)], cfg.stop_ids) for j in range(cfg.n)]
+            for i in range(len(prompts))
+        ]
+
+
+class VLLMBackend:
+    """``vllm.LLM`` on the saved model dir; prompts go in as token ids, one seed per request."""
+
+    name = "vllm"
+    batch_size = None  # vLLM schedules its own batches: it gets a whole shard at once
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        dtype: str = "auto",
+    ):
+        from vllm import LLM
+
+        self.llm = LLM(
+            model=str(model_dir),
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            dtype=dtype,
+            skip_tokenizer_init=True,  # ids in, ids out: no detokenisation needed
+        )
+
+    def generate(self, prompts: list[list[int]], cfg: SamplingConfig, seed: int) -> list[list[Candidate]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        greedy = cfg.temperature == 0
+        per_prompt = 1 if greedy else cfg.n  # vLLM refuses n > 1 when greedy; its n samples are one, repeated
+        params = [
+            SamplingParams(
+                n=per_prompt,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                max_tokens=cfg.max_new_tokens,
+                stop_token_ids=list(cfg.stop_ids),
+                # vLLM seeds the j-th of n samples with seed + j: requests' seeds must be n apart
+                seed=seed + i * per_prompt,
+                detokenize=False,
+            )
+            for i in range(len(prompts))
+        ]
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
+        )
+        return [
+            [cut_at_stop(list(out.outputs[0 if greedy else j].token_ids), cfg.stop_ids) for j in range(cfg.n)]
+            for out in outputs
+        ]
+
+
+def load_dataset_items(
+    data: str | Path, task: str, tokenizer, vocab: AudioVocab, split: str | None = None
+) -> list[Item]:
+    """ASR/TTS items from a `speech-lpo tokenize` output (speech_lpo.tokenize_audio.load_tokenized)."""
+    from speech_lpo.tokenize_audio import load_tokenized
+
+    ds = load_tokenized(data)
+    if split is not None:
+        ds = ds.filter(lambda s: s == split, input_columns="split")
+    return dataset_items(ds, task, tokenizer, vocab, str(data))
+
+
+def dataset_items(ds, task: str, tokenizer, vocab: AudioVocab, where: str = "dataset") -> list[Item]:
+    """Items from a dataset with columns id, text, lang, codes; ``where`` names it in errors."""
+    missing = {"id", "text", "lang", "codes"} - set(ds.column_names)
+    if missing:
+        raise ValueError(f"{where}: not a tokenised dataset, columns {sorted(missing)} are missing")
+    items = []
+    for row in ds:
+        text = (row["text"] or "").strip()
+        codes = row["codes"] or []
+        item = Item(row["id"], task, row["lang"] or "", text, [], [])
+        if not text:
+            item.skipped = "empty or missing transcript"
+        elif not codes:
+            item.skipped = "no audio codes"
+        else:
+            try:
+                if task == "asr":
+                    item.prompt_ids = asr_prompt_ids(tokenizer, vocab, codes)
+                    item.reference_ids = asr_response_ids(tokenizer, text)
+                else:
+                    item.prompt_ids = tts_prompt_ids(tokenizer, text)
+                    item.reference_ids = tts_response_ids(tokenizer, vocab, codes)
+            except ValueError as err:  # codes out of the codebook: the wrong model for this data
+                raise ValueError(f"{where}: utterance {row['id']!r}: {err}") from err
+        items.append(item)
+    return items
+
+
+def load_text_items(path: str | Path, tokenizer) -> list[Item]:
+    """Text-task items from JSONL lines ``{id, prompt, response, lang?}``.
+
+    A text task's turns are ChatML's user turn holding text and an assistant turn answering text: the
+    TTS prompt and the ASR response.
+    """
+    items = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                item_id = str(row["id"])
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}:{lineno}: not a text example with an id: {err}") from err
+            prompt, response = (row.get("prompt") or "").strip(), (row.get("response") or "").strip()
+            item = Item(item_id, "text", row.get("lang", ""), response, [], [])
+            if not prompt:
+                item.skipped = "empty or missing prompt"
+            elif not response:
+                item.skipped = "empty or missing transcript"
+            else:
+                item.prompt_ids = tts_prompt_ids(tokenizer, prompt)
+                item.reference_ids = asr_response_ids(tokenizer, response)
+            items.append(item)
+    return items
+
+
+def skip_too_long(items: list[Item], max_new_tokens: int, max_length: int) -> None:
+    for item in items:
+        if item.skipped is None and len(item.prompt_ids) + max_new_tokens > max_length:
+            item.skipped = "prompt too long for the model"
+
+
+def stable_seed(*parts) -> int:
+    return zlib.crc32(":".join(map(str, parts)).encode())
+
+
+def shard_path(out_dir: Path, index: int) -> Path:
+    return out_dir / f"shard-{index:05d}.jsonl"
+
+
+@dataclass
+class Throughput:
+    prompts: int = 0
+    candidates: int = 0
+    new_tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, prompts: int, candidates: list[list[Candidate]], seconds: float) -> None:
+        self.prompts += prompts
+        self.candidates += sum(map(len, candidates))
+        self.new_tokens += sum(len(c.ids) for cs in candidates for c in cs)
+        self.seconds += seconds
+
+    def summary(self) -> dict:
+        s = max(self.seconds, 1e-9)
+        return {**asdict(self), "candidates_per_s": self.candidates / s, "tokens_per_s": self.new_tokens / s}
+
+
+def generate_shard(
+    items: list[Item], backend, cfg: SamplingConfig, seed: int, shard: int, throughput: Throughput, pbar
+) -> list[dict]:
+    todo = sorted((i for i in items if i.skipped is None), key=lambda i: len(i.prompt_ids))  # less padding
+    candidates: dict[str, list[Candidate]] = {}
+    step = backend.batch_size or max(len(todo), 1)
+    for b, start in enumerate(range(0, len(todo), step)):
+        batch = todo[start : start + step]
+        t0 = time.perf_counter()
+        out = backend.generate([i.prompt_ids for i in batch], cfg, stable_seed(seed, shard, b))
+        throughput.add(len(batch), out, time.perf_counter() - t0)
+        candidates.update((i.id, cs) for i, cs in zip(batch, out, strict=True))
+        pbar.update(len(batch))
+        pbar.set_postfix(cand_per_s=f"{throughput.summary()['candidates_per_s']:.1f}")
+    pbar.update(len(items) - len(todo))
+    return [
+        {**asdict(item), "candidates": [asdict(c) for c in candidates.get(item.id, [])]}
+        for item in items  # dataset order, skipped prompts included, so every prompt is accounted for
+    ]
+
+
+def write_shard(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def check_settings(out_dir: Path, settings: dict) -> None:
+    path = out_dir / SETTINGS_FILE
+    if path.is_file():
+        old = json.loads(path.read_text())
+        changed = sorted(k for k in settings.keys() | old.keys() if old.get(k) != settings.get(k))
+        if changed:
+            raise SystemExit(
+                f"{out_dir} holds shards generated with other settings ({', '.join(changed)}); "
+                "use another output directory or delete this one"
+            )
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(settings, indent=2) + "\n")
+        tmp.replace(path)
+
+
+def run(
+    items: list[Item],
+    backend,
+    cfg: SamplingConfig,
+    out_dir: Path,
+    settings: dict,
+    shard_size: int = 256,
+    seed: int = 0,
+) -> dict:
+    """Generate every missing shard; returns the report (also written to ``report.json``)."""
+    check_settings(out_dir, {**settings, "shard_size": shard_size, "seed": seed, "prompts": len(items)})
+    shards = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
+    todo = [k for k in range(len(shards)) if not shard_path(out_dir, k).is_file()]
+    log.info("%d prompts in %d shards; %d shards to generate", len(items), len(shards), len(todo))
+    throughput, failed = Throughput(), {}
+    with tqdm(total=sum(len(shards[k]) for k in todo), desc="generate", unit="prompt") as pbar:
+        for k in todo:
+            try:
+                rows = generate_shard(shards[k], backend, cfg, seed, k, throughput, pbar)
+            except Exception as err:  # a backend failing mid-run costs this shard, not the finished ones
+                log.exception("shard %d failed; it will be retried by a re-run", k)
+                failed[k] = f"{type(err).__name__}: {err}"
+                continue
+            write_shard(shard_path(out_dir, k), rows)
+    report = summarize(out_dir, len(shards))
+    report["failed_shards"] = failed
+    report["throughput"] = {"backend": backend.name, **throughput.summary()}
+    t = report["throughput"]
+    log.info(
+        "%s: %d candidates in %.1f s: %.1f candidates/s, %.0f tokens/s",
+        backend.name, t["candidates"], t["seconds"], t["candidates_per_s"], t["tokens_per_s"],
+    )  # fmt: skip
+    tmp = out_dir / (REPORT_FILE + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(out_dir / REPORT_FILE)
+    return report
+
+
+def iter_rows(out_dir: str | Path) -> Iterator[dict]:
+    """The rows of a finished generation, in prompt order; an unfinished one is an error."""
+    out_dir = Path(out_dir)
+    settings_path = out_dir / SETTINGS_FILE
+    if not settings_path.is_file():
+        raise FileNotFoundError(f"{out_dir}: no {SETTINGS_FILE}; is this a `speech-lpo generate` output?")
+    settings = json.loads(settings_path.read_text())
+    n_shards = -(-settings["prompts"] // settings["shard_size"])
+    missing = [k for k in range(n_shards) if not shard_path(out_dir, k).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{out_dir}: shards {missing[:10]} are missing; re-run `speech-lpo generate`")
+    for k in range(n_shards):
+        with shard_path(out_dir, k).open(encoding="utf-8") as f:
+            yield from (json.loads(line) for line in f)
+
+
+@dataclass
+class _Counts:
+    prompts: int = 0
+    candidates: int = 0
+    hit_max_new_tokens: int = 0
+    empty_candidates: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+
+def summarize(out_dir: Path, n_shards: int) -> dict:
+    counts, finished = _Counts(), 0
+    for k in range(n_shards):
+        if not shard_path(out_dir, k).is_file():
+            continue
+        finished += 1
+        with shard_path(out_dir, k).open(encoding="utf-8") as f:
+            for row in map(json.loads, f):
+                counts.prompts += 1
+                if row["skipped"]:
+                    counts.skipped[row["skipped"]] += 1
+                counts.candidates += len(row["candidates"])
+                counts.hit_max_new_tokens += sum(c["hit_max_new_tokens"] for c in row["candidates"])
+                counts.empty_candidates += sum(
+                    len(c["ids"]) <= 1 and not c["hit_max_new_tokens"] for c in row["candidates"]
+                )
+    return {
+        "shards": n_shards,
+        "finished_shards": finished,
+        **asdict(counts),
+        "skipped": dict(counts.skipped),
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", required=True, help="model dir (save_pretrained + tokenizer + audio_vocab.json)"
+    )
+    parser.add_argument("--task", choices=TASKS, required=True)
+    parser.add_argument("--data", required=True, help="tokenised dataset dir (asr, tts) or JSONL (text)")
+    parser.add_argument("--split", help="only utterances of this split (asr, tts)")
+    parser.add_argument("--out", required=True, help="output directory of shards")
+    parser.add_argument("--backend", choices=("transformers", "vllm"), default="transformers")
+    parser.add_argument("--n", type=int, default=3, help="candidates per prompt")
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 means greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts per transformers batch")
+    parser.add_argument("--shard-size", type=int, default=256, help="prompts per output shard")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", help="transformers device (default: cuda if available)")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per model")
+    parser.add_argument(
+        "--gpu-memory-utilization", type=float, default=0.9, help="vllm: share of memory to use"
+    )
+
+
+def stop_ids_for(task: str, tokenizer, vocab: AudioVocab) -> tuple[int, ...]:
+    return (im_end_id(tokenizer), vocab.audio_end_id) if task == "tts" else (im_end_id(tokenizer),)
+
+
+def make_backend(args: argparse.Namespace):
+    if args.backend == "vllm":
+        return VLLMBackend(args.model, args.tensor_parallel_size, args.gpu_memory_utilization)
+    return TransformersBackend(args.model, args.batch_size, args.device)
+
+
+def main(args: argparse.Namespace) -> None:
+    from transformers import AutoConfig, AutoTokenizer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    vocab = AudioVocab.load(args.model)
+    if args.task == "text":
+        items = load_text_items(args.data, tokenizer)
+    else:
+        items = load_dataset_items(args.data, args.task, tokenizer, vocab, args.split)
+    skip_too_long(items, args.max_new_tokens, AutoConfig.from_pretrained(args.model).max_position_embeddings)
+    cfg = SamplingConfig(
+        args.n, args.temperature, args.top_p, args.max_new_tokens, stop_ids_for(args.task, tokenizer, vocab)
+    )
+    settings = {
+        "model": str(Path(args.model).resolve()),
+        "data": str(Path(args.data).resolve()),
+        **{
+            k: getattr(args, k)
+            for k in ("task", "split", "backend", "n", "temperature", "top_p", "max_new_tokens")
+        },
+    }
+    if args.backend == "transformers":
+        settings["batch_size"] = args.batch_size  # padding changes the numbers, so the samples
+    report = run(items, make_backend(args), cfg, Path(args.out), settings, args.shard_size, args.seed)
+    log.info(
+        "report: %s", json.dumps({k: v for k, v in report.items() if k != "throughput"}, ensure_ascii=False)
+    )
+    if report["failed_shards"]:
+        raise SystemExit(
+            f"{len(report['failed_shards'])} shard(s) failed (see {Path(args.out) / REPORT_FILE}); "
+            "finished shards are kept, re-run the same command to generate the rest"
+        )

@@ -1,0 +1,263 @@
+"""`speech-lpo generate` with the transformers backend on a tiny Qwen2 and the real Qwen2.5 tokenizer.
+
+Prompts are the real AISHELL-1 and LibriSpeech transcripts of ../shared/data with seeded codes in
+place of their audio tokens. The vLLM backend is tested in tests/vllm (its own environment).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from datasets import Dataset
+
+from speech_lpo.cli import main as cli
+from speech_lpo.generate import (
+    SamplingConfig,
+    TransformersBackend,
+    dataset_items,
+    iter_rows,
+    run,
+    skip_too_long,
+    stop_ids_for,
+)
+from speech_lpo.modeling import extend_tokenizer, tiny_qwen2
+from speech_lpo.prompts import im_end_id
+from speech_lpo.vocab import AudioVocab
+from tests.test_perturb import DATA, read_corpus
+
+TOKENIZER = DATA / "qwen2.5_tokenizer"
+CODEBOOK = 64
+MAX_POSITIONS = 512
+
+
+def make_model_dir(path: Path) -> Path:
+    """Real Qwen2.5 tokenizer + audio tokens; a tiny Qwen2 whose head size (32) vLLM's CPU attention takes."""
+    from transformers import Qwen2TokenizerFast
+
+    if not TOKENIZER.is_dir():
+        pytest.skip(f"Qwen2.5 tokenizer files not found at {TOKENIZER}")
+    tokenizer = Qwen2TokenizerFast.from_pretrained(TOKENIZER)
+    vocab = extend_tokenizer(tokenizer, CODEBOOK)
+    model = tiny_qwen2(len(tokenizer), num_heads=2, num_kv_heads=1, max_position_embeddings=MAX_POSITIONS)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    vocab.save(path)
+    return path
+
+
+def corpus_columns(repeat: int = 1) -> dict[str, list]:
+    """Tokenised-dataset columns (speech_lpo.tokenize_audio) for the real transcripts, seeded codes."""
+    rng = random.Random(0)
+    cols: dict[str, list] = {
+        k: [] for k in ("id", "text", "speaker", "lang", "split", "duration", "audio", "codes")
+    }
+    for r in range(repeat):
+        for utt, text, lang in read_corpus():
+            codes = [rng.randrange(CODEBOOK) for _ in range(rng.randint(8, 30))]
+            row = {"id": f"{utt}-{r}" if repeat > 1 else utt, "text": text, "speaker": utt[:6], "lang": lang}
+            row |= {"split": "train", "duration": len(codes) / 25, "audio": f"{utt}.wav", "codes": codes}
+            for k, v in row.items():
+                cols[k].append(v)
+    return cols
+
+
+def add_bad_rows(cols: dict[str, list]) -> None:
+    bad = [
+        ("empty-text", "", [1, 2, 3]),
+        ("missing-text", None, [1, 2, 3]),
+        ("no-codes", "HELLO WORLD", []),
+        ("too-long", "A VERY LONG ONE", [5] * MAX_POSITIONS),  # ASR prompt over the model's 512 positions
+    ]
+    for utt, text, codes in bad:
+        row = {"id": utt, "text": text, "speaker": "x", "lang": "en", "split": "train", "duration": 1.0}
+        for k, v in (row | {"audio": "x.wav", "codes": codes}).items():
+            cols[k].append(v)
+
+
+def write_tokenized(path: Path, cols: dict[str, list]) -> Path:
+    from speech_lpo.tokenize_audio import write_shard
+
+    path.mkdir(parents=True, exist_ok=True)
+    write_shard(path / "shard-00000.arrow", cols)
+    return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Several processes share 2 cores here: torch's spinning worker threads would slow every test 4x."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    cols = corpus_columns()
+    add_bad_rows(cols)
+    return write_tokenized(tmp_path_factory.mktemp("tokens") / "train", cols)
+
+
+def generate_args(model_dir: Path, data: Path, out: Path, task: str = "asr", *extra: str) -> list[str]:
+    return ["generate", "--model", str(model_dir), "--task", task, "--data", str(data), "--out", str(out)] + [
+        "--n", "3", "--max-new-tokens", "12", "--batch-size", "4", "--shard-size", "5", *extra,
+    ]  # fmt: skip
+
+
+def read_shards(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("shard-*.jsonl"))}
+
+
+def test_generate_writes_n_candidates_per_prompt_and_reports_bad_prompts(model_dir, data_dir, tmp_path):
+    cli(generate_args(model_dir, data_dir, tmp_path / "cand"))
+    rows = list(iter_rows(tmp_path / "cand"))
+    report = json.loads((tmp_path / "cand" / "report.json").read_text())
+    n_good = len(read_corpus())
+    assert len(rows) == n_good + 4 == report["prompts"]
+    assert report["skipped"] == {
+        "empty or missing transcript": 2,
+        "no audio codes": 1,
+        "prompt too long for the model": 1,
+    }
+    assert not list((tmp_path / "cand").glob("*.tmp"))
+    assert report["finished_shards"] == report["shards"] == -(-(n_good + 4) // 5)
+    end = im_end_id_from(model_dir)
+    for row in rows:
+        if row["skipped"]:
+            assert row["candidates"] == []
+            continue
+        assert len(row["candidates"]) == 3 and row["reference_ids"][-1] == end
+        for c in row["candidates"]:
+            if c["hit_max_new_tokens"]:
+                assert len(c["ids"]) == 12 and end not in c["ids"]
+            else:
+                assert c["ids"][-1] == end and end not in c["ids"][:-1]
+    assert report["candidates"] == 3 * n_good
+    assert report["throughput"]["candidates_per_s"] > 0
+
+
+def im_end_id_from(model_dir: Path) -> int:
+    from transformers import AutoTokenizer
+
+    return im_end_id(AutoTokenizer.from_pretrained(model_dir))
+
+
+def tts_items(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    vocab = AudioVocab.load(model_dir)
+    items = dataset_items(Dataset.from_dict(corpus_columns()), "tts", tokenizer, vocab)
+    skip_too_long(items, 12, MAX_POSITIONS)
+    return items, stop_ids_for("tts", tokenizer, vocab)
+
+
+def test_greedy_left_padded_batches_equal_one_prompt_at_a_time(model_dir):
+    items, stops = tts_items(model_dir)
+    prompts = [i.prompt_ids for i in items]
+    cfg = SamplingConfig(n=2, temperature=0, max_new_tokens=12, stop_ids=stops)
+    batched = TransformersBackend(model_dir, batch_size=8).generate(prompts, cfg, seed=0)
+    one = TransformersBackend(model_dir, batch_size=1)
+    for prompt, cands in zip(prompts, batched, strict=True):
+        (alone,) = one.generate([prompt], cfg, seed=0)
+        assert cands[0].ids == cands[1].ids == alone[0].ids
+
+
+def test_rerun_skips_finished_shards_and_settings_must_match(model_dir, tmp_path):
+    items, stops = tts_items(model_dir)
+    backend = TransformersBackend(model_dir, batch_size=4)
+    cfg = SamplingConfig(n=3, max_new_tokens=12, stop_ids=stops)
+    first = run(items, backend, cfg, tmp_path / "a", {"model": "m"}, shard_size=6, seed=1)
+    again = run(items, backend, cfg, tmp_path / "a", {"model": "m"}, shard_size=6, seed=1)
+    assert first["throughput"]["prompts"] == len(items) and again["throughput"]["prompts"] == 0
+    run(items, backend, cfg, tmp_path / "b", {"model": "m"}, shard_size=6, seed=1)
+    assert read_shards(tmp_path / "a") == read_shards(tmp_path / "b")  # seeded
+    run(items, backend, cfg, tmp_path / "c", {"model": "m"}, shard_size=6, seed=2)
+    assert read_shards(tmp_path / "a") != read_shards(tmp_path / "c")
+    with pytest.raises(SystemExit, match="other settings"):
+        run(items, backend, SamplingConfig(n=2, stop_ids=stops), tmp_path / "a", {"model": "x"}, 6, seed=1)
+
+
+class FailsOnSecondCall:
+    """The real backend with one fault injected: its second call raises, as a backend dying mid-run."""
+
+    def __init__(self, backend):
+        self.backend, self.calls = backend, 0
+        self.name, self.batch_size = backend.name, backend.batch_size
+
+    def generate(self, prompts, cfg, seed):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("engine died")
+        return self.backend.generate(prompts, cfg, seed)
+
+
+def test_backend_failure_mid_run_loses_no_finished_shard(model_dir, tmp_path):
+    items, stops = tts_items(model_dir)
+    backend = TransformersBackend(model_dir, batch_size=3)
+    cfg = SamplingConfig(n=3, max_new_tokens=12, stop_ids=stops)
+    run(items, backend, cfg, tmp_path / "whole", {}, shard_size=6, seed=0)
+    report = run(items, FailsOnSecondCall(backend), cfg, tmp_path / "broken", {}, shard_size=6, seed=0)
+    assert report["failed_shards"] == {0: "RuntimeError: engine died"}
+    assert report["finished_shards"] == report["shards"] - 1
+    with pytest.raises(FileNotFoundError, match=r"shards \[0\] are missing"):
+        list(iter_rows(tmp_path / "broken"))
+    report = run(items, backend, cfg, tmp_path / "broken", {}, shard_size=6, seed=0)
+    assert report["failed_shards"] == {} and report["throughput"]["prompts"] == 6
+    assert read_shards(tmp_path / "broken") == read_shards(tmp_path / "whole")
+
+
+def test_sigkill_and_rerun_give_the_uninterrupted_result_without_duplicates(model_dir, tmp_path):
+    cols = corpus_columns(repeat=2)
+    data = write_tokenized(tmp_path / "tokens", cols)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def command(out: Path) -> list[str]:
+        args = generate_args(model_dir, data, out, "tts", "--max-new-tokens", "24", "--shard-size", "4")
+        return [sys.executable, "-m", "speech_lpo.cli", *args]
+
+    subprocess.run(command(tmp_path / "whole"), env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(command(tmp_path / "killed"), env=env, stderr=subprocess.DEVNULL)
+    first = tmp_path / "killed" / "shard-00000.jsonl"
+    while not first.exists() and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = len(read_shards(tmp_path / "killed"))
+    total = len(read_shards(tmp_path / "whole"))
+    assert 0 < finished < total, "the run was not killed mid-way"
+    subprocess.run(command(tmp_path / "killed"), env=env, check=True, capture_output=True)
+    assert read_shards(tmp_path / "killed") == read_shards(tmp_path / "whole")
+    ids = [row["id"] for row in iter_rows(tmp_path / "killed")]
+    assert len(ids) == len(set(ids)) == len(cols["id"])
+
+
+def test_text_task_reads_jsonl_and_names_a_bad_line(model_dir, tmp_path):
+    good = [
+        {"id": "q1", "prompt": "What is 2 + 3?", "response": "5"},
+        {"id": "q2", "prompt": "Hi", "response": ""},
+    ]
+    path = tmp_path / "text.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in good))
+    cli(generate_args(model_dir, path, tmp_path / "cand", "text"))
+    rows = list(iter_rows(tmp_path / "cand"))
+    assert [r["skipped"] for r in rows] == [None, "empty or missing transcript"]
+    assert len(rows[0]["candidates"]) == 3
+    path.write_text(json.dumps(good[0]) + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"text\.jsonl:2"):
+        cli(generate_args(model_dir, path, tmp_path / "cand2", "text"))
