@@ -38,8 +38,10 @@ def rate_all(store: Store, token: str, answer) -> None:
     raise AssertionError("rater did not finish")
 
 
-@pytest.fixture
-def rated(tmp_path: Path) -> tuple[Path, Path, dict, dict]:
+@pytest.fixture(scope="module")
+def rated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict, dict]:
+    """10 raters who rated everything: 8 attentive ones, a straight-liner and one who fails a check."""
+    tmp_path = tmp_path_factory.mktemp("rated")
     definition = make_test(tmp_path, n_utts=4)
     db = tmp_path / "ratings.sqlite"
     store = Store(db, load_definition(definition))
@@ -114,6 +116,29 @@ def test_report_cli_writes_table_chart_and_summary(rated, tmp_path: Path) -> Non
     assert "8 raters kept, excluded: 1 failed attention check, 1 same score for everything" in table
     image = matplotlib.image.imread(out / "mos_bars.png")
     assert image.shape[0] > 300 and image.shape[1] > 600 and image[..., :3].std() > 0.05  # a drawn chart
+
+
+def test_invite_and_export_cli(rated, tmp_path: Path) -> None:
+    definition, db, expected, why = rated
+    base = [sys.executable, "-m", "speech_lpo.cli", "mos"]
+    args = ["--definition", str(definition), "--db", str(db)]
+    run = subprocess.run(
+        base + ["export", *args, "--out", str(tmp_path / "r.csv")], capture_output=True, cwd=REPO
+    )
+    assert run.returncode == 0, run.stderr
+    lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert len(lines) == 1 + 10 * (12 + 2) * 4  # 10 raters x (12 samples + 2 checks) x 4 questions
+    rows = [line.split(",") for line in lines[1:]]
+    assert all(r[0] and r[4] == f"{r[1]}@{r[0]}" or r[2] and r[4].startswith("check:") for r in rows)
+    run = subprocess.run(
+        base + ["invite", *args, "-n", "3", "--url", "https://mos.example.org"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    links = run.stdout.split()
+    assert len(links) == 3 and all(link.startswith("https://mos.example.org/?token=") for link in links)
+    assert len(Store(db, load_definition(definition)).progress()) == 13
 
 
 def test_report_cli_names_a_malformed_definition(tmp_path: Path) -> None:

@@ -1,9 +1,7 @@
 """MOS listening test: serve the rating panel, invite raters, export ratings, report MOS with 95% intervals.
 
-speech-lpo mos invite --definition eval/mos_tts.yaml --db exp/mos/ratings.sqlite -n 20 --days 14
-speech-lpo mos serve  --definition eval/mos_tts.yaml --db exp/mos/ratings.sqlite --port 7860
-speech-lpo mos report --definition eval/mos_tts.yaml --db exp/mos/ratings.sqlite --out-dir exp/mos
-speech-lpo mos export --definition eval/mos_tts.yaml --db exp/mos/ratings.sqlite --out exp/mos/ratings.csv
+A test is a YAML definition (eval/mos_tts.yaml shows every key and the commands in order: invite,
+serve, report); ratings go to one SQLite file given with --db.
 """
 
 from __future__ import annotations
@@ -36,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--url", default="http://127.0.0.1:7860/", help="the panel's public address, for the links"
     )
-    p = command("report", "MOS table (Markdown), bar chart and JSON summary with 95% t-intervals")
+    p = command("report", "MOS table (Markdown), bar chart and JSON summary with 95%% t-intervals")
     p.add_argument("--out-dir", type=Path, required=True)
     p = command("export", "all ratings as CSV")
     p.add_argument("--out", type=Path, required=True)
