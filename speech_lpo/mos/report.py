@@ -128,7 +128,7 @@ def bar_chart(defn: Definition, cells: list[Cell], path: Path) -> None:
     by_key = {(c.system, c.dimension): c for c in cells}
     dims = defn.dimension_names()
     width = 0.8 / len(defn.systems)
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(dims), 3.6))
+    fig, ax = plt.subplots(figsize=(2.6 + 1.6 * len(dims), 3.6))
     for i, system in enumerate(defn.systems):
         cs = [by_key.get((system, d)) for d in dims]
         x = np.arange(len(dims)) + (i - (len(defn.systems) - 1) / 2) * width
@@ -139,7 +139,7 @@ def bar_chart(defn: Definition, cells: list[Cell], path: Path) -> None:
     ax.set_ylim(defn.scale.min, defn.scale.max)
     ax.set_ylabel(f"MOS (error bars: {CONFIDENCE:.0%} t-interval)")
     ax.set_title(defn.title)
-    ax.legend(fontsize="small", ncols=min(len(defn.systems), 4), loc="lower right")
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=120)
