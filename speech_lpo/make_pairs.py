@@ -1,0 +1,341 @@
+"""Build preference groups from sampled candidates (LPPC) or from corrupted ASR transcripts.
+
+The chosen response is always the ground truth. ``--method model`` reads `speech-lpo generate` output
+and makes one group per prompt whose rejected responses are the model's own samples:
+
+- TTS: every candidate (three by default) against the reference audio; a candidate identical to the
+  reference or without audio codes is dropped; one that hit max_new_tokens is kept and flagged.
+- ASR and text tasks: the candidates whose text differs from the reference after normalisation
+  (characters for Chinese, words for English: speech_lpo.normalize), each kept as the model's token ids.
+
+``--method perturb`` (ASR) corrupts each reference transcript by insertion, deletion and repetition at
+noise ratio eta (speech_lpo.perturb); no model samples are needed.
+
+Beside the output ``groups.jsonl`` go ``groups.report.json`` (groups made, dropped groups and responses
+by reason, responses flagged, edit distance between chosen and rejected) and ``groups.edit_distance.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from kaldialign import edit_distance
+
+from speech_lpo.generate import Item, iter_rows, load_dataset_items
+from speech_lpo.groups import PreferenceGroup, write_groups
+from speech_lpo.normalize import Normalizer, get_normalizer
+from speech_lpo.perturb import DEFAULT_MIX, is_char_language, parse_mix, perturb, split_units, utterance_rng
+from speech_lpo.prompts import asr_response_ids, im_end_id, response_codes, response_text
+from speech_lpo.vocab import AudioVocab
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PairReport:
+    prompts: int = 0
+    groups: int = 0
+    rejected: int = 0
+    dropped_groups: Counter = field(default_factory=Counter)  # reason -> prompts without a group
+    dropped_responses: Counter = field(default_factory=Counter)  # reason -> candidates not used
+    flagged: Counter = field(default_factory=Counter)  # kept, but marked in the group's meta
+    operators: Counter = field(default_factory=Counter)
+    edit_distances: list[int] = field(default_factory=list)
+    edit_rates: list[float] = field(default_factory=list)  # edit distance / reference length
+
+    def add_group(self, group: PreferenceGroup) -> None:
+        self.groups += 1
+        self.rejected += group.k
+        self.edit_distances += group.meta["edit_distance"]
+        self.edit_rates += [d / max(group.meta["reference_units"], 1) for d in group.meta["edit_distance"]]
+
+    def to_dict(self) -> dict:
+        return {
+            "prompts": self.prompts,
+            "groups": self.groups,
+            "rejected": self.rejected,
+            "dropped_groups": dict(self.dropped_groups),
+            "dropped_responses": dict(self.dropped_responses),
+            "flagged": dict(self.flagged),
+            "operators": dict(self.operators),
+            "edit_distance": distribution(self.edit_distances),
+            "edit_rate": distribution(self.edit_rates),
+        }
+
+
+def distribution(values: list[float]) -> dict:
+    if not values:
+        return {"count": 0}
+    a = np.asarray(values, dtype=float)
+    q = np.percentile(a, [0, 10, 25, 50, 75, 90, 100])
+    keys = ("min", "p10", "p25", "median", "p75", "p90", "max")
+    return {"count": len(a), "mean": float(a.mean()), **{k: float(v) for k, v in zip(keys, q, strict=True)}}
+
+
+def normalizer_for(task: str, lang: str, name: str | None) -> Normalizer:
+    if name:
+        return get_normalizer(name)
+    if task == "text":
+        return get_normalizer("none")
+    return get_normalizer("chinese" if is_char_language(lang) else "librispeech")
+
+
+def distance(reference: list, hypothesis: list) -> int:
+    return edit_distance(reference, hypothesis)["total"]
+
+
+def dedupe(rejected: list[tuple[list[int], dict]], report: PairReport) -> list[tuple[list[int], dict]]:
+    seen, keep = set(), []
+    for ids, info in rejected:
+        if tuple(ids) in seen:
+            report.dropped_responses["duplicate of another rejected response"] += 1
+        else:
+            seen.add(tuple(ids))
+            keep.append((ids, info))
+    return keep
+
+
+def make_group(
+    row: dict,
+    method: str,
+    rejected: list[tuple[list[int], dict]],
+    report: PairReport,
+    max_length: int | None,
+    **meta,
+) -> PreferenceGroup | None:
+    """One group from (ids, per-response meta) pairs; per-response meta become meta lists.
+
+    A group whose packed length (prompt, chosen and every rejected) exceeds ``max_length`` is dropped,
+    as the trainer would drop it (speech_lpo.groups.clean_group).
+    """
+    rejected = dedupe(rejected, report)
+    if not rejected:
+        report.dropped_groups["no usable rejected response"] += 1
+        return None
+    packed = len(row["prompt_ids"]) + len(row["reference_ids"]) + sum(len(ids) for ids, _ in rejected)
+    if max_length is not None and packed > max_length:
+        report.dropped_groups["packed group longer than the model's max_position_embeddings"] += 1
+        return None
+    keys = rejected[0][1].keys()
+    group = PreferenceGroup(
+        id=row["id"],
+        task=row["task"],
+        prompt_ids=row["prompt_ids"],
+        chosen_ids=row["reference_ids"],
+        rejected_ids=[ids for ids, _ in rejected],
+        meta={"method": method, "source_id": row["id"], "lang": row["lang"], **meta}
+        | {k: [info[k] for _, info in rejected] for k in keys},
+    )
+    report.add_group(group)
+    return group
+
+
+def tts_group(
+    row: dict, tokenizer, vocab: AudioVocab, report: PairReport, max_length: int | None = None
+) -> PreferenceGroup | None:
+    ref_codes, _ = response_codes(vocab, row["reference_ids"])
+    end = im_end_id(tokenizer)
+    rejected = []
+    for c in row["candidates"]:
+        ids = c["ids"]
+        if ids and ids[-1] == vocab.audio_end_id:
+            ids = ids + [end]  # stopped at <|audio_end|>: close the turn as a reference response is closed
+        codes, _ = response_codes(vocab, ids)
+        if not codes.size:
+            report.dropped_responses["decodes to no audio codes"] += 1
+        elif ids == row["reference_ids"]:
+            report.dropped_responses["identical to the reference"] += 1
+        else:
+            if c["hit_max_new_tokens"]:
+                report.flagged["hit max_new_tokens"] += 1
+            info = {
+                "hit_max_new_tokens": c["hit_max_new_tokens"],
+                "edit_distance": distance(ref_codes, codes),
+            }
+            rejected.append((ids, info))
+    return make_group(row, "model", rejected, report, max_length, reference_units=len(ref_codes))
+
+
+def text_group(
+    row: dict, tokenizer, normalizer: Normalizer, report: PairReport, max_length: int | None = None
+) -> PreferenceGroup | None:
+    """ASR and text tasks: the candidates whose normalised text differs from the reference's."""
+    ref_units = normalizer.units(row["text"])
+    rejected = []
+    for c in row["candidates"]:
+        units = normalizer.units(response_text(tokenizer, c["ids"]))
+        if not units:
+            report.dropped_responses["decodes to empty text"] += 1
+        elif units == ref_units:
+            report.dropped_responses["same as the reference after normalisation"] += 1
+        else:
+            if c["hit_max_new_tokens"]:
+                report.flagged["hit max_new_tokens"] += 1
+            info = {
+                "hit_max_new_tokens": c["hit_max_new_tokens"],
+                "edit_distance": distance(ref_units, units),
+            }
+            rejected.append((c["ids"], info))
+    meta = {"normalizer": normalizer.name, "reference_units": len(ref_units)}
+    return make_group(row, "model", rejected, report, max_length, **meta)
+
+
+def model_groups(
+    candidates_dir: str | Path,
+    tokenizer,
+    vocab: AudioVocab,
+    normalizer_name: str | None,
+    report: PairReport,
+    max_length: int | None = None,
+) -> list[PreferenceGroup]:
+    groups = []
+    for row in iter_rows(candidates_dir):
+        report.prompts += 1
+        if row["skipped"]:
+            report.dropped_groups[f"skipped by generate: {row['skipped']}"] += 1
+            continue
+        if row["task"] == "tts":
+            group = tts_group(row, tokenizer, vocab, report, max_length)
+        else:
+            normalizer = normalizer_for(row["task"], row["lang"], normalizer_name)
+            group = text_group(row, tokenizer, normalizer, report, max_length)
+        if group is not None:
+            groups.append(group)
+    return groups
+
+
+def unit_vocabularies(items: list[Item]) -> dict[str, list[str]]:
+    """Per language, the units of all reference transcripts: what insertions draw from."""
+    units: dict[str, set[str]] = {}
+    for item in items:
+        units.setdefault(item.lang, set()).update(split_units(item.text, item.lang))
+    return {lang: sorted(u) for lang, u in units.items()}
+
+
+def perturb_groups(
+    items: list[Item],
+    tokenizer,
+    normalizer_name: str | None,
+    report: PairReport,
+    eta: float = 0.1,
+    mix: dict[str, float] = DEFAULT_MIX,
+    num_perturbations: int = 3,
+    seed: int = 0,
+    max_length: int | None = None,
+) -> list[PreferenceGroup]:
+    vocabularies = unit_vocabularies([i for i in items if i.skipped is None])
+    groups = []
+    for item in items:
+        report.prompts += 1
+        if item.skipped:
+            report.dropped_groups[item.skipped] += 1
+            continue
+        normalizer = normalizer_for("asr", item.lang, normalizer_name)
+        ref_units = normalizer.units(item.text)
+        rejected = []
+        for draw in range(num_perturbations):
+            rng = utterance_rng(seed, item.id, draw)
+            p = perturb(item.text, item.lang, rng, eta, mix, vocabularies[item.lang])
+            units = normalizer.units(p.text)
+            if units == ref_units:  # e.g. a deleted punctuation mark
+                report.dropped_responses["same as the reference after normalisation"] += 1
+                continue
+            report.operators.update(p.operators)
+            info = {"operators": dict(p.operators), "edit_distance": distance(ref_units, units)}
+            rejected.append((asr_response_ids(tokenizer, p.text), info))
+        row = {"id": item.id, "task": "asr", "lang": item.lang, "prompt_ids": item.prompt_ids}
+        row["reference_ids"] = item.reference_ids
+        meta = {"normalizer": normalizer.name, "reference_units": len(ref_units), "eta": eta, "seed": seed}
+        group = make_group(row, "perturb", rejected, report, max_length, **meta)
+        if group is not None:
+            groups.append(group)
+    return groups
+
+
+def plot_edit_distance(report: PairReport, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if report.edit_distances:
+        ax.hist(report.edit_distances, bins=min(50, max(report.edit_distances) + 1), color="tab:blue")
+    ax.set_xlabel("edit distance, chosen vs rejected (units: characters / words / audio codes)")
+    ax.set_ylabel("rejected responses")
+    ax.set_title(f"{report.groups} groups, {report.rejected} rejected responses")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def report_paths(out: Path) -> tuple[Path, Path]:
+    stem = out.name.removesuffix(".jsonl")
+    return out.with_name(stem + ".report.json"), out.with_name(stem + ".edit_distance.png")
+
+
+def write_report(report: PairReport, out: Path) -> dict:
+    json_path, png_path = report_paths(out)
+    summary = report.to_dict()
+    tmp = json_path.with_name(json_path.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, json_path)
+    plot_edit_distance(report, png_path)
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", choices=("model", "perturb"), default="model")
+    parser.add_argument("--model", required=True, help="model dir: its tokenizer and audio_vocab.json")
+    parser.add_argument("--candidates", help="model: a `speech-lpo generate` output directory")
+    parser.add_argument("--data", help="perturb: tokenised dataset dir")
+    parser.add_argument("--split", help="perturb: only utterances of this split")
+    parser.add_argument("--out", required=True, help="groups JSONL; the report goes beside it")
+    parser.add_argument("--normalizer", help="text normaliser (default: chinese or librispeech by language)")
+    parser.add_argument("--eta", type=float, default=0.1, help="perturb: noise ratio (edits per unit)")
+    parser.add_argument(
+        "--mix", default="insertion=1,deletion=1,repetition=1", help="perturb: operator weights"
+    )
+    parser.add_argument("--num-perturbations", type=int, default=3, help="perturb: rejected per transcript")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def main(args: argparse.Namespace) -> None:
+    from transformers import AutoConfig, AutoTokenizer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    vocab = AudioVocab.load(args.model)
+    max_length = AutoConfig.from_pretrained(args.model).max_position_embeddings
+    report = PairReport()
+    if args.method == "model":
+        if not args.candidates:
+            raise SystemExit("--method model needs --candidates (a `speech-lpo generate` output directory)")
+        groups = model_groups(args.candidates, tokenizer, vocab, args.normalizer, report, max_length)
+    else:
+        if not args.data:
+            raise SystemExit("--method perturb needs --data (a tokenised dataset)")
+        items = load_dataset_items(args.data, "asr", tokenizer, vocab, args.split)
+        mix = parse_mix(args.mix)
+        groups = perturb_groups(
+            items,
+            tokenizer,
+            args.normalizer,
+            report,
+            args.eta,
+            mix,
+            args.num_perturbations,
+            args.seed,
+            max_length,
+        )
+    out = Path(args.out)
+    write_groups(out, groups)
+    summary = write_report(report, out)
+    log.info("%d groups -> %s; report: %s", len(groups), out, json.dumps(summary, ensure_ascii=False))

@@ -1,0 +1,207 @@
+"""`speech-lpo make-pairs`: TTS, ASR model-based, ASR perturbation-based and text-task groups.
+
+Groups are read back with speech_lpo.groups.load_groups, whose cleaning must find nothing to drop.
+"""
+
+# ruff: noqa: F811 (the fixtures imported from test_generate are parameters of the tests here)
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from speech_lpo.cli import main as cli
+from speech_lpo.generate import check_settings, shard_path, write_shard
+from speech_lpo.groups import load_groups
+from speech_lpo.normalize import get_normalizer
+from speech_lpo.prompts import asr_response_ids, im_end_id, response_text, tts_response_ids
+from speech_lpo.vocab import AudioVocab
+from tests.test_generate import (  # noqa: F401
+    corpus_columns,
+    data_dir,
+    generate_args,
+    model_dir,
+    one_thread,
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir):
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def load_valid_groups(path: Path):
+    groups, skipped = load_groups(path)
+    assert not skipped, skipped.summary()
+    return groups
+
+
+def read_report(out: Path) -> dict:
+    assert out.with_name(out.stem + ".edit_distance.png").stat().st_size > 0
+    return json.loads(out.with_name(out.stem + ".report.json").read_text())
+
+
+def write_candidates(path: Path, rows: list[dict]) -> Path:
+    """A `speech-lpo generate` output directory holding ``rows``."""
+    check_settings(path, {"prompts": len(rows), "shard_size": len(rows)})
+    write_shard(shard_path(path, 0), rows)
+    return path
+
+
+def cand(ids: list[int], hit_max: bool = False) -> dict:
+    return {"ids": ids, "hit_max_new_tokens": hit_max}
+
+
+def test_tts_group_is_one_chosen_against_the_candidates(model_dir, tokenizer, tmp_path):
+    vocab = AudioVocab.load(model_dir)
+    end = im_end_id(tokenizer)
+    ref = tts_response_ids(tokenizer, vocab, [3, 1, 4, 1, 5, 9, 2, 6])
+    other = tts_response_ids(tokenizer, vocab, [3, 1, 4, 1, 5, 9, 2])
+    row = {
+        "id": "u1",
+        "task": "tts",
+        "lang": "en",
+        "text": "HELLO",
+        "prompt_ids": [1, 2, 3],
+        "reference_ids": ref,
+    }
+    row["candidates"] = [
+        cand(ref),  # identical to the reference: dropped
+        cand(ref[:6], hit_max=True),  # ran out of tokens mid-audio: kept, flagged
+        cand(other[:-1]),  # stopped at <|audio_end|>: kept, closed with <|im_end|>
+        cand([vocab.audio_start_id, 11, 12, end]),  # text tokens only: no audio codes, dropped
+    ]
+    empty = {**row, "id": "u2", "candidates": [cand([end]), cand(ref)]}
+    skipped = {**row, "id": "u3", "candidates": [], "skipped": "empty or missing transcript"}
+    row["skipped"] = empty["skipped"] = None
+    out = tmp_path / "groups.jsonl"
+    cli(
+        [
+            "make-pairs",
+            "--model",
+            str(model_dir),
+            "--candidates",
+            str(write_candidates(tmp_path / "c", [row, empty, skipped])),
+            "--out",
+            str(out),
+        ]
+    )
+    (group,) = load_valid_groups(out)
+    assert group.chosen_ids == ref and group.rejected_ids == [ref[:6], other]
+    assert group.meta["hit_max_new_tokens"] == [True, False]
+    assert group.meta["edit_distance"] == [3, 1]  # in audio codes: 3 cut off; 1 missing
+    report = read_report(out)
+    assert report["groups"] == 1 and report["rejected"] == 2 and report["prompts"] == 3
+    assert report["dropped_responses"] == {"identical to the reference": 2, "decodes to no audio codes": 2}
+    assert report["dropped_groups"] == {
+        "no usable rejected response": 1,
+        "skipped by generate: empty or missing transcript": 1,
+    }
+    assert report["flagged"] == {"hit max_new_tokens": 1}
+
+
+def test_asr_and_text_groups_compare_normalised_text(model_dir, tokenizer, tmp_path):
+    end = im_end_id(tokenizer)
+    ref_text = "MISTER QUILTER IS THE APOSTLE OF THE MIDDLE CLASSES"
+    asr = {"id": "a", "task": "asr", "lang": "en", "text": ref_text, "prompt_ids": [7, 8], "skipped": None}
+    asr["reference_ids"] = asr_response_ids(tokenizer, ref_text)
+    asr["candidates"] = [
+        cand(asr_response_ids(tokenizer, "Mister Quilter, is the apostle of the middle classes.")),  # same
+        cand(asr_response_ids(tokenizer, "MISTER QUILTER IS THE APOSTLE OF THE MIDDLE GLASSES")),
+        cand(asr_response_ids(tokenizer, "MISTER QUILTER IS THE APOSTLE")[:-1], hit_max=True),
+        cand([end]),  # decodes to nothing
+    ]
+    zh = {**asr, "id": "z", "lang": "zh", "text": "甚至出现交易几乎停滞的情况"}
+    zh["reference_ids"] = asr_response_ids(tokenizer, zh["text"])
+    zh["candidates"] = [
+        cand(asr_response_ids(tokenizer, "甚至出现交易几乎停滞的情况。")),
+        cand(asr_response_ids(tokenizer, "甚至出现交易停滞的情况")),
+    ]
+    text = {**asr, "id": "t", "task": "text", "lang": "", "text": "5"}
+    text["reference_ids"] = asr_response_ids(tokenizer, "5")
+    text["candidates"] = [cand(asr_response_ids(tokenizer, "5")), cand(asr_response_ids(tokenizer, "6"))]
+    out = tmp_path / "groups.jsonl"
+    cli(
+        [
+            "make-pairs",
+            "--model",
+            str(model_dir),
+            "--candidates",
+            str(write_candidates(tmp_path / "c", [asr, zh, text])),
+            "--out",
+            str(out),
+        ]
+    )
+    g_asr, g_zh, g_text = load_valid_groups(out)
+    assert [response_text(tokenizer, r) for r in g_asr.rejected_ids] == [
+        "MISTER QUILTER IS THE APOSTLE OF THE MIDDLE GLASSES",
+        "MISTER QUILTER IS THE APOSTLE",
+    ]
+    assert g_asr.meta["edit_distance"] == [1, 4] and g_asr.meta["normalizer"] == "librispeech"
+    assert g_zh.meta["edit_distance"] == [2] and g_zh.meta["normalizer"] == "chinese"  # characters
+    assert [response_text(tokenizer, r) for r in g_text.rejected_ids] == ["6"]
+    report = read_report(out)
+    assert report["dropped_responses"] == {
+        "same as the reference after normalisation": 3,
+        "decodes to empty text": 1,
+    }
+    assert report["edit_distance"]["count"] == 4 and report["edit_distance"]["max"] == 4
+
+
+def test_asr_model_based_groups_from_real_generation(model_dir, data_dir, tokenizer, tmp_path):
+    cli(generate_args(model_dir, data_dir, tmp_path / "cand", "asr"))
+    out = tmp_path / "groups.jsonl"
+    cli(["make-pairs", "--model", str(model_dir), "--candidates", str(tmp_path / "cand"), "--out", str(out)])
+    groups = load_valid_groups(out)
+    report = read_report(out)
+    assert report["prompts"] == len(groups) + 4 and len(groups) > 0
+    assert sum(v for k, v in report["dropped_groups"].items() if k.startswith("skipped by generate")) == 4
+    for g in groups:
+        norm = get_normalizer(g.meta["normalizer"])
+        ref = norm.units(response_text(tokenizer, g.chosen_ids))
+        assert all(norm.units(response_text(tokenizer, r)) != ref for r in g.rejected_ids)
+        assert len(g.rejected_ids) == len(g.meta["hit_max_new_tokens"]) <= 3
+
+
+def test_asr_perturbation_groups(model_dir, data_dir, tokenizer, tmp_path):
+    out = tmp_path / "groups.jsonl"
+    args = ["make-pairs", "--method", "perturb", "--model", str(model_dir), "--data", str(data_dir)]
+    cli([*args, "--out", str(out), "--eta", "0.1"])
+    groups = load_valid_groups(out)
+    report = read_report(out)
+    assert len(groups) == report["groups"] == len(corpus_columns()["id"])
+    assert report["dropped_groups"] == {
+        "empty or missing transcript": 2,
+        "no audio codes": 1,
+        "packed group longer than the model's max_position_embeddings": 1,
+    }
+    assert set(report["operators"]) == {"insertion", "deletion", "repetition"}
+    assert 0.05 < report["edit_rate"]["mean"] < 0.2
+    for g in groups:
+        assert g.meta["method"] == "perturb" and 1 <= g.k <= 3
+        assert len(g.meta["operators"]) == g.k and all(d >= 1 for d in g.meta["edit_distance"])
+    cli([*args, "--out", str(tmp_path / "again.jsonl"), "--eta", "0.1"])
+    assert (tmp_path / "again.jsonl").read_text() == out.read_text()  # seeded
+    prompts = {g.id: g.prompt_ids for g in groups}
+    assert len(prompts) == len(groups)  # one group per utterance, ids unique
+
+
+def test_make_pairs_refuses_an_unfinished_generation(model_dir, tmp_path):
+    rows = [{"id": "a", "candidates": []}]
+    check_settings(tmp_path / "c", {"prompts": 3, "shard_size": 1})
+    write_shard(shard_path(tmp_path / "c", 0), rows)
+    with pytest.raises(FileNotFoundError, match=r"shards \[1, 2\] are missing"):
+        cli(
+            [
+                "make-pairs",
+                "--model",
+                str(model_dir),
+                "--candidates",
+                str(tmp_path / "c"),
+                "--out",
+                str(tmp_path / "g.jsonl"),
+            ]
+        )
+    assert not (tmp_path / "g.jsonl").exists()
