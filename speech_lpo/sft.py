@@ -1,0 +1,159 @@
+"""Supervised fine-tuning: causal-LM training on ASR (audio -> text) and/or TTS (text -> audio) examples.
+
+Examples are ChatML prompt/response pairs (speech_lpo.prompts) built from a tokenised dataset; the loss
+is on response tokens only. The Trainer does the rest (checkpoints, resume, accumulation, distribution);
+re-running with the same output dir resumes from its last checkpoint. The output dir is a complete model
+dir (tokenizer, audio vocabulary, codec) for the stages after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+TASKS = ("asr", "tts", "both")
+
+
+def build_examples(dataset, tokenizer, vocab, task: str, max_length: int | None) -> tuple[list[dict], int]:
+    """Prompt/response ids for every utterance (both tasks for ``both``); returns the examples and how many
+    were dropped for exceeding ``max_length`` (dropped, not truncated: a cut response teaches a wrong end)."""
+    from speech_lpo.prompts import asr_prompt_ids, asr_response_ids, tts_prompt_ids, tts_response_ids
+
+    tasks = ("asr", "tts") if task == "both" else (task,)
+    examples, too_long = [], 0
+    for row in dataset:
+        for t in tasks:
+            if t == "asr":
+                prompt, response = (
+                    asr_prompt_ids(tokenizer, vocab, row["codes"]),
+                    asr_response_ids(tokenizer, row["text"]),
+                )
+            else:
+                prompt, response = (
+                    tts_prompt_ids(tokenizer, row["text"]),
+                    tts_response_ids(tokenizer, vocab, row["codes"]),
+                )
+            if max_length is not None and len(prompt) + len(response) > max_length:
+                too_long += 1
+                continue
+            examples.append({"prompt": prompt, "response": response, "id": f"{row['id']}/{t}"})
+    return examples, too_long
+
+
+def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input ids, attention mask and labels (-100 on prompt and padding)."""
+    seqs = [e["prompt"] + e["response"] for e in examples]
+    length = max(map(len, seqs))
+    input_ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(seqs), length), -100, dtype=torch.long)
+    attention = torch.zeros((len(seqs), length), dtype=torch.long)
+    for i, (e, seq) in enumerate(zip(examples, seqs, strict=True)):
+        input_ids[i, : len(seq)] = torch.tensor(seq)
+        labels[i, len(e["prompt"]) : len(seq)] = torch.tensor(e["response"])
+        attention[i, : len(seq)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="tokenised training split (speech-lpo tokenize)")
+    parser.add_argument("--eval_data", default=None, help="tokenised held-out split")
+    parser.add_argument("--model", required=True, help="model dir from build-model (or an earlier SFT)")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--task", default="asr", choices=TASKS)
+    parser.add_argument("--max_length", type=int, default=2048, help="drop longer examples (counted)")
+    parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--num_train_epochs", type=float, default=3.0)
+    parser.add_argument("--max_steps", type=int, default=-1, help="overrides epochs when > 0")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--grad_accum", type=int, default=1)
+    parser.add_argument("--warmup_steps", type=int, default=0)
+    parser.add_argument("--lr_scheduler_type", default="cosine")
+    parser.add_argument("--weight_decay", type=float, default=0.0)
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config (with accelerate launch)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--logging_steps", type=int, default=10)
+    parser.add_argument("--save_steps", type=int, default=500)
+    parser.add_argument("--save_total_limit", type=int, default=2)
+
+
+def main(args: argparse.Namespace) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from speech_lpo.tokenize_audio import load_tokenized
+    from speech_lpo.train import copy_model_extras
+    from speech_lpo.trainer import MetricsJsonlCallback
+    from speech_lpo.vocab import AudioVocab
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    vocab = AudioVocab.load(args.model)
+    train_examples, dropped = build_examples(
+        load_tokenized(args.data), tokenizer, vocab, args.task, args.max_length
+    )
+    log.info(
+        "%d %s training examples; %d dropped as longer than %d tokens",
+        len(train_examples),
+        args.task,
+        dropped,
+        args.max_length,
+    )
+    if not train_examples:
+        raise SystemExit(f"{args.data}: no training examples left")
+    eval_examples = None
+    if args.eval_data:
+        eval_examples = build_examples(
+            load_tokenized(args.eval_data), tokenizer, vocab, args.task, args.max_length
+        )[0]
+
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    config = TrainingArguments(
+        output_dir=args.output_dir,
+        learning_rate=args.learning_rate,
+        num_train_epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum,
+        warmup_steps=args.warmup_steps,
+        lr_scheduler_type=args.lr_scheduler_type,
+        weight_decay=args.weight_decay,
+        bf16=args.bf16,
+        deepspeed=args.deepspeed,
+        seed=args.seed,
+        logging_steps=args.logging_steps,
+        eval_strategy="epoch" if eval_examples else "no",
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        remove_unused_columns=False,
+        report_to=[],
+    )
+    trainer = Trainer(
+        model=model,
+        args=config,
+        train_dataset=train_examples,
+        eval_dataset=eval_examples,
+        data_collator=lambda batch: collate(batch, pad_id),
+        callbacks=[MetricsJsonlCallback(Path(args.output_dir) / "metrics.jsonl")],
+    )
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    result = trainer.train(resume_from_checkpoint=last)
+    trainer.save_model(args.output_dir)
+    copy_model_extras(args.model, args.output_dir)
+    summary = {
+        "train_loss": result.training_loss,
+        "steps": result.global_step,
+        "examples": len(train_examples),
+        "dropped_too_long": dropped,
+    }
+    Path(args.output_dir, "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("done: %s", summary)
