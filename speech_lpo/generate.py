@@ -142,6 +142,7 @@ class VLLMBackend:
         model_dir: str | Path,
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float = 0.9,
+        enforce_eager: bool = False,
         dtype: str = "auto",
     ):
         from vllm import LLM
@@ -150,9 +151,14 @@ class VLLMBackend:
             model=str(model_dir),
             tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
             dtype=dtype,
             skip_tokenizer_init=True,  # ids in, ids out: no detokenisation needed
         )
+
+    def close(self) -> None:
+        """Stop the engine's processes now, not at interpreter exit (where their logging fails)."""
+        self.llm.llm_engine.engine_core.shutdown()
 
     def generate(self, prompts: list[list[int]], cfg: SamplingConfig, seed: int) -> list[list[Candidate]]:
         from vllm import SamplingParams
@@ -437,7 +443,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="transformers device (default: cuda if available)")
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per model")
     parser.add_argument(
-        "--gpu-memory-utilization", type=float, default=0.9, help="vllm: share of memory to use"
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.9,
+        help="vllm: share of GPU memory to reserve (on CPU: of RAM, e.g. 0.3)",
+    )
+    parser.add_argument(
+        "--enforce-eager", action="store_true", help="vllm: no graph compilation (faster start)"
     )
 
 
@@ -447,7 +459,9 @@ def stop_ids_for(task: str, tokenizer, vocab: AudioVocab) -> tuple[int, ...]:
 
 def make_backend(args: argparse.Namespace):
     if args.backend == "vllm":
-        return VLLMBackend(args.model, args.tensor_parallel_size, args.gpu_memory_utilization)
+        return VLLMBackend(
+            args.model, args.tensor_parallel_size, args.gpu_memory_utilization, args.enforce_eager
+        )
     return TransformersBackend(args.model, args.batch_size, args.device)
 
 
