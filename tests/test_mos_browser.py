@@ -40,6 +40,8 @@ def answers_for(step: int, dims: list[str]) -> dict[str, float]:
 def test_rate_reload_restart_resume(tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=30_000)  # a loaded machine; the default is 5 s
+
     definition = make_test(tmp_path, n_utts=2, systems=["original", "noisy"], items_per_rater=3)
     defn = load_definition(definition)
     db = tmp_path / "ratings.sqlite"
@@ -68,8 +70,10 @@ def test_rate_reload_restart_resume(tmp_path: Path) -> None:
                 html = page.content()
                 assert not any(f"{s}/" in html or f"@{s}" in html for s in defn.systems)  # names hidden
                 first = page.locator(f"#mos-{dims[0]} input[type=radio]").first
-                expect(first).to_be_disabled()  # nothing can be answered before the sample is played
+                expect(first).to_be_disabled()  # nothing can be answered before the sample is heard
                 page.locator('#mos-sample button[aria-label="Play"]').click()
+                expect(page.locator('#mos-sample button[aria-label="Pause"]')).to_be_visible()
+                expect(first).to_be_disabled()  # playing is not enough: the questions open at its end
                 expect(first).to_be_enabled()
                 answers = answers_for(step, dims)
                 for d, score in answers.items():
@@ -87,7 +91,9 @@ def test_rate_reload_restart_resume(tmp_path: Path) -> None:
 
     with sqlite3.connect(db) as con:
         (order,) = con.execute("SELECT items FROM raters WHERE token = ?", (token,)).fetchone()
-        rows = con.execute("SELECT rater, item, dimension, score, plays, revisions FROM ratings").fetchall()
+        rows = con.execute(
+            "SELECT rater, item, dimension, score, plays, heard, revisions FROM ratings"
+        ).fetchall()
     order = json.loads(order)
     expected = {
         (token, item, d, score)
@@ -96,4 +102,4 @@ def test_rate_reload_restart_resume(tmp_path: Path) -> None:
     }
     assert {r[:4] for r in rows} == expected
     assert len(rows) == total * len(dims)
-    assert all(plays >= 1 and revisions == 0 for *_, plays, revisions in rows)
+    assert all(plays >= 1 and heard >= 1 and revisions == 0 for *_, plays, heard, revisions in rows)

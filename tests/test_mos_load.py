@@ -1,7 +1,7 @@
 """Load on loopback: 20 raters at once through gradio_client, then SIGKILL of the server mid-wave.
 
 Wave 1: 20 invited raters, 10 samples x 5 questions each = 50 ratings each, through the same
-``enter`` / ``play`` / ``submit`` endpoints the page uses: exactly 1,000 rows, no error.
+``enter`` / ``play`` / ``heard`` / ``submit`` endpoints the page uses: exactly 1,000 rows, no error.
 Wave 2: 20 more raters start; after 40 acknowledged submissions the server is killed with SIGKILL.
 Every acknowledged submission must be in the database and, after a restart, in the admin page's
 CSV export; a rater who was cut off resumes with the same browser id and finishes.
@@ -58,6 +58,7 @@ def rate(url: str, token: str, browser: str, acked: list[str]) -> str:
             if finished(out):
                 return "done"
             client.predict(api_name="/play")
+            client.predict(api_name="/heard")
             out = client.predict(*[rng.choice(scores) for _ in DIMENSIONS], api_name="/submit")
             acked.append(token)
         return "did not finish in 20 steps"

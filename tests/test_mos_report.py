@@ -32,6 +32,7 @@ def rate_all(store: Store, token: str, answer) -> None:
         if item is None:
             return
         store.play(token, browser, item)
+        store.play(token, browser, item, to_end=True)
         store.submit(
             token, browser, item, {d: answer(store.defn.items[item], d) for d in store.defn.dimension_names()}
         )

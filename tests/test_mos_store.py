@@ -37,11 +37,12 @@ def store(tmp_path: Path) -> Store:
 
 
 def entered(store: Store, browser: str = "browser-a") -> tuple[str, str]:
-    """A rater who entered and played the first sample: (token, item)."""
+    """A rater who entered and heard the first sample to its end: (token, item)."""
     (token,) = store.invite(1, expires=None)
     store.enter(token, browser)
     item, *_ = store.next_item(token, browser)
     store.play(token, browser, item)
+    store.play(token, browser, item, to_end=True)
     return token, item
 
 
@@ -54,7 +55,8 @@ def test_wal_and_update_not_duplicate(store: Store) -> None:
     assert len(store.ratings()) == 4
     assert rows["naturalness"]["score"] == 1.0 and rows["fidelity"]["score"] == 4.0
     assert all(
-        r["revisions"] == 1 and r["plays"] == 1 and r["updated"] > r["first_submitted"] for r in rows.values()
+        r["revisions"] == 1 and r["plays"] == r["heard"] == 1 and r["updated"] > r["first_submitted"]
+        for r in rows.values()
     )
     with sqlite3.connect(store.path) as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -95,17 +97,21 @@ def test_bad_submissions_are_refused_and_write_nothing(store: Store) -> None:
     assert dump(store.path) == before
 
 
-def test_rating_needs_a_play(store: Store) -> None:
+def test_rating_needs_a_full_listen(store: Store) -> None:
     (token,) = store.invite(1, expires=None)
     store.enter(token, "b")
     item, *_ = store.next_item(token, "b")
     before = dump(store.path)
-    with pytest.raises(Refused, match="Play the sample before rating it"):
+    with pytest.raises(Refused, match="Listen to the whole sample before rating it"):
         store.submit(token, "b", item, GOOD)
-    assert dump(store.path) == before
     assert store.play(token, "b", item) == 1 and store.play(token, "b", item) == 2
+    with pytest.raises(Refused, match="Listen to the whole sample before rating it"):  # started, not heard
+        store.submit(token, "b", item, GOOD)
+    assert {r["plays"] for r in store.ratings()} == set()
+    assert store.play(token, "b", item, to_end=True) == 1
     store.submit(token, "b", item, GOOD)
-    assert {r["plays"] for r in store.ratings()} == {2}
+    assert {(r["plays"], r["heard"]) for r in store.ratings()} == {(2, 1)}
+    assert dump(store.path) != before
 
 
 def test_orders_are_random_and_balanced(tmp_path: Path) -> None:
@@ -164,9 +170,12 @@ def test_refusals_through_the_panel(tmp_path: Path) -> None:
         assert "0 of 8 samples rated" in out[2]
         sample = out[4]["url"]
         assert all(s not in sample for s in ("original", "telephone", "noisy", "@"))  # names hidden
-        with pytest.raises(Exception, match="Play the sample before rating it"):
+        with pytest.raises(Exception, match="Listen to the whole sample before rating it"):
             client.predict(4.0, 4.0, 4.0, 4.0, api_name="/submit")
         client.predict(api_name="/play")
+        with pytest.raises(Exception, match="Listen to the whole sample before rating it"):
+            client.predict(4.0, 4.0, 4.0, 4.0, api_name="/submit")
+        client.predict(api_name="/heard")
         with pytest.raises(Exception, match="not in the list of choices"):
             client.predict(7.0, 4.0, 4.0, 4.0, api_name="/submit")
         with pytest.raises(Exception, match="Please answer every question"):
@@ -188,7 +197,7 @@ def test_refusals_through_the_panel(tmp_path: Path) -> None:
         assert page.status_code == 200 and "0 / 8" in page.text and "2 raters, 0 finished" in page.text
         csv = http.get("admin/ratings.csv", params={"token": admin}).text
         assert csv.splitlines() == [
-            "system,utterance,check,rater,item,dimension,score,plays,shown,first_submitted,updated,revisions"
+            "system,utterance,check,rater,item,dimension,score,plays,heard,shown,first_submitted,updated,revisions"
         ]
     finally:
         stop_server(server)

@@ -2,7 +2,8 @@
 
 Raters see no system names: each sample is copied into Gradio's cache under its content hash and a
 neutral file name, and nothing outside the test's root directory is ever read. Answers are enabled
-only after the sample's ``play`` event reached the server (the store refuses them otherwise too).
+only after the sample has been played to its end (Audio's ``stop`` event reached the server; the
+store refuses answers otherwise too).
 The rater's token and a browser id live in the browser's localStorage (``gr.BrowserState``, its
 key and secret kept in the database), so a reload, or a server restart, resumes at the first
 unrated item.
@@ -103,7 +104,7 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
             return [None, {"token": None, "browser": browser}, *pages, note, *keep]
 
         def rating_view(token: str, browser: str) -> list:
-            item_id, done, total, plays = store.next_item(token, browser)
+            item_id, done, total, heard = store.next_item(token, browser)
             state = {"token": token, "browser": browser, "item": item_id}
             kept = {"token": token, "browser": browser}
             if item_id is None:
@@ -111,14 +112,14 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
                 rest = [gr.update()] * (2 + len(radios) + 1)
                 return [state, kept, *pages, "", _progress_html(done, total), *rest]
             item = defn.items[item_id]
-            ready = plays > 0
+            ready = heard > 0
             pages = [gr.update(visible=False), gr.update(visible=True), gr.update(visible=False)]
             ref = served(item.reference) if item.reference else None
             return [
                 state,
                 kept,
                 *pages,
-                "" if ready else "Play the sample to enable the questions.",
+                "" if ready else "Listen to the whole sample to enable the questions.",
                 _progress_html(done, total),
                 gr.update(value=ref, visible=ref is not None),
                 served(item.audio),
@@ -139,13 +140,19 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
         def on_load(kept: dict | None, request: gr.Request) -> list:
             return enter(request.query_params.get("token"), kept)
 
-        def on_play(state: dict | None) -> list:
+        def count_play(state: dict | None, to_end: bool) -> None:
             if not state or not state.get("item"):
                 raise gr.Error("No sample is open.")
             try:
-                store.play(state["token"], state["browser"], state["item"])
+                store.play(state["token"], state["browser"], state["item"], to_end)
             except Refused as e:
                 raise gr.Error(str(e)) from e
+
+        def on_play(state: dict | None) -> None:
+            count_play(state, to_end=False)
+
+        def on_heard(state: dict | None) -> list:
+            count_play(state, to_end=True)
             return ["", *[gr.update(interactive=True) for _ in radios], gr.update(interactive=True)]
 
         def on_submit(state: dict | None, *scores: float | None) -> list:
@@ -165,7 +172,9 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
         panel.load(on_load, inputs=[saved], outputs=outputs, api_name=False)
         start.click(enter, inputs=[code, saved], outputs=outputs, api_name="enter")
         code.submit(enter, inputs=[code, saved], outputs=outputs, api_name=False)
-        sample.play(on_play, inputs=[session], outputs=[message, *radios, submit], api_name="play")
+        sample.play(on_play, inputs=[session], outputs=None, api_name="play")
+        # Audio's "stop" event fires when playback reaches the end
+        sample.stop(on_heard, inputs=[session], outputs=[message, *radios, submit], api_name="heard")
         submit.click(on_submit, inputs=[session, *radios], outputs=outputs, api_name="submit")
     return panel
 

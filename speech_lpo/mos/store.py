@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS plays (
     item TEXT NOT NULL,
     shown REAL NOT NULL,
     first_play REAL,
-    plays INTEGER NOT NULL DEFAULT 0,
+    plays INTEGER NOT NULL DEFAULT 0,  -- playbacks started
+    heard INTEGER NOT NULL DEFAULT 0,  -- playbacks that reached the end
     PRIMARY KEY (rater, item)
 );
 CREATE TABLE IF NOT EXISTS ratings (
@@ -54,6 +55,7 @@ CREATE TABLE IF NOT EXISTS ratings (
     dimension TEXT NOT NULL,
     score REAL NOT NULL,
     plays INTEGER NOT NULL,          -- plays of the item when this score was (last) submitted
+    heard INTEGER NOT NULL,          -- ... and how many of them reached the end
     shown REAL NOT NULL,
     first_submitted REAL NOT NULL,
     updated REAL NOT NULL,
@@ -67,6 +69,7 @@ RATING_COLUMNS = [
     "dimension",
     "score",
     "plays",
+    "heard",
     "shown",
     "first_submitted",
     "updated",
@@ -178,7 +181,7 @@ class Store:
         return token
 
     def next_item(self, token: str, browser: str) -> tuple[str | None, int, int, int]:
-        """(first item not yet rated or None when finished, items done, items in total, its plays so far).
+        """(first unrated item or None when finished, items done, items in total, its full plays so far).
 
         Records when the item was first shown.
         """
@@ -201,10 +204,10 @@ class Store:
                 "INSERT OR IGNORE INTO plays (rater, item, shown) VALUES (?, ?, ?)",
                 (token, todo[0], time.time()),
             )
-            (plays,) = db.execute(
-                "SELECT plays FROM plays WHERE rater = ? AND item = ?", (token, todo[0])
+            (heard,) = db.execute(
+                "SELECT heard FROM plays WHERE rater = ? AND item = ?", (token, todo[0])
             ).fetchone()
-            return todo[0], len(items) - len(todo), len(items), plays
+            return todo[0], len(items) - len(todo), len(items), heard
 
     def _assigned(self, db: sqlite3.Connection, token: str, browser: str, item: str) -> None:
         _, items = self._rater(db, token, browser)
@@ -213,19 +216,20 @@ class Store:
         if items is None or item not in items:
             raise Refused(f"Item {item!r} is not one of this rater's items.")
 
-    def play(self, token: str, browser: str, item: str) -> int:
-        """Count one playback of ``item``; returns the play count."""
+    def play(self, token: str, browser: str, item: str, to_end: bool = False) -> int:
+        """Count a playback of ``item`` starting, or (``to_end``) reaching its end; returns that count."""
         now = time.time()
+        column = "heard" if to_end else "plays"
         with self._tx() as db:
             self._assigned(db, token, browser, item)
             db.execute(
-                "INSERT INTO plays (rater, item, shown, first_play, plays) VALUES (?, ?, ?, ?, 1) "
-                "ON CONFLICT (rater, item) DO UPDATE SET plays = plays + 1, "
+                f"INSERT INTO plays (rater, item, shown, first_play, {column}) VALUES (?, ?, ?, ?, 1) "
+                f"ON CONFLICT (rater, item) DO UPDATE SET {column} = {column} + 1, "
                 "first_play = COALESCE(first_play, ?)",
                 (token, item, now, now, now),
             )
             return db.execute(
-                "SELECT plays FROM plays WHERE rater = ? AND item = ?", (token, item)
+                f"SELECT {column} FROM plays WHERE rater = ? AND item = ?", (token, item)
             ).fetchone()[0]
 
     def submit(self, token: str, browser: str, item: str, scores: dict[str, float]) -> None:
@@ -245,17 +249,17 @@ class Store:
         with self._tx() as db:
             self._assigned(db, token, browser, item)
             row = db.execute(
-                "SELECT shown, plays FROM plays WHERE rater = ? AND item = ?", (token, item)
+                "SELECT shown, plays, heard FROM plays WHERE rater = ? AND item = ?", (token, item)
             ).fetchone()
-            if row is None or row[1] == 0:
-                raise Refused("Play the sample before rating it.")
-            shown, plays = row
+            if row is None or row[2] == 0:
+                raise Refused("Listen to the whole sample before rating it.")
+            shown, plays, heard = row
             db.executemany(
-                "INSERT INTO ratings (rater, item, dimension, score, plays, shown, first_submitted, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rater, item, dimension) DO UPDATE SET "
-                "score = excluded.score, plays = excluded.plays, updated = excluded.updated, "
-                "revisions = revisions + 1",
-                [(token, item, d, float(scores[d]), plays, shown, now, now) for d in dims],
+                "INSERT INTO ratings (rater, item, dimension, score, plays, heard, shown, first_submitted, "
+                "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rater, item, dimension) DO UPDATE "
+                "SET score = excluded.score, plays = excluded.plays, heard = excluded.heard, "
+                "updated = excluded.updated, revisions = revisions + 1",
+                [(token, item, d, float(scores[d]), plays, heard, shown, now, now) for d in dims],
             )
 
     def ratings(self) -> list[dict]:
