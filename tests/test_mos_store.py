@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from gradio_client import Client
 
 from speech_lpo.mos.definition import load_definition
@@ -148,6 +149,17 @@ def test_database_of_another_test_is_refused(tmp_path: Path) -> None:
         con.execute("INSERT INTO meta VALUES ('test', 'other_test')")
     with pytest.raises(Refused, match="holds ratings of test 'other_test', not 'test_mos'"):
         Store(tmp_path / "r.sqlite", defn)
+
+
+def test_definition_that_dropped_given_items_is_refused(tmp_path: Path) -> None:
+    path = make_test(tmp_path)
+    store = Store(tmp_path / "r.sqlite", load_definition(path))
+    store.enter(store.invite(1, expires=None)[0], "b")
+    raw = yaml.safe_load(path.read_text())
+    raw.update(systems=["original", "telephone"], items_per_rater=4)  # "noisy" items were handed out
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(Refused, match=r"raters were given items that .* no longer defines: \['.*@noisy'"):
+        Store(tmp_path / "r.sqlite", load_definition(path))
 
 
 def test_refusals_through_the_panel(tmp_path: Path) -> None:

@@ -97,10 +97,20 @@ class Store:
             db.executescript(SCHEMA)
             db.execute("INSERT OR IGNORE INTO meta VALUES ('test', ?)", (defn.name,))
             (name,) = db.execute("SELECT value FROM meta WHERE key = 'test'").fetchone()
+            assigned = {
+                i
+                for (js,) in db.execute("SELECT items FROM raters WHERE items IS NOT NULL")
+                for i in json.loads(js)
+            }
         finally:
             db.close()
         if name != defn.name:
             raise Refused(f"{self.path} holds ratings of test {name!r}, not {defn.name!r} ({defn.path})")
+        gone = sorted(assigned - set(defn.items))
+        if gone:
+            raise Refused(
+                f"{self.path}: raters were given items that {defn.path} no longer defines: {gone[:5]}"
+            )
 
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection (the panel calls from many threads). Connections stay open: closing
