@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 from speech_lpo.cli import main as cli
 from speech_lpo.generate import check_settings, shard_path, write_shard
-from speech_lpo.groups import load_groups
+from speech_lpo.groups import load_groups, write_groups
 from speech_lpo.normalize import get_normalizer
 from speech_lpo.prompts import asr_response_ids, im_end_id, response_text, tts_response_ids
 from speech_lpo.vocab import AudioVocab
@@ -205,3 +205,51 @@ def test_make_pairs_refuses_an_unfinished_generation(model_dir, tmp_path):
             ]
         )
     assert not (tmp_path / "g.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_chain_sft_generate_make_pairs_ref_logps_train(speech_lm, tmp_path):
+    """The pipeline's preference half on the shared tiny speech LM: every stage reads the last one's files."""
+    base, tokens = speech_lm
+    sft = tmp_path / "sft"
+    cli(["sft", "--data", str(tokens), "--model", str(base), "--output_dir", str(sft), "--task", "both"]
+        + ["--max_steps", "60", "--learning_rate", "3e-3", "--batch_size", "4"]
+        + ["--lr_scheduler_type", "constant"])  # fmt: skip
+    groups = {}
+    for task in ("tts", "asr"):
+        cand = tmp_path / f"cand-{task}"
+        cli(["generate", "--model", str(sft), "--task", task, "--data", str(tokens), "--out", str(cand)]
+            + ["--n", "3", "--max-new-tokens", "48"])  # fmt: skip
+        groups[task] = tmp_path / f"{task}.jsonl"
+        cli(["make-pairs", "--model", str(sft), "--candidates", str(cand), "--out", str(groups[task])])
+    groups["perturb"] = tmp_path / "perturb.jsonl"
+    cli(
+        [
+            "make-pairs",
+            "--method",
+            "perturb",
+            "--model",
+            str(sft),
+            "--data",
+            str(tokens),
+            "--out",
+            str(groups["perturb"]),
+        ]
+    )
+    tts = load_valid_groups(groups["tts"])
+    assert tts and all(g.k <= 3 for g in tts)  # the SFT model speaks audio tokens: TTS groups exist
+    merged = []  # one training file: ids made unique across methods (each names its utterance)
+    for method, path in groups.items():
+        for g in load_valid_groups(path):
+            g.id = f"{method}-{g.id}"
+            merged.append(g)
+    write_groups(tmp_path / "all.jsonl", merged)
+    merged = tmp_path / "all.jsonl"
+    ref = tmp_path / "ref.jsonl"
+    cli(["ref-logps", "--groups", str(merged), "--model", str(sft), "--output", str(ref)])
+    assert all(g.has_ref for g in load_valid_groups(ref))
+    out = tmp_path / "lpo"
+    cli(["train", "--groups", str(ref), "--model", str(sft), "--output_dir", str(out), "--max_steps", "4"]
+        + ["--batch_size", "2", "--logging_steps", "1"])  # fmt: skip
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in m for m in metrics)
