@@ -31,6 +31,23 @@ STAGES: dict[str, str] = {
 }
 
 
+def _add_spelling_aliases(parser: argparse.ArgumentParser) -> None:
+    """Accept ``--foo_bar`` and ``--foo-bar`` alike, as HfArgumentParser does: recipes use Kaldi's
+    underscores, and Trainer options are spelled with underscores everywhere else."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _add_spelling_aliases(sub)
+        for opt in list(action.option_strings):
+            if not opt.startswith("--"):
+                continue
+            name = opt[2:]
+            alt = "--" + (name.replace("_", "-") if "_" in name else name.replace("-", "_"))
+            if alt != opt and alt not in parser._option_string_actions:
+                action.option_strings.append(alt)
+                parser._option_string_actions[alt] = action
+
+
 def _apply_config(parser: argparse.ArgumentParser, path: str) -> None:
     """Use a YAML file's values as the parser's defaults, so command-line options still win."""
     import yaml
@@ -47,8 +64,7 @@ def _apply_config(parser: argparse.ArgumentParser, path: str) -> None:
             action.required = False
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="speech-lpo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="stage", metavar="stage", required=True)
     chosen = argv[0] if argv and argv[0] in STAGES else None
@@ -67,9 +83,14 @@ def main(argv: list[str] | None = None) -> None:
             "--config", help="YAML file of option values; options given here override it"
         )
         stage_parser.set_defaults(func=module.main)
+        _add_spelling_aliases(stage_parser)
         if "--config" in argv:
             _apply_config(stage_parser, argv[argv.index("--config") + 1])
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     args.func(args)
 
 
