@@ -37,9 +37,8 @@ SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END]  # Qwen's, in Qwen's order
 def train_bpe(texts: list[str], vocab_size: int) -> Qwen2Tokenizer:
     """A byte-level BPE on corpus text, with Qwen2's normaliser and pre-tokeniser (any UTF-8 text,
     Chinese included, has a tokenisation), returned as the Qwen2Tokenizer that reloading it gives."""
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()

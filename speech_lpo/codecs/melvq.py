@@ -85,8 +85,8 @@ class MelVQ(Codec):
         return dist.argmin(axis=1).astype(np.int64)
 
     def _encode(self, wav: np.ndarray) -> np.ndarray:
-        if wav.size < self.n_fft // 2 + 1:
-            raise ValueError(f"audio too short for melvq: {wav.size} samples < {self.n_fft // 2 + 1}")
+        if wav.size < self.n_fft:
+            raise ValueError(f"audio too short for melvq: {wav.size} samples < n_fft {self.n_fft}")
         return self.quantize(self.features(wav))
 
     # synthesis ----------------------------------------------------------------------------------------

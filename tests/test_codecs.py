@@ -1,0 +1,189 @@
+"""Codecs: melvq fitted on the mini corpus, EnCodec / Mimi / DAC on small random configs (real classes)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+
+from speech_lpo.codecs import CODEC_FILE, flatten_codes, load_audio, load_codec, unflatten_codes
+from speech_lpo.codecs.melvq import MelVQ
+from speech_lpo.codecs.neural import NEURAL_CODECS
+from speech_lpo.prepare import read_manifest
+from speech_lpo.vocab import AudioVocab
+from tests.fixtures_corpus import LIBRISPEECH_DIR, MINI_CODEBOOK, need, tiny_neural_model
+
+pytest_plugins = ["tests.fixtures_corpus"]  # its fixtures
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def english_lines(mini_manifests, split="test"):
+    return read_manifest(mini_manifests["librispeech"] / f"{split}.jsonl")
+
+
+def test_flatten_is_frame_major_with_offsets():
+    codes = np.array([[1, 2, 3], [4, 5, 6]])  # (Q=2, T=3), 10 codes per codebook
+    flat = flatten_codes(codes, 10)
+    assert flat.tolist() == [1, 14, 2, 15, 3, 16]
+    assert unflatten_codes(flat, 2, 10).tolist() == codes.tolist()
+    # a trailing partial frame is dropped, a code in the wrong band is folded into the right one
+    assert unflatten_codes([1, 14, 2, 5, 3], 2, 10).tolist() == [[1, 2], [4, 5]]
+
+
+def test_melvq_shapes_range_and_determinism(melvq_codec_dir, mini_manifests):
+    codec = load_codec(melvq_codec_dir)
+    assert isinstance(codec, MelVQ)
+    assert codec.codebook_size == MINI_CODEBOOK and codec.sample_rate == 16000 and codec.frame_rate == 40
+    line = english_lines(mini_manifests)[0]
+    wav, sr = load_audio(line["audio"])
+    codes = codec.encode(wav, sr)
+    assert codes.dtype == np.int64 and codes.ndim == 1
+    assert abs(len(codes) - line["duration"] * codec.frame_rate) <= 2
+    assert codes.min() >= 0 and codes.max() < codec.codebook_size
+    assert len(set(codes.tolist())) > 5  # speech moves through the codebook
+    assert np.array_equal(codes, codec.encode(wav, sr))
+    out = codec.decode(codes)
+    assert out.dtype == np.float32 and abs(len(out) - len(wav)) <= codec.hop_length
+    assert np.isfinite(out).all() and np.abs(out).max() > 0.1
+
+
+def test_melvq_resamples_input(melvq_codec_dir, mini_manifests):
+    import soxr
+
+    codec = load_codec(melvq_codec_dir)
+    wav, sr = load_audio(english_lines(mini_manifests)[1]["audio"])
+    at_16k = codec.encode(wav, sr)
+    at_22k = codec.encode(soxr.resample(wav, sr, 22050), 22050)
+    assert abs(len(at_16k) - len(at_22k)) <= 1
+    n = min(len(at_16k), len(at_22k))
+    assert (at_16k[:n] == at_22k[:n]).mean() > 0.7  # same frames after resampling back
+
+
+def test_melvq_save_load_identical(melvq_codec_dir, mini_manifests, tmp_path):
+    codec = load_codec(melvq_codec_dir)
+    codec.save(tmp_path / "again")
+    again = load_codec(tmp_path / "again")
+    assert np.array_equal(codec.codebook, again.codebook) and codec.params() == again.params()
+    wav, sr = load_audio(english_lines(mini_manifests)[2]["audio"])
+    assert np.array_equal(codec.encode(wav, sr), again.encode(wav, sr))
+    meta = json.loads((tmp_path / "again" / CODEC_FILE).read_text())
+    assert meta["codec"] == "melvq" and meta["codebook_size"] == MINI_CODEBOOK
+
+
+def test_melvq_quantises_better_than_chance(melvq_codec_dir, mini_manifests):
+    """Held-out frames lie closer to their centroid than to a random one (the codebook is fitted)."""
+    codec = load_codec(melvq_codec_dir)
+    wav, sr = load_audio(english_lines(mini_manifests)[3]["audio"])
+    frames = codec.features(wav)
+    nearest = codec.codebook[codec.quantize(frames)]
+    random = codec.codebook[np.random.default_rng(0).integers(0, codec.codebook_size, len(frames))]
+    assert np.linalg.norm(frames - nearest) < 0.5 * np.linalg.norm(frames - random)
+
+
+def test_melvq_bad_input(melvq_codec_dir):
+    codec = load_codec(melvq_codec_dir)
+    with pytest.raises(ValueError, match="too short"):
+        codec.encode(np.zeros(100, np.float32), 16000)
+    with pytest.raises(ValueError, match="mono"):
+        codec.encode(np.zeros((2, 3, 4), np.float32), 16000)
+    assert codec.decode([]).size == 0
+    # codes from an undertrained model may be anything: they decode, folded into range
+    assert codec.decode([codec.codebook_size + 3, -1, 5]).size > 0
+
+
+def test_melvq_fit_needs_enough_frames():
+    with pytest.raises(ValueError, match="cannot fit 512 centroids"):
+        MelVQ.fit([(np.random.default_rng(0).standard_normal(16000).astype(np.float32), 16000)], 512)
+
+
+def test_melvq_spec_matches_codec(melvq_codec_dir):
+    spec = yaml.safe_load((ROOT / "tokenizers" / "melvq.yaml").read_text())
+    codec = MelVQ(
+        np.zeros((spec["codebook_size"], spec["n_mels"]), np.float32),
+        **{k: spec[k] for k in MelVQ.param_names()},
+    )
+    assert codec.frame_rate == spec["frame_rate"] and codec.sample_rate == spec["sample_rate"]
+    with pytest.raises(ValueError, match="fitted"):
+        load_codec(ROOT / "tokenizers" / "melvq.yaml")
+
+
+def test_tokenizer_yamls_are_complete():
+    for path in sorted((ROOT / "tokenizers").glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text())
+        for key in ("codec", "sample_rate", "frame_rate", "codebook_size", "token_format"):
+            assert key in spec, f"{path.name} lacks {key}"
+        assert spec["codec"] == "melvq" or spec["codec"] in NEURAL_CODECS, path.name
+        assert spec["codec"] == "melvq" or "pretrained" in spec, path.name
+
+
+def test_missing_codec_path_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_codec(tmp_path / "nope.yaml")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty"):
+        load_codec(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("name", sorted(NEURAL_CODECS))
+def test_neural_codec_round_trips(name, tmp_path, mini_manifests):
+    """encode -> flat codes in their codebook bands -> ids -> codes -> decode; save/load and a
+    transformers checkpoint directory give the same codes."""
+    model = tiny_neural_model(name)
+    n_q = 2
+    codec = NEURAL_CODECS[name](model, num_quantizers=n_q)
+    per = model.config.codebook_size
+    assert codec.codebook_size == n_q * per
+    wav, sr = load_audio(english_lines(mini_manifests)[0]["audio"])
+    wav = wav[: sr // 2]
+    codes = codec.encode(wav, sr)
+    frames = len(codes) // n_q
+    assert len(codes) == frames * n_q and abs(frames - 0.5 * codec.frame_rate) <= 2
+    grid = codes.reshape(frames, n_q)
+    for q in range(n_q):  # codebook q's codes sit in band [q * per, (q + 1) * per)
+        assert (grid[:, q] >= q * per).all() and (grid[:, q] < (q + 1) * per).all()
+    assert len(set(grid[:, 0].tolist())) > 1
+
+    vocab = AudioVocab(audio_start_id=1000, audio_end_id=1001, offset=1002, codebook_size=codec.codebook_size)
+    assert np.array_equal(vocab.ids_to_codes(vocab.codes_to_ids(codes)), codes)
+
+    audio = codec.decode(codes)
+    hop = codec.sample_rate / codec.frame_rate
+    assert audio.dtype == np.float32 and abs(len(audio) - frames * hop) <= 2 * hop
+
+    codec.save(tmp_path / "saved")
+    assert np.array_equal(load_codec(tmp_path / "saved").encode(wav, sr), codes)
+    model.save_pretrained(tmp_path / "checkpoint")
+    from_checkpoint = load_codec(tmp_path / "checkpoint")  # the from_pretrained path, max codebooks
+    assert type(from_checkpoint) is type(codec)
+    assert np.array_equal(from_checkpoint.encode(wav, sr).reshape(frames, -1)[:, :n_q], grid)
+
+
+def test_encodec_bandwidth_follows_num_quantizers():
+    model = tiny_neural_model("encodec")
+    assert NEURAL_CODECS["encodec"](model, 1).bandwidth == 1.5
+    assert NEURAL_CODECS["encodec"](model, 2).bandwidth == 3.0
+    with pytest.raises(ValueError, match="num_quantizers"):
+        NEURAL_CODECS["encodec"](model, 3)
+
+
+def test_neural_spec_is_checked_against_the_model(tmp_path):
+    model = tiny_neural_model("dac")
+    model.save_pretrained(tmp_path / "dac")
+    spec = {"codec": "dac", "pretrained": str(tmp_path / "dac"), "num_quantizers": 2, "codebook_size": 128}
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(spec))
+    assert load_codec(tmp_path / "ok.yaml").codebook_size == 128
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**spec, "codebook_size": 4096}))
+    with pytest.raises(ValueError, match="codebook_size is 4096"):
+        load_codec(tmp_path / "bad.yaml")
+
+
+def test_real_librispeech_encodes(melvq_codec_dir):
+    flac = need(LIBRISPEECH_DIR / "LibriSpeech" / "test-clean" / "1089" / "134691" / "1089-134691-0000.flac")
+    codec = load_codec(melvq_codec_dir)
+    wav, sr = load_audio(flac)
+    assert sr == 16000 and abs(len(codec.encode(wav, sr)) - len(wav) / sr * 40) <= 2
+    assert sf.info(str(flac)).frames == len(wav)

@@ -1,0 +1,119 @@
+"""synth-corpus: the grammar, espeak-ng through ctypes, both release layouts, determinism, resumption."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from speech_lpo.synth_corpus import (
+    CMN_VOICES,
+    EN_VOICES,
+    GRAMMARS,
+    sentences,
+    synth_corpus,
+    synthesize,
+    vocabulary,
+)
+from tests.fixtures_corpus import MINI_COUNTS
+
+pytest_plugins = ["tests.fixtures_corpus"]  # its fixtures
+
+
+@pytest.mark.parametrize("lang", sorted(GRAMMARS))
+def test_sentences_are_short_distinct_bounded_and_seeded(lang):
+    a = sentences(lang, 300, seed=1)
+    assert a == sentences(lang, 300, seed=1)
+    assert a != sentences(lang, 300, seed=2)
+    assert len({tuple(s) for s in a}) == 300
+    assert all(3 <= len(s) <= 8 for s in a)
+    assert {w for s in a for w in s} <= vocabulary(lang)
+    assert len(vocabulary(lang)) < 100
+
+
+def test_grammar_refuses_more_sentences_than_it_has():
+    with pytest.raises(ValueError, match="distinct sentences"):
+        sentences("cmn", 10**6, seed=0)
+
+
+def test_espeak_16k_voiced_and_voices_differ():
+    a = synthesize("the red dog saw the cat", "en-us+f2")
+    assert 0.8 < len(a) / 16000 < 3.0 and 0.5 < np.abs(a).max() <= 0.9 + 1e-6
+    b = synthesize("the red dog saw the cat", "en-us+klatt4")
+    assert not np.array_equal(a[: len(b)], b[: len(a)])  # another voice is another speaker
+    c = synthesize("小明看见两个苹果", "cmn")
+    assert 1.0 < len(c) / 16000 < 4.0
+    with pytest.raises(ValueError, match="no voice"):
+        synthesize("hello", "xx-nonexistent")
+
+
+def test_layouts_counts_and_transcripts(mini_corpus):
+    aishell = mini_corpus / "aishell1" / "data_aishell"
+    transcript = (
+        (aishell / "transcript" / "aishell_transcript_v0.8.txt").read_text(encoding="utf-8").splitlines()
+    )
+    texts = dict(line.split(" ", 1) for line in transcript)
+    for split, n in MINI_COUNTS.items():
+        wavs = sorted((aishell / "wav" / split).glob("S*/BAC009S*W*.wav"))
+        assert len(wavs) == n
+        assert all(w.stem in texts and w.parent.name == w.stem[6:11] for w in wavs)
+    assert len(texts) == sum(MINI_COUNTS.values())
+    speakers = {w.parent.name for w in (aishell / "wav").rglob("*.wav")}
+    assert len(speakers) == len(CMN_VOICES)
+
+    libri = mini_corpus / "librispeech" / "LibriSpeech"
+    subsets = {"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean"}
+    for split, n in MINI_COUNTS.items():
+        flacs = sorted((libri / subsets[split]).glob("*/*/*.flac"))
+        assert len(flacs) == n
+        for trans in (libri / subsets[split]).glob("*/*/*.trans.txt"):
+            for line in trans.read_text().splitlines():
+                uid, text = line.split(" ", 1)
+                assert text == text.upper() and (trans.parent / f"{uid}.flac").is_file()
+                assert uid.startswith(f"{trans.parent.parent.name}-{trans.parent.name}-")
+    assert len((libri / "SPEAKERS.TXT").read_text().splitlines()) == 1 + len(EN_VOICES)
+    info = sf.info(str(next(libri.rglob("*.flac"))))
+    assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+
+
+def test_no_test_sentence_is_in_training(mini_corpus):
+    trans = (mini_corpus / "librispeech" / "LibriSpeech").rglob("*.trans.txt")
+    by_split: dict[str, set[str]] = {}
+    for t in trans:
+        split = t.relative_to(mini_corpus / "librispeech" / "LibriSpeech").parts[0].split("-")[0]
+        by_split.setdefault(split, set()).update(line.split(" ", 1)[1] for line in t.read_text().splitlines())
+    assert not by_split["test"] & by_split["train"] and not by_split["dev"] & by_split["train"]
+
+
+def run_cli(out, *extra):
+    cmd = [sys.executable, "-m", "speech_lpo.cli", "synth-corpus", "--out", str(out), "--langs", "en", "cmn"]
+    cmd += ["--num-train", "3", "--num-dev", "1", "--num-test", "1", "--seed", "5", *extra]
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+def tree(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_fresh_runs_with_one_seed_are_byte_identical(tmp_path):
+    run_cli(tmp_path / "a")
+    run_cli(tmp_path / "b")
+    a, b = tree(tmp_path / "a"), tree(tmp_path / "b")
+    assert list(a) == list(b) and a == b
+    run_cli(tmp_path / "c", "--seed", "6")
+    assert tree(tmp_path / "c") != a
+
+
+def test_rerun_fills_only_missing_files(tmp_path):
+    counts = {"train": 3, "dev": 1, "test": 1}
+    synth_corpus(tmp_path, counts, seed=5, langs=("en",))
+    flacs = sorted(tmp_path.rglob("*.flac"))
+    stamp = flacs[0].stat().st_mtime_ns
+    size = flacs[1].stat().st_size
+    flacs[1].unlink()  # as if killed before this file was written
+    synth_corpus(tmp_path, counts, seed=5, langs=("en",))
+    assert flacs[0].stat().st_mtime_ns == stamp
+    assert abs(flacs[1].stat().st_size - size) < 0.05 * size  # the same sentence and voice again

@@ -1,0 +1,131 @@
+"""tokenize: manifests -> Arrow shards of codes; parallel, resumable, bad audio reported."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from speech_lpo.codecs import load_audio, load_codec
+from speech_lpo.prepare import read_manifest
+from speech_lpo.tokenize_audio import load_tokenized, prepare_codec, tokenize_manifest
+from tests.fixtures_corpus import MINI_CODEBOOK, MINI_COUNTS, tiny_neural_model
+
+pytest_plugins = ["tests.fixtures_corpus"]  # its fixtures
+
+COLUMNS = ["id", "text", "speaker", "lang", "split", "duration", "audio", "codes"]
+
+
+@pytest.fixture(scope="module")
+def tokenised(mini_manifests, melvq_codec_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tokens")
+    shutil.copytree(melvq_codec_dir, out / "codec")
+    for split in ("train", "test"):
+        tokenize_manifest(mini_manifests["librispeech"] / f"{split}.jsonl", out, out / "codec", 10, 2)
+    return out
+
+
+def test_rows_hold_the_codec_codes(tokenised, mini_manifests):
+    ds = load_tokenized(tokenised / "test")
+    assert ds.column_names == COLUMNS
+    lines = read_manifest(mini_manifests["librispeech"] / "test.jsonl")
+    assert ds["id"] == [x["id"] for x in lines]
+    codec = load_codec(tokenised / "codec")
+    for row, line in zip(ds, lines, strict=True):
+        assert {k: row[k] for k in COLUMNS[:-1]} == {k: line[k] for k in COLUMNS[:-1]}
+        assert row["codes"] == codec.encode(*load_audio(line["audio"])).tolist()
+        assert max(row["codes"]) < MINI_CODEBOOK
+
+
+def test_load_tokenized_whole_dir_and_shards(tokenised):
+    assert len(list((tokenised / "train").glob("shard-*.arrow"))) == 3  # 24 lines, 10 per shard
+    every = load_tokenized(tokenised)
+    assert len(every) == MINI_COUNTS["train"] + MINI_COUNTS["test"]
+    assert set(every["split"]) == {"train", "test"}
+    report = json.loads((tokenised / "train" / "report.json").read_text())
+    assert report == {
+        "manifest": report["manifest"],
+        "utterances": MINI_COUNTS["train"],
+        "skipped": 0,
+        "shards": 3,
+    }
+
+
+def test_rerun_resumes_from_finished_shards(tokenised, mini_manifests):
+    split_dir = tokenised / "train"
+    before = load_tokenized(split_dir)
+    kept = split_dir / "shard-00000.arrow"
+    stamp = kept.stat().st_mtime_ns
+    (split_dir / "shard-00001.arrow").unlink()  # as if killed before this shard was written
+    tokenize_manifest(mini_manifests["librispeech"] / "train.jsonl", tokenised, tokenised / "codec", 10, 1)
+    assert kept.stat().st_mtime_ns == stamp  # finished shards are not redone
+    after = load_tokenized(split_dir)
+    assert after["id"] == before["id"] and after["codes"] == before["codes"]
+
+
+def test_bad_audio_is_a_counted_skip(mini_manifests, melvq_codec_dir, tmp_path):
+    lines = read_manifest(mini_manifests["librispeech"] / "dev.jsonl")
+    (tmp_path / "garbage.flac").write_bytes(b"garbage")
+    lines[1] = {**lines[1], "id": "bad-1", "audio": str(tmp_path / "garbage.flac")}
+    lines[2] = {**lines[2], "id": "bad-2", "audio": str(tmp_path / "missing.flac")}
+    manifest = tmp_path / "dev.jsonl"
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    shutil.copytree(melvq_codec_dir, tmp_path / "tok" / "codec")
+    report = tokenize_manifest(manifest, tmp_path / "tok", tmp_path / "tok" / "codec", 2, 1)
+    assert report["skipped"] == 2
+    assert load_tokenized(tmp_path / "tok" / "dev")["id"] == [lines[0]["id"], lines[3]["id"]]
+    rows = (tmp_path / "tok" / "dev" / "skipped.tsv").read_text().splitlines()[1:]
+    assert [r.split("\t")[0] for r in rows] == ["bad-1", "bad-2"]
+    assert "garbage.flac" in rows[0] and "unreadable" in rows[0] and "missing.flac" in rows[1]
+
+
+def test_melvq_is_fitted_once_and_checked(mini_manifests, tmp_path):
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "tokenizers" / "melvq.yaml").read_text())
+    spec["codebook_size"] = 32
+    (tmp_path / "melvq.yaml").write_text(yaml.safe_dump(spec))
+    train = mini_manifests["librispeech"] / "train.jsonl"
+    codec = prepare_codec(str(tmp_path / "melvq.yaml"), tmp_path / "out", train)
+    assert codec.codebook_size == 32 and (tmp_path / "out" / "codec" / "codebook.npy").is_file()
+    stamp = (tmp_path / "out" / "codec" / "codebook.npy").stat().st_mtime_ns
+    again = prepare_codec(str(tmp_path / "melvq.yaml"), tmp_path / "out", train)
+    assert np.array_equal(again.codebook, codec.codebook)
+    assert (tmp_path / "out" / "codec" / "codebook.npy").stat().st_mtime_ns == stamp
+    spec["codebook_size"] = 64
+    (tmp_path / "melvq64.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match="codebook_size=64"):
+        prepare_codec(str(tmp_path / "melvq64.yaml"), tmp_path / "out", train)
+    with pytest.raises(ValueError, match="--fit-manifest"):
+        prepare_codec(str(tmp_path / "melvq.yaml"), tmp_path / "other", None)
+
+
+def test_neural_codec_checkpoint_through_the_cli(mini_manifests, tmp_path):
+    """`speech-lpo tokenize` with a transformers DAC checkpoint directory as --codec."""
+    from speech_lpo.cli import main
+
+    tiny_neural_model("dac").save_pretrained(tmp_path / "dac")
+    manifest = mini_manifests["librispeech"] / "test.jsonl"
+    main(
+        [
+            "tokenize",
+            "--manifests",
+            str(manifest),
+            "--out",
+            str(tmp_path / "tok"),
+            "--codec",
+            str(tmp_path / "dac"),
+        ]
+    )
+    ds = load_tokenized(tmp_path / "tok" / "test")
+    codec = load_codec(tmp_path / "tok" / "codec")
+    assert codec.name == "dac" and codec.codebook_size == 3 * 64
+    assert len(ds) == MINI_COUNTS["test"]
+    assert all(len(c) % 3 == 0 and 0 <= min(c) and max(c) < codec.codebook_size for c in ds["codes"])
+
+
+def test_no_shards_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no tokenised shards"):
+        load_tokenized(tmp_path)
