@@ -162,6 +162,24 @@ def test_definition_that_dropped_given_items_is_refused(tmp_path: Path) -> None:
         Store(tmp_path / "r.sqlite", load_definition(path))
 
 
+def test_served_copies_hide_names_and_stay_in_the_test(tmp_path: Path) -> None:
+    from speech_lpo.mos.app import AudioCopies
+
+    defn = load_definition(make_test(tmp_path))
+    served = AudioCopies(defn.root, "key")
+    hidden = defn.items["check:hidden_ref"]
+    assert hidden.audio == hidden.reference
+    as_sample, as_reference = served(hidden.audio, "sample"), served(hidden.reference, "reference")
+    assert as_sample != as_reference  # the hidden reference does not give itself away by its URL
+    assert Path(as_sample).read_bytes() == hidden.audio.read_bytes()
+    urls = [served(item.audio, "sample") for item in defn.system_items]
+    assert len(set(urls)) == len(urls) and all(Path(u).name == "sample.wav" for u in urls)
+    assert not any(s in u for u in urls for s in defn.systems + [tmp_path.name])
+    assert AudioCopies(defn.root, "other key")(hidden.audio, "sample") != as_sample  # not guessable
+    with pytest.raises(Refused, match="is outside the test directory"):
+        served(tmp_path / "mos_test.yaml", "sample")
+
+
 def test_refusals_through_the_panel(tmp_path: Path) -> None:
     """The served panel: out-of-scale score, unplayed sample, wrong admin token, files outside the test."""
     definition = make_test(tmp_path)

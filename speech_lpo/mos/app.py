@@ -1,6 +1,6 @@
 """The listening panel (Gradio) and its admin page (FastAPI), served together by uvicorn.
 
-Raters see no system names: each sample is copied into Gradio's cache under its content hash and a
+Raters see no system names: each sample is copied into Gradio's cache under a keyed hash and a
 neutral file name, and nothing outside the test's root directory is ever read. Answers are enabled
 only after the sample has been played to its end (Audio's ``stop`` event reached the server; the
 store refuses answers otherwise too).
@@ -28,24 +28,29 @@ from speech_lpo.mos.store import Refused, Store
 
 
 class AudioCopies:
-    """Neutrally named copies of test audio in Gradio's cache; reads only files under ``root``."""
+    """Neutrally named copies of test audio in Gradio's cache; reads only files under ``root``.
 
-    def __init__(self, root: Path):
+    A copy's folder is a keyed hash of (role, path): its URL says nothing about the system, and a
+    hidden reference played as a sample gets another URL than the same file shown as the reference.
+    """
+
+    def __init__(self, root: Path, key: str):
         self.root = root
-        self.copies: dict[Path, str] = {}
+        self.key = key
+        self.copies: dict[tuple[str, Path], str] = {}
 
-    def __call__(self, path: Path) -> str:
-        if path not in self.copies:
+    def __call__(self, path: Path, role: str) -> str:
+        if (role, path) not in self.copies:
             real = path.resolve()
             if not real.is_relative_to(self.root):
                 raise Refused(f"Audio {path} is outside the test directory {self.root}.")
-            data = real.read_bytes()
-            folder = Path(get_upload_folder()) / "speech_lpo_mos" / hashlib.sha256(data).hexdigest()[:32]
+            name = hashlib.sha256(f"{self.key}:{role}:{real}".encode()).hexdigest()[:32]
+            folder = Path(get_upload_folder()) / "speech_lpo_mos" / name
             folder.mkdir(parents=True, exist_ok=True)
-            copy = folder / f"sample{real.suffix.lower()}"
-            copy.write_bytes(data)
-            self.copies[path] = str(copy)
-        return self.copies[path]
+            copy = folder / f"{role}{real.suffix.lower()}"
+            copy.write_bytes(real.read_bytes())
+            self.copies[role, path] = str(copy)
+        return self.copies[role, path]
 
 
 def _progress_html(done: int, total: int) -> str:
@@ -58,7 +63,7 @@ def _progress_html(done: int, total: int) -> str:
 
 
 def build_panel(store: Store, defn: Definition) -> gr.Blocks:
-    served = AudioCopies(defn.root)
+    served = AudioCopies(defn.root, store.secret("audio_name_key"))
     scale = defn.scale
     choices = [(f"{v:g}", v) for v in scale.choices()]
     ends = f"{scale.min:g} = {scale.min_label}, {scale.max:g} = {scale.max_label}"
@@ -114,7 +119,7 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
             item = defn.items[item_id]
             ready = heard > 0
             pages = [gr.update(visible=False), gr.update(visible=True), gr.update(visible=False)]
-            ref = served(item.reference) if item.reference else None
+            ref = served(item.reference, "reference") if item.reference else None
             return [
                 state,
                 kept,
@@ -122,7 +127,7 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
                 "" if ready else "Listen to the whole sample to enable the questions.",
                 _progress_html(done, total),
                 gr.update(value=ref, visible=ref is not None),
-                served(item.audio),
+                served(item.audio, "sample"),
                 *[gr.update(value=None, interactive=ready) for _ in radios],
                 gr.update(interactive=ready),
             ]
