@@ -38,7 +38,10 @@ def answers_for(step: int, dims: list[str]) -> dict[str, float]:
 
 
 def test_rate_reload_restart_resume(tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="pip install playwright (no `playwright install`)"
+    )
+    expect, sync_playwright = sync_api.expect, sync_api.sync_playwright
 
     expect.set_options(timeout=30_000)  # a loaded machine; the default is 5 s
 
