@@ -77,8 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--seed", type=int, default=42)
     opt.add_argument("--logging_steps", type=int, default=10)
     opt.add_argument("--eval_steps", type=int, default=None)
+    opt.add_argument("--save_strategy", default="steps", choices=("steps", "epoch"))
     opt.add_argument("--save_steps", type=int, default=500)
-    opt.add_argument("--save_total_limit", type=int, default=2)
+    opt.add_argument("--save_total_limit", type=int, default=2, help="checkpoints kept; 0 keeps all")
 
     lora = parser.add_argument_group("LoRA (peft)")
     lora.add_argument("--lora_r", type=int, default=0, help="LoRA rank; 0 trains all weights")
@@ -120,8 +121,9 @@ def build_config(args: argparse.Namespace):
         logging_steps=args.logging_steps,
         eval_strategy="steps" if args.eval_groups else "no",
         eval_steps=args.eval_steps or args.save_steps,
+        save_strategy=args.save_strategy,
         save_steps=args.save_steps,
-        save_total_limit=args.save_total_limit,
+        save_total_limit=args.save_total_limit or None,
         metrics_file=str(Path(args.output_dir) / "metrics.jsonl"),
         report_to=[],
         dataloader_drop_last=False,
@@ -138,6 +140,18 @@ def copy_model_extras(src: str, dst: str) -> None:
         if item.name in _MODEL_FILES or item.name.startswith("checkpoint-") or target.exists():
             continue
         (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
+
+
+def extras_callback(src: str):
+    """A callback that makes every checkpoint a complete model dir, so epochs can be decoded (Figure 2)."""
+    from transformers import TrainerCallback
+
+    class CopyModelExtras(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                copy_model_extras(src, str(Path(args.output_dir) / f"checkpoint-{state.global_step}"))
+
+    return CopyModelExtras()
 
 
 def main(args: argparse.Namespace) -> None:
@@ -175,7 +189,12 @@ def main(args: argparse.Namespace) -> None:
     ref_model = AutoModelForCausalLM.from_pretrained(args.ref_model, dtype=dtype) if args.ref_model else None
 
     trainer = PreferenceTrainer(
-        model=model, args=config, train_dataset=train_groups, eval_dataset=eval_groups, ref_model=ref_model
+        model=model,
+        args=config,
+        train_dataset=train_groups,
+        eval_dataset=eval_groups,
+        ref_model=ref_model,
+        callbacks=[extras_callback(args.model)],
     )
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     if last:

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# ASR with LPO: the stages shared by recipes/aishell and recipes/librispeech (as ESPnet's asr.sh).
+# A recipe's run.sh sets its corpus options and calls this script from its own directory, where data/,
+# dump/ and exp/ are written and conf/ is read. With no --corpus_dir the embedded mini corpus is
+# synthesised (stage 0) and everything runs on CPU.
+set -euo pipefail
+
+help_message="Usage: $0 [options]; stages: 0 corpus, 1 prepare, 2 tokenize, 3 build-model, 4 sft,
+5 candidates, 6 pairs, 7 ref-logps, 8 train (LPO grid + DPO), 9 decode, 10 score + RESULTS.md"
+
+# options (every variable here can be set with --name value)
+stage=0               # first stage to run
+stop_stage=100        # last stage to run
+force=false           # redo stages that are already done
+corpus=aishell        # aishell | librispeech
+corpus_dir=""         # corpus in its release layout; empty: synthesise the embedded mini corpus
+download=false        # let lhotse download the corpus into --corpus_dir
+subsets=""            # LibriSpeech subsets to prepare (default: prepare's own)
+benchmark=""          # name in eval/scoring.yaml (picks the normaliser)
+model=""              # Qwen2.5 checkpoint (local dir or hub id); empty: tiny Qwen2 from conf/model.yaml
+codec=../../tokenizers/melvq.yaml   # audio tokenizer spec (tokenizers/*.yaml)
+ngpu=0                # >1: training through accelerate launch + DeepSpeed, generation through vLLM with TP
+nj=2                  # parallel jobs for tokenisation
+methods="model perturb"   # candidate methods: model-sampled and/or perturbation-based rejected transcripts
+r2_grid="1.0 2.0 3.0" # one LPO run per value and method
+epoch_curves="dpo lpo_r2_2.0"  # systems (of the first method) decoded at every epoch for Figure 2
+expdir=exp
+option_names="stage stop_stage force corpus corpus_dir download subsets benchmark model codec ngpu nj methods
+r2_grid epoch_curves expdir"
+
+resume_command="${RECIPE_COMMAND:-$0 $*}"
+utils=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/utils
+. "${utils}/parse_options.sh"
+. "${utils}/stages.sh"
+. "${utils}/common.sh"
+
+benchmark=${benchmark:-${corpus}}
+[[ -n "${corpus_dir}" ]] || corpus_dir=data/corpus/$([[ ${corpus} == aishell ]] && echo aishell1 || echo librispeech)
+
+sft_stage() {
+  train_cmd sft --config conf/sft.yaml --task asr --data dump/tokens/train --eval_data dump/tokens/dev \
+    --model "${expdir}/init" --output_dir "${expdir}/sft"
+}
+
+candidates_stage() {
+  [[ " ${methods} " == *" model "* ]] || { echo "no model-based method requested"; return; }
+  speech-lpo generate --config conf/generate.yaml $(gen_backend) --task asr --model "${expdir}/sft" \
+    --data dump/tokens/train --out "${expdir}/candidates"
+}
+
+pairs_stage() {
+  for method in ${methods}; do
+    if [[ ${method} == model ]]; then
+      speech-lpo make-pairs --method model --model "${expdir}/sft" --candidates "${expdir}/candidates" \
+        --out "${expdir}/pairs/model.jsonl"
+    else
+      speech-lpo make-pairs --config conf/perturb.yaml --method perturb --model "${expdir}/sft" \
+        --data dump/tokens/train --out "${expdir}/pairs/perturb.jsonl"
+    fi
+  done
+}
+
+ref_logps_stage() {
+  for method in ${methods}; do
+    speech-lpo ref-logps --model "${expdir}/sft" --groups "${expdir}/pairs/${method}.jsonl" \
+      --output "${expdir}/pairs/${method}.ref.jsonl"
+  done
+}
+
+# Trained systems: <method>/lpo_r2_<r2> for each r2 and <method>/dpo, under $expdir/train.
+systems() {
+  for method in ${methods}; do
+    for r2 in ${r2_grid}; do echo "${method}/lpo_r2_${r2}"; done
+    echo "${method}/dpo"
+  done
+}
+
+train_stage() {
+  for system in $(systems); do
+    local method=${system%%/*} name=${system#*/} conf=conf/lpo.yaml extra=()
+    if [[ ${name} == dpo ]]; then conf=conf/dpo.yaml; else extra+=(--r2 "${name#lpo_r2_}"); fi
+    echo "== ${system}"
+    train_cmd train --config "${conf}" --groups "${expdir}/pairs/${method}.ref.jsonl" --model "${expdir}/sft" \
+      --output_dir "${expdir}/train/${system}" "${extra[@]}"
+  done
+}
+
+decode_one() {  # decode_one MODEL_DIR OUT_DIR
+  speech-lpo decode --config conf/decode.yaml --model "$1" --data dump/tokens/test --out-dir "$2"
+}
+
+decode_stage() {
+  decode_one "${expdir}/sft" "${expdir}/decode/sft"
+  local first=${methods%% *}
+  for system in $(systems); do
+    decode_one "${expdir}/train/${system}" "${expdir}/decode/${system}"
+    if [[ " ${epoch_curves} " == *" ${system#*/} "* && ${system%%/*} == "${first}" ]]; then
+      for ckpt in "${expdir}/train/${system}"/checkpoint-*; do
+        decode_one "${ckpt}" "${expdir}/decode/${system}/epochs/${ckpt##*/}"
+      done
+    fi
+  done
+}
+
+# epoch of a checkpoint from its trainer_state.json
+epoch_of() { python -c "import json,sys; print(round(json.load(open(sys.argv[1]))['epoch']))" "$1/trainer_state.json"; }
+
+score_one() {  # score_one DECODE_DIR NAME TAGS...
+  local dir=$1 name=$2; shift 2
+  local tags=()
+  for t in "$@"; do tags+=(--tag "$t"); done
+  speech-lpo score asr --ref "${dir}/ref_text" --hyp "${dir}/text" --benchmark "${benchmark}" \
+    --baseline-hyp "${expdir}/decode/sft/text" --out-dir "${expdir}/score" --name "${name}" \
+    --tag benchmark="${benchmark}" "${tags[@]}"
+}
+
+score_stage() {
+  speech-lpo score asr --ref "${expdir}/decode/sft/ref_text" --hyp "${expdir}/decode/sft/text" \
+    --benchmark "${benchmark}" --out-dir "${expdir}/score" --name sft --tag benchmark="${benchmark}" --tag method=sft
+  for system in $(systems); do
+    local method=${system%%/*} name=${system#*/} r2=- loss=dpo
+    [[ ${name} == lpo_r2_* ]] && { r2=${name#lpo_r2_}; loss=lpo; }
+    local epochs
+    epochs=$(epoch_of "${expdir}/train/${system}/$(ls "${expdir}/train/${system}" | grep checkpoint- | sort -t- -k2 -n | tail -1)")
+    score_one "${expdir}/decode/${system}" "${method}_${name}" candidates="${method}" method="${loss}" r2="${r2}" \
+      epoch="${epochs}"
+    for ckpt in "${expdir}/decode/${system}"/epochs/checkpoint-*; do
+      [[ -d ${ckpt} ]] || continue
+      score_one "${ckpt}" "${method}_${name}_${ckpt##*/}" candidates="${method}" method="${loss}" r2="${r2}" \
+        epoch="$(epoch_of "${expdir}/train/${system}/${ckpt##*/}")"
+    done
+  done
+  speech-lpo score table "${expdir}"/score/summary-*.json --out RESULTS.md --plot-dir "${expdir}/plots"
+  local first=${methods%% *} runs=()
+  for r2 in ${r2_grid}; do runs+=("${expdir}/train/${first}/lpo_r2_${r2}"); done
+  speech-lpo plot --runs "${runs[@]}" "${expdir}/train/${first}/dpo" --output "${expdir}/plots/logps_vs_step.png"
+}
+
+run_stage 0 corpus corpus_stage
+run_stage 1 prepare prepare_stage
+run_stage 2 tokenize tokenize_stage
+run_stage 3 build_model build_model_stage
+run_stage 4 sft sft_stage
+run_stage 5 candidates candidates_stage
+run_stage 6 pairs pairs_stage
+run_stage 7 ref_logps ref_logps_stage
+run_stage 8 train train_stage
+run_stage 9 decode decode_stage
+run_stage 10 score score_stage
+echo "$0: stages ${stage}-${stop_stage} finished; results in $(pwd)/RESULTS.md"

@@ -1,0 +1,46 @@
+# Stage functions shared by the ASR and TTS recipes, sourced after parse_options.sh. They read the
+# recipe's options: corpus, corpus_dir, download, subsets, model, codec, ngpu, nj, expdir.
+
+# the project's environment, when the README's set-up made one
+_venv=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/.venv/bin
+[[ -d "${_venv}" ]] && export PATH="${_venv}:${PATH}"
+
+# Training: one process, or accelerate launch with DeepSpeed ZeRO-2 over --ngpu GPUs.
+train_cmd() {
+  if (( ngpu > 1 )); then
+    accelerate launch --num_processes "${ngpu}" --config_file conf/accelerate_deepspeed.yaml \
+      -m speech_lpo.cli "$@" --deepspeed conf/ds_zero2.json
+  else
+    speech-lpo "$@"
+  fi
+}
+
+# Generation backend: transformers on CPU, vLLM with tensor parallelism over the GPUs.
+gen_backend() {
+  if (( ngpu > 0 )); then echo "--backend vllm --tensor-parallel-size ${ngpu}"; else echo "--backend transformers"; fi
+}
+
+corpus_stage() {
+  if [[ -d "${corpus_dir}" ]] || ${download}; then echo "corpus at ${corpus_dir}"; return; fi
+  [[ "${corpus_dir}" == data/corpus/* ]] || { echo "no corpus at ${corpus_dir}" >&2; return 1; }
+  speech-lpo synth-corpus --config conf/corpus.yaml --out data/corpus
+}
+
+prepare_stage() {
+  local extra=()
+  ${download} && extra+=(--download true)
+  [[ -n "${subsets}" ]] && extra+=(--subsets ${subsets})
+  speech-lpo prepare --corpus "${corpus}" --corpus-dir "${corpus_dir}" --out data/manifests "${extra[@]}"
+}
+
+tokenize_stage() {
+  speech-lpo tokenize --manifests data/manifests/{train,dev,test}.jsonl --out dump/tokens --codec "${codec}" \
+    --fit-manifest data/manifests/train.jsonl --jobs "${nj}"
+}
+
+build_model_stage() {
+  local extra=()
+  [[ -n "${model}" ]] && extra+=(--model "${model}")
+  speech-lpo build-model --config conf/model.yaml --codec dump/tokens/codec --out "${expdir}/init" \
+    --text-manifests data/manifests/train.jsonl "${extra[@]}"
+}
