@@ -102,7 +102,7 @@ decode_stage() {
   done
 }
 
-# epoch of a checkpoint from its trainer_state.json
+# epoch reached by a training output dir or checkpoint (its trainer_state.json)
 epoch_of() { python -c "import json,sys; print(round(json.load(open(sys.argv[1]))['epoch']))" "$1/trainer_state.json"; }
 
 score_one() {  # score_one DECODE_DIR NAME TAGS...
@@ -120,10 +120,8 @@ score_stage() {
   for system in $(systems); do
     local method=${system%%/*} name=${system#*/} r2=- loss=dpo
     [[ ${name} == lpo_r2_* ]] && { r2=${name#lpo_r2_}; loss=lpo; }
-    local epochs
-    epochs=$(epoch_of "${expdir}/train/${system}/$(ls "${expdir}/train/${system}" | grep checkpoint- | sort -t- -k2 -n | tail -1)")
     score_one "${expdir}/decode/${system}" "${method}_${name}" candidates="${method}" method="${loss}" r2="${r2}" \
-      epoch="${epochs}"
+      epoch="$(epoch_of "${expdir}/train/${system}")"
     for ckpt in "${expdir}/decode/${system}"/epochs/checkpoint-*; do
       [[ -d ${ckpt} ]] || continue
       score_one "${ckpt}" "${method}_${name}_${ckpt##*/}" candidates="${method}" method="${loss}" r2="${r2}" \

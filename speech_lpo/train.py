@@ -206,6 +206,7 @@ def main(args: argparse.Namespace) -> None:
         model.save_pretrained(args.output_dir)
     else:
         trainer.save_model(args.output_dir)
+    trainer.save_state()  # trainer_state.json: the epoch and the log history beside the final model
     copy_model_extras(args.model, args.output_dir)
     if not Path(args.model).is_dir():
         AutoTokenizer.from_pretrained(args.model).save_pretrained(args.output_dir)

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Stage functions shared by the ASR and TTS recipes, sourced after parse_options.sh. They read the
 # recipe's options: corpus, corpus_dir, download, subsets, model, codec, ngpu, nj, expdir.
 

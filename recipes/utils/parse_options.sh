@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Kaldi-style options, sourced by a recipe after it has set its defaults:
 #   --foo_bar VALUE, --foo-bar VALUE or --foo_bar=VALUE sets the shell variable foo_bar.
 # Only variables the recipe defined are options; anything else is an error. Booleans take true/false.

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Stage runner for recipes, sourced after parse_options.sh. A recipe defines stage functions and calls
 #   run_stage N NAME FUNCTION
 # which runs FUNCTION when stage <= N <= stop_stage, logs its output to $expdir/logs/stageN.NAME.log,
