@@ -180,17 +180,18 @@ def test_greedy_left_padded_batches_equal_one_prompt_at_a_time(model_dir):
 
 def test_rerun_skips_finished_shards_and_settings_must_match(model_dir, tmp_path):
     items, stops = tts_items(model_dir)
+    items = items[:10]
     backend = TransformersBackend(model_dir, batch_size=4)
     cfg = SamplingConfig(n=3, max_new_tokens=12, stop_ids=stops)
-    first = run(items, backend, cfg, tmp_path / "a", {"model": "m"}, shard_size=6, seed=1)
-    again = run(items, backend, cfg, tmp_path / "a", {"model": "m"}, shard_size=6, seed=1)
+    first = run(items, backend, cfg, tmp_path / "a", {"model": "m"}, shard_size=4, seed=1)
+    again = run(items, backend, cfg, tmp_path / "a", {"model": "m"}, shard_size=4, seed=1)
     assert first["throughput"]["prompts"] == len(items) and again["throughput"]["prompts"] == 0
-    run(items, backend, cfg, tmp_path / "b", {"model": "m"}, shard_size=6, seed=1)
+    run(items, backend, cfg, tmp_path / "b", {"model": "m"}, shard_size=4, seed=1)
     assert read_shards(tmp_path / "a") == read_shards(tmp_path / "b")  # seeded
     run(items, backend, cfg, tmp_path / "c", {"model": "m"}, shard_size=6, seed=2)
     assert read_shards(tmp_path / "a") != read_shards(tmp_path / "c")
     with pytest.raises(SystemExit, match="other settings"):
-        run(items, backend, SamplingConfig(n=2, stop_ids=stops), tmp_path / "a", {"model": "x"}, 6, seed=1)
+        run(items, backend, SamplingConfig(n=2, stop_ids=stops), tmp_path / "a", {"model": "x"}, 4, seed=1)
 
 
 class FailsOnSecondCall:
@@ -223,16 +224,15 @@ def test_backend_failure_mid_run_loses_no_finished_shard(model_dir, tmp_path):
 
 
 def test_sigkill_and_rerun_give_the_uninterrupted_result_without_duplicates(model_dir, tmp_path):
-    cols = corpus_columns(repeat=2)
+    cols = corpus_columns()
     data = write_tokenized(tmp_path / "tokens", cols)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-    def command(out: Path) -> list[str]:
-        args = generate_args(model_dir, data, out, "tts", "--max-new-tokens", "24", "--shard-size", "4")
-        return [sys.executable, "-m", "speech_lpo.cli", *args]
+    def args(out: Path) -> list[str]:
+        return generate_args(model_dir, data, out, "tts", "--max-new-tokens", "16", "--shard-size", "2")
 
-    subprocess.run(command(tmp_path / "whole"), env=env, check=True, capture_output=True)
-    proc = subprocess.Popen(command(tmp_path / "killed"), env=env, stderr=subprocess.DEVNULL)
+    cli(args(tmp_path / "whole"))  # in this process, on one thread like the one killed
+    proc = subprocess.Popen([sys.executable, "-m", "speech_lpo.cli", *args(tmp_path / "killed")], env=env)
     first = tmp_path / "killed" / "shard-00000.jsonl"
     while not first.exists() and proc.poll() is None:
         time.sleep(0.005)
@@ -241,7 +241,7 @@ def test_sigkill_and_rerun_give_the_uninterrupted_result_without_duplicates(mode
     finished = len(read_shards(tmp_path / "killed"))
     total = len(read_shards(tmp_path / "whole"))
     assert 0 < finished < total, "the run was not killed mid-way"
-    subprocess.run(command(tmp_path / "killed"), env=env, check=True, capture_output=True)
+    cli(args(tmp_path / "killed"))
     assert read_shards(tmp_path / "killed") == read_shards(tmp_path / "whole")
     ids = [row["id"] for row in iter_rows(tmp_path / "killed")]
     assert len(ids) == len(set(ids)) == len(cols["id"])
