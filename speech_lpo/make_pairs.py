@@ -36,6 +36,7 @@ from speech_lpo.prompts import asr_response_ids, im_end_id, response_codes, resp
 from speech_lpo.vocab import AudioVocab
 
 log = logging.getLogger(__name__)
+UNIT_NAMES = {"char": "characters", "word": "words"}
 
 
 @dataclass
@@ -49,6 +50,7 @@ class PairReport:
     operators: Counter = field(default_factory=Counter)
     edit_distances: list[int] = field(default_factory=list)
     edit_rates: list[float] = field(default_factory=list)  # edit distance / reference length
+    units: set[str] = field(default_factory=set)  # what edit distances count: audio codes, words, characters
 
     def add_group(self, group: PreferenceGroup) -> None:
         self.groups += 1
@@ -65,6 +67,7 @@ class PairReport:
             "dropped_responses": dict(self.dropped_responses),
             "flagged": dict(self.flagged),
             "operators": dict(self.operators),
+            "edit_distance_units": sorted(self.units),
             "edit_distance": distribution(self.edit_distances),
             "edit_rate": distribution(self.edit_rates),
         }
@@ -141,6 +144,7 @@ def tts_group(
     row: dict, tokenizer, vocab: AudioVocab, report: PairReport, max_length: int | None = None
 ) -> PreferenceGroup | None:
     ref_codes, _ = response_codes(vocab, row["reference_ids"])
+    report.units.add("audio codes")
     end = im_end_id(tokenizer)
     rejected = []
     for c in row["candidates"]:
@@ -168,6 +172,7 @@ def text_group(
 ) -> PreferenceGroup | None:
     """ASR and text tasks: the candidates whose normalised text differs from the reference's."""
     ref_units = normalizer.units(row["text"])
+    report.units.add(UNIT_NAMES[normalizer.unit])
     rejected = []
     for c in row["candidates"]:
         units = normalizer.units(response_text(tokenizer, c["ids"]))
@@ -239,6 +244,7 @@ def perturb_groups(
             continue
         normalizer = normalizer_for("asr", item.lang, normalizer_name)
         ref_units = normalizer.units(item.text)
+        report.units.add(UNIT_NAMES[normalizer.unit])
         rejected = []
         for draw in range(num_perturbations):
             rng = utterance_rng(seed, item.id, draw)
@@ -267,8 +273,8 @@ def plot_edit_distance(report: PairReport, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if report.edit_distances:
-        ax.hist(report.edit_distances, bins=min(50, max(report.edit_distances) + 1), color="tab:blue")
-    ax.set_xlabel("edit distance, chosen vs rejected (units: characters / words / audio codes)")
+        ax.hist(report.edit_distances, bins=np.arange(max(report.edit_distances) + 2) - 0.5, color="tab:blue")
+    ax.set_xlabel(f"edit distance, chosen vs rejected ({' / '.join(sorted(report.units))})")
     ax.set_ylabel("rejected responses")
     ax.set_title(f"{report.groups} groups, {report.rejected} rejected responses")
     fig.tight_layout()
