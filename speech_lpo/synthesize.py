@@ -4,11 +4,12 @@ For each utterance of a tokenised test set the LM answers the TTS prompt; the au
 are decoded by the model's codec into ``wav/<id>.wav``. The reference codes of the same utterance are
 decoded into ``roundtrip/<id>.wav``: the ceiling that a perfect LM could reach through this codec.
 ``synth.jsonl`` has one row per utterance: ``{id, text, wav, roundtrip_wav, audio_end, n_codes,
-duration, ref_duration}`` (paths relative to the output dir); ``audio_end`` is false when the answer
-never closed with ``<|audio_end|>`` (the generation ran into ``--max-new-tokens``, or stopped with
-``<|im_end|>`` before it). An utterance without audio (no audio tokens generated, or codes the codec
-cannot decode) keeps its row, with ``wav`` null and ``wav_error`` saying why. Rows are appended batch
-by batch, so a killed run continues where it stopped. ``speech-lpo score tts`` scores the directory.
+duration, ref_duration, codes}`` (paths relative to the output dir, codes as generated); ``audio_end``
+is false when the answer never closed with ``<|audio_end|>`` (the generation ran into
+``--max-new-tokens``, or stopped with ``<|im_end|>`` before it). An utterance without audio (no audio
+tokens generated, or codes the codec cannot decode) keeps its row, with ``wav`` null and ``wav_error``
+saying why. Rows are appended batch by batch, so a killed run continues where it stopped.
+``speech-lpo score tts`` scores the directory.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ def synthesize(
                     "audio_end": closed,
                 }
                 rec |= {"n_codes": len(codes), "duration": duration, "ref_duration": row["duration"]}
+                rec |= {"codes": codes.tolist()}
                 rec |= {k: v for k, v in (("wav_error", error), ("roundtrip_wav_error", rt_error)) if v}
                 done[row["id"]] = rec
                 out.write(json.dumps(rec, ensure_ascii=False) + "\n")

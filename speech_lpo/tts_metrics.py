@@ -55,6 +55,9 @@ def pocketsphinx_asr() -> Transcriber:
 
     def transcribe(audio: np.ndarray) -> str:
         pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
+        # the feature front end keeps state across utterances (the result for one file depended on
+        # the files before it); a fresh one per utterance makes every transcript order-independent
+        decoder.reinit_feat()
         decoder.start_utt()
         decoder.process_raw(pcm.tobytes(), full_utt=True)
         decoder.end_utt()
