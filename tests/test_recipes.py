@@ -1,0 +1,100 @@
+"""Recipe plumbing: Kaldi-style options, .done sentinels, resume messages, launch command assembly."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+RECIPES = Path(__file__).parents[1] / "recipes"
+
+
+def bash(script: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", script], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.fixture
+def toy_recipe(tmp_path) -> Path:
+    """A two-stage recipe written like ours: stage 1 counts its runs, stage 2 fails while 'broken' exists."""
+    (tmp_path / "run.sh").write_text(f"""
+set -euo pipefail
+stage=0
+stop_stage=100
+force=false
+expdir=exp
+greeting=hello
+option_names="stage stop_stage force expdir greeting"
+resume_command="bash run.sh $*"
+. {RECIPES}/utils/parse_options.sh
+. {RECIPES}/utils/stages.sh
+one() {{ echo "${{greeting}}" >> runs.txt; }}
+two() {{ [[ ! -e broken ]] || {{ echo "stage two cannot go on" >&2; return 1; }}; echo two > two.txt; }}
+run_stage 1 one one
+run_stage 2 two two
+""")
+    return tmp_path
+
+
+def test_stages_run_once_and_a_rerun_says_so(toy_recipe):
+    first = bash("bash run.sh --greeting bonjour", toy_recipe)
+    assert first.returncode == 0, first.stderr
+    again = bash("bash run.sh", toy_recipe)
+    assert "stage 1 (one): already done, skipped" in again.stdout
+    assert "stage 2 (two): already done, skipped" in again.stdout
+    assert (toy_recipe / "runs.txt").read_text() == "bonjour\n"
+    assert bash("bash run.sh --force true --stop_stage 1", toy_recipe).returncode == 0
+    assert (toy_recipe / "runs.txt").read_text() == "bonjour\nhello\n"
+
+
+def test_a_failed_stage_names_its_log_and_the_resume_command(toy_recipe):
+    (toy_recipe / "broken").touch()
+    failed = bash("bash run.sh --greeting-x 1", toy_recipe)
+    assert failed.returncode == 2 and "unknown option --greeting-x" in failed.stderr
+    failed = bash("bash run.sh", toy_recipe)
+    assert failed.returncode == 1
+    assert "stage 2 (two) FAILED" in failed.stderr and "stage two cannot go on" in failed.stderr
+    assert "To resume from this stage: bash run.sh  --stage 2" in failed.stderr
+    assert not (toy_recipe / "exp/.done/stage2.two").exists()
+    (toy_recipe / "broken").unlink()
+    resumed = bash("bash run.sh --stage 2", toy_recipe)
+    assert resumed.returncode == 0 and (toy_recipe / "two.txt").exists()
+    assert (toy_recipe / "runs.txt").read_text() == "hello\n"  # stage 1 was not run again
+
+
+@pytest.mark.parametrize("recipe", ["aishell", "librispeech", "tts"])
+def test_recipe_options(recipe):
+    run = RECIPES / recipe / "run.sh"
+    shown = bash(f"bash {run} --help", RECIPES)
+    assert shown.returncode == 0 and "--stop_stage 100" in shown.stdout and "--ngpu 0" in shown.stdout
+    bad = bash(f"bash {run} --no_such_option 1", RECIPES)
+    assert bad.returncode == 2 and "unknown option --no_such_option" in bad.stderr
+
+
+def test_multi_gpu_commands_are_assembled(tmp_path):
+    script = f"""
+ngpu=4
+. {RECIPES}/utils/common.sh
+accelerate() {{ printf '%s\\n' accelerate "$@"; }}
+speech-lpo() {{ printf '%s\\n' speech-lpo "$@"; }}
+train_cmd train --config conf/lpo.yaml --r2 2.0
+gen_backend
+ngpu=0
+train_cmd train --config conf/lpo.yaml
+gen_backend
+"""
+    out = bash(script, tmp_path).stdout.split("\n")
+    assert out[:10] == [
+        "accelerate",
+        "launch",
+        "--num_processes",
+        "4",
+        "--config_file",
+        "conf/accelerate_deepspeed.yaml",
+        "-m",
+        "speech_lpo.cli",
+        "train",
+        "--config",
+    ]
+    assert out[10:15] == ["conf/lpo.yaml", "--r2", "2.0", "--deepspeed", "conf/ds_zero2.json"]
+    assert out[15] == "--backend vllm --tensor-parallel-size 4"
+    assert out[16:19] == ["speech-lpo", "train", "--config"]
+    assert out[20] == "--backend transformers"
