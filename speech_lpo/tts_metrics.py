@@ -68,14 +68,27 @@ def pocketsphinx_asr() -> Transcriber:
 
 
 def whisper_asr(model: str, language: str | None) -> Transcriber:
-    from transformers import pipeline
+    """Whisper through transformers: features, ``generate``, decode (the model card's recipe); audio over
+    30 s goes through Whisper's sequential long-form decoding, which needs timestamps."""
+    import torch
+    from transformers import AutoProcessor, WhisperForConditionalGeneration
 
-    asr = pipeline("automatic-speech-recognition", model=model, device="cpu")
-    generate_kwargs = {"task": "transcribe", **({"language": language} if language else {})}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    processor = AutoProcessor.from_pretrained(model)
+    whisper = WhisperForConditionalGeneration.from_pretrained(model).to(device).eval()
+    options = {"task": "transcribe", **({"language": language} if language else {})}
 
     def transcribe(audio: np.ndarray) -> str:
-        out = asr({"raw": audio, "sampling_rate": ASR_SAMPLE_RATE}, generate_kwargs=generate_kwargs)
-        return out["text"].strip()
+        long_form = len(audio) > 30 * ASR_SAMPLE_RATE
+        padding = (
+            {"truncation": False, "padding": "longest", "return_attention_mask": True} if long_form else {}
+        )
+        features = processor(audio, sampling_rate=ASR_SAMPLE_RATE, return_tensors="pt", **padding).to(device)
+        with torch.inference_mode():
+            ids = whisper.generate(
+                **features, **options, **({"return_timestamps": True} if long_form else {})
+            )
+        return processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
 
     return transcribe
 

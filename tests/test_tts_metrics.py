@@ -63,6 +63,79 @@ def test_load_audio_resamples_and_rejects_garbage(tmp_path):
         load_audio(tmp_path / "junk.wav")
 
 
+def tiny_whisper(path: Path) -> Path:
+    """A randomly initialised tiny Whisper (the real classes, no download) with a byte-level tokenizer
+    and Whisper's special tokens; end-of-text is suppressed so that it always says something."""
+    import torch
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    tokenizer = WhisperTokenizer(vocab={c: i for i, c in enumerate(bytes_to_unicode().values())}, merges=[])
+    special = [
+        "<|endoftext|>",
+        "<|startoftranscript|>",
+        "<|en|>",
+        "<|zh|>",
+        "<|translate|>",
+        "<|transcribe|>",
+    ]
+    special += ["<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+    tokenizer.add_special_tokens({"additional_special_tokens": special})
+    ids = dict(zip(special, tokenizer.convert_tokens_to_ids(special), strict=True))
+    eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+    torch.manual_seed(0)
+    config = WhisperConfig(
+        vocab_size=len(tokenizer),
+        num_mel_bins=80,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_target_positions=64,
+        pad_token_id=eot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        decoder_start_token_id=sot,
+    )
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=sot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        lang_to_id={"<|en|>": ids["<|en|>"], "<|zh|>": ids["<|zh|>"]},
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+        is_multilingual=True,
+        suppress_tokens=[eot],
+        max_length=24,
+    )
+    model.save_pretrained(path)
+    WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer).save_pretrained(path)
+    return path
+
+
+def test_whisper_through_transformers_on_a_tiny_random_model(tmp_path):
+    texts, wavs = librispeech()
+    files = {k: wavs[k] for k in ("2830-3980-0043", "1089-134691-0000")}
+    asr = make_asr(str(tiny_whisper(tmp_path / "whisper")), "en")
+    system = intelligibility(
+        texts, files, asr, get_normalizer("whisper_en"), "whisper", tmp_path / "asr.jsonl"
+    )
+    hyps = [json.loads(line)["text"] for line in (tmp_path / "asr.jsonl").read_text().splitlines()]
+    assert len(hyps) == 2 and all(hyps)  # it ran and said something (random, so nothing sensible)
+    assert [u.id for u in system.utts] == list(files) and system.error_rate > 0
+
+
 def test_pocketsphinx_refuses_mandarin():
     with pytest.raises(ValueError, match="only an English model"):
         make_asr("pocketsphinx", "zh")
