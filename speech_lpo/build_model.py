@@ -94,7 +94,7 @@ def build(
         tokenizer = train_bpe(texts, bpe_vocab_size)
     text_size = len(tokenizer)
     if model_name:
-        model = AutoModelForCausalLM.from_pretrained(model_name, torch_dtype="auto")
+        model = AutoModelForCausalLM.from_pretrained(model_name, dtype="auto")
     else:
         model = tiny_qwen2(text_size, seed=seed, **(tiny_config or {}))
     vocab = extend_tokenizer(tokenizer, codec.codebook_size)

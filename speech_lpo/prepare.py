@@ -3,7 +3,9 @@
 Writes under ``--out``:
   {train,dev,test}.jsonl   one manifest per split, a line per utterance:
                            {"id", "audio", "text", "speaker", "duration", "sample_rate", "lang", "split"}
-  kaldi/<split>/           wav.scp, text, utt2spk, spk2utt (sorted by id, as Kaldi requires)
+  kaldi/<split>/           wav.scp, text, utt2spk, spk2utt (sorted by id, as Kaldi requires); wav.scp
+                           holds plain paths, as ESPnet and lhotse read them (Kaldi's own binaries
+                           want ``flac -c -d -s <path> |`` for LibriSpeech's FLAC)
   skipped.tsv              every utterance left out: split, id, file, reason
   report.json              kept and skipped counts per split and reason
 

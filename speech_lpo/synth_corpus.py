@@ -117,6 +117,14 @@ def vocabulary(lang: str) -> set[str]:
     return fixed | {w for ws in words.values() for w in ws}
 
 
+def jsgf_word_loop(lang: str = "en") -> str:
+    """A JSGF grammar accepting any sequence of the corpus's words, for pocketsphinx
+    (``Decoder.add_jsgf_string``): scoring synthetic speech against the words it can contain, not
+    against all of English, which a general language model does badly on espeak voices."""
+    words = " | ".join(sorted(w.lower() for w in vocabulary(lang)))
+    return f"#JSGF V1.0;\ngrammar corpus;\npublic <utterance> = <word>+;\n<word> = {words};\n"
+
+
 # -- espeak-ng through ctypes -------------------------------------------------------------------------------
 AUDIO_OUTPUT_SYNCHRONOUS = 2
 POS_CHARACTER = 1

@@ -110,8 +110,12 @@ _CODEC: Codec | None = None
 def _init_worker(codec_dir: str) -> None:
     global _CODEC
     import torch
+    from threadpoolctl import threadpool_limits
 
-    torch.set_num_threads(1)  # one process per core; torch's own threads would fight them
+    # one process per core: BLAS or torch threads on top would fight them (on a loaded 2-core machine
+    # melvq's matrix products ran 5x slower with 2 BLAS threads than with 1)
+    torch.set_num_threads(1)
+    threadpool_limits(1)
     _CODEC = load_codec(codec_dir)
 
 
