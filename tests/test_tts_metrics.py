@@ -128,9 +128,8 @@ def test_whisper_through_transformers_on_a_tiny_random_model(tmp_path):
     texts, wavs = librispeech()
     files = {k: wavs[k] for k in ("2830-3980-0043", "1089-134691-0000")}
     asr = make_asr(str(tiny_whisper(tmp_path / "whisper")), "en")
-    system = intelligibility(
-        texts, files, asr, get_normalizer("whisper_en"), "whisper", tmp_path / "asr.jsonl"
-    )
+    refs = {k: texts[k] for k in files}
+    system = intelligibility(refs, files, asr, get_normalizer("whisper_en"), "tiny", tmp_path / "asr.jsonl")
     hyps = [json.loads(line)["text"] for line in (tmp_path / "asr.jsonl").read_text().splitlines()]
     assert len(hyps) == 2 and all(hyps)  # it ran and said something (random, so nothing sensible)
     assert [u.id for u in system.utts] == list(files) and system.error_rate > 0
