@@ -15,6 +15,13 @@ from pathlib import Path
 
 import torch
 
+from speech_lpo.training_args import (
+    add_optimisation_arguments,
+    copy_model_extras,
+    extras_callback,
+    trainer_kwargs,
+)
+
 log = logging.getLogger(__name__)
 
 TASKS = ("asr", "tts", "both")
@@ -67,20 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--task", default="asr", choices=TASKS)
     parser.add_argument("--max_length", type=int, default=2048, help="drop longer examples (counted)")
-    parser.add_argument("--learning_rate", type=float, default=1e-4)
-    parser.add_argument("--num_train_epochs", type=float, default=3.0)
-    parser.add_argument("--max_steps", type=int, default=-1, help="overrides epochs when > 0")
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--grad_accum", type=int, default=1)
-    parser.add_argument("--warmup_steps", type=int, default=0)
-    parser.add_argument("--lr_scheduler_type", default="cosine")
-    parser.add_argument("--weight_decay", type=float, default=0.0)
-    parser.add_argument("--bf16", action="store_true")
-    parser.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config (with accelerate launch)")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--logging_steps", type=int, default=10)
-    parser.add_argument("--save_steps", type=int, default=500)
-    parser.add_argument("--save_total_limit", type=int, default=2)
+    add_optimisation_arguments(parser, batch_help="examples per device per step")
+    parser.set_defaults(learning_rate=1e-4, num_train_epochs=3.0, batch_size=8, lr_scheduler_type="cosine")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -88,7 +83,6 @@ def main(args: argparse.Namespace) -> None:
     from transformers.trainer_utils import get_last_checkpoint
 
     from speech_lpo.tokenize_audio import load_tokenized
-    from speech_lpo.train import copy_model_extras
     from speech_lpo.trainer import MetricsJsonlCallback
     from speech_lpo.vocab import AudioVocab
 
@@ -116,34 +110,17 @@ def main(args: argparse.Namespace) -> None:
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    config = TrainingArguments(
-        output_dir=args.output_dir,
-        learning_rate=args.learning_rate,
-        num_train_epochs=args.num_train_epochs,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum,
-        warmup_steps=args.warmup_steps,
-        lr_scheduler_type=args.lr_scheduler_type,
-        weight_decay=args.weight_decay,
-        bf16=args.bf16,
-        deepspeed=args.deepspeed,
-        seed=args.seed,
-        logging_steps=args.logging_steps,
-        eval_strategy="epoch" if eval_examples else "no",
-        save_steps=args.save_steps,
-        save_total_limit=args.save_total_limit,
-        remove_unused_columns=False,
-        report_to=[],
-    )
+    config = TrainingArguments(**trainer_kwargs(args, has_eval=bool(eval_examples)))
     trainer = Trainer(
         model=model,
         args=config,
         train_dataset=train_examples,
         eval_dataset=eval_examples,
         data_collator=lambda batch: collate(batch, pad_id),
-        callbacks=[MetricsJsonlCallback(Path(args.output_dir) / "metrics.jsonl")],
+        callbacks=[
+            MetricsJsonlCallback(Path(args.output_dir) / "metrics.jsonl"),
+            extras_callback(args.model),
+        ],
     )
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     result = trainer.train(resume_from_checkpoint=last)

@@ -11,18 +11,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import torch
 
 from speech_lpo.groups import load_groups
 from speech_lpo.losses import LOSSES, LPO_VARIANTS
+from speech_lpo.training_args import (
+    add_optimisation_arguments,
+    copy_model_extras,
+    extras_callback,
+    trainer_kwargs,
+)
 
 log = logging.getLogger(__name__)
-
-# Files that save_pretrained writes for the model itself; everything else in a model dir is copied over.
-_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
 
 
 def _bool(value: str) -> bool:
@@ -61,25 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     loss.add_argument("--no_shared_prefix", action="store_true", help="one row per pair (TRL's layout)")
 
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--learning_rate", type=float, default=5e-6)
-    opt.add_argument("--num_train_epochs", type=float, default=1.0)
-    opt.add_argument("--max_steps", type=int, default=-1, help="overrides epochs when > 0")
-    opt.add_argument("--batch_size", type=int, default=4, help="groups per device per step")
-    opt.add_argument("--grad_accum", type=int, default=1)
-    opt.add_argument("--warmup_steps", type=int, default=0)
-    opt.add_argument("--lr_scheduler_type", default="linear")
-    opt.add_argument("--weight_decay", type=float, default=0.0)
-    opt.add_argument("--max_grad_norm", type=float, default=1.0)
-    opt.add_argument("--bf16", action="store_true")
-    opt.add_argument("--gradient_checkpointing", action="store_true")
-    opt.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config (with accelerate launch)")
-    opt.add_argument("--seed", type=int, default=42)
-    opt.add_argument("--logging_steps", type=int, default=10)
-    opt.add_argument("--eval_steps", type=int, default=None)
-    opt.add_argument("--save_strategy", default="steps", choices=("steps", "epoch"))
-    opt.add_argument("--save_steps", type=int, default=500)
-    opt.add_argument("--save_total_limit", type=int, default=2, help="checkpoints kept; 0 keeps all")
+    add_optimisation_arguments(parser, batch_help="groups per device per step")
 
     lora = parser.add_argument_group("LoRA (peft)")
     lora.add_argument("--lora_r", type=int, default=0, help="LoRA rank; 0 trains all weights")
@@ -91,7 +75,6 @@ def build_config(args: argparse.Namespace):
     from speech_lpo.trainer import PreferenceConfig
 
     return PreferenceConfig(
-        output_dir=args.output_dir,
         loss_type=args.loss_type,
         beta=args.beta,
         r1=args.r1,
@@ -103,55 +86,9 @@ def build_config(args: argparse.Namespace):
         dpop_lambda=args.dpop_lambda,
         length_normalise=args.length_normalise,
         shared_prefix=not args.no_shared_prefix,
-        learning_rate=args.learning_rate,
-        num_train_epochs=args.num_train_epochs,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum,
-        warmup_steps=args.warmup_steps,
-        lr_scheduler_type=args.lr_scheduler_type,
-        weight_decay=args.weight_decay,
-        max_grad_norm=args.max_grad_norm,
-        bf16=args.bf16,
-        gradient_checkpointing=args.gradient_checkpointing,
-        deepspeed=args.deepspeed,
-        seed=args.seed,
-        data_seed=args.seed,
-        logging_steps=args.logging_steps,
-        eval_strategy="steps" if args.eval_groups else "no",
-        eval_steps=args.eval_steps or args.save_steps,
-        save_strategy=args.save_strategy,
-        save_steps=args.save_steps,
-        save_total_limit=args.save_total_limit or None,
         metrics_file=str(Path(args.output_dir) / "metrics.jsonl"),
-        report_to=[],
-        dataloader_drop_last=False,
+        **trainer_kwargs(args, has_eval=bool(args.eval_groups)),
     )
-
-
-def copy_model_extras(src: str, dst: str) -> None:
-    """Copy what a model dir holds beside the weights (tokenizer, audio vocabulary, codec)."""
-    src_dir = Path(src)
-    if not src_dir.is_dir():
-        return  # a hub id: the tokenizer is saved separately
-    for item in src_dir.iterdir():
-        target = Path(dst) / item.name
-        if item.name in _MODEL_FILES or item.name.startswith("checkpoint-") or target.exists():
-            continue
-        (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
-
-
-def extras_callback(src: str):
-    """A callback that makes every checkpoint a complete model dir, so epochs can be decoded (Figure 2)."""
-    from transformers import TrainerCallback
-
-    class CopyModelExtras(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                copy_model_extras(src, str(Path(args.output_dir) / f"checkpoint-{state.global_step}"))
-
-    return CopyModelExtras()
 
 
 def main(args: argparse.Namespace) -> None:
