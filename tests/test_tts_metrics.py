@@ -193,15 +193,3 @@ def test_score_tts_on_a_synthesis_dir_names_every_bad_output(tmp_path, capsys):
     assert ("no_audio", "junk") in {(p["kind"], p["id"]) for p in out["codec_ceiling"]["problems"]}
     errs = (tmp_path / "score" / "errs-lpo_r2_0.4-synth.txt").read_text()
     assert "undecodable_audio: 'junk'" in errs and "failed:\tS=0 D=1 I=0 N=1" in errs
-
-
-def test_pocketsphinx_transcripts_do_not_depend_on_the_order(asr):
-    """The same audio must get the same transcript whatever was recognised before it."""
-    _, wavs = librispeech()
-    files = {
-        k: wavs[k] for k in ("2830-3980-0043", "1089-134691-0000", "8455-210777-0068", "1089-134686-0001")
-    }
-    forward, _ = transcribe_files(files, asr)
-    backward, _ = transcribe_files(dict(reversed(files.items())), asr)
-    fresh = {k: pocketsphinx_asr()(load_audio(path)) for k, path in files.items()}
-    assert forward == backward == fresh
