@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,6 +114,9 @@ def load_rows(data: str | Path, split: str | None, limit: int | None) -> list[di
     rows = sorted(ds, key=lambda r: r["id"])
     if not rows:
         raise ValueError(f"{data}: no utterances" + (f" in split {split!r}" if split else ""))
+    repeated = sorted(k for k, n in Counter(r["id"] for r in rows).items() if n > 1)
+    if repeated:
+        raise ValueError(f"{data}: {len(repeated)} utterance ids occur more than once, e.g. {repeated[:5]}")
     return rows[:limit] if limit else rows
 
 
@@ -154,7 +158,10 @@ def decode(
             if len(row["codes"]) == 0:
                 error = "no audio codes"
             else:
-                prompt = asr_prompt_ids(tokenizer, vocab, row["codes"])
+                try:
+                    prompt = asr_prompt_ids(tokenizer, vocab, row["codes"])
+                except ValueError as e:  # codes outside this model's audio block: the wrong model or data
+                    raise ValueError(f"{data}: utterance {row['id']!r}: {e}") from e
                 if max_len and len(prompt) + max_new_tokens > max_len:
                     error = (
                         f"prompt of {len(prompt)} tokens + {max_new_tokens} new exceeds the model's {max_len}"

@@ -2,6 +2,7 @@
 a tiny Qwen2 trained here for a few seconds -> decode -> score; the report files must hold what they claim."""
 
 import json
+import shutil
 from pathlib import Path
 
 import jiwer
@@ -14,7 +15,7 @@ from speech_lpo.decode import generate_batch, load_model, read_done
 from speech_lpo.modeling import tiny_qwen2
 from speech_lpo.normalize import get_normalizer
 from speech_lpo.prompts import asr_prompt_ids, asr_response_ids, tts_prompt_ids, tts_response_ids
-from speech_lpo.tokenize_audio import load_tokenized
+from speech_lpo.tokenize_audio import SCHEMA, load_tokenized, write_shard
 
 ROOT = Path(__file__).parents[1]
 DATA = ROOT / ".." / "shared" / "data"
@@ -218,3 +219,30 @@ def test_beam_search_and_prompts_too_long_for_the_model(asr_model, tmp_path):
     )
     summ = json.loads((summ_dir / "summary-too_long.json").read_text())
     assert summ["problem_counts"] == {"missing_hypothesis": 2} and summ["error_rate"] == 100.0
+
+
+@needs_data
+def test_duplicate_ids_and_codes_of_another_codec_are_refused_by_name(asr_model, tmp_path):
+    model_dir, tokens = asr_model
+    row = load_tokenized(tokens)[0]
+    for name, codes, match in (
+        ("dup", row["codes"], "1 utterance ids occur more than once"),
+        ("range", [999, 3], f"utterance {row['id']!r}: audio code out of range"),
+    ):
+        bad = tmp_path / name
+        shutil.copytree(tokens, bad)
+        write_shard(bad / "shard-99999.arrow", {k: [codes if k == "codes" else row[k]] for k in SCHEMA.names})
+        if name == "range":
+            (bad / "shard-00000.arrow").unlink()
+        with pytest.raises(ValueError, match=match):
+            cli_main(
+                [
+                    "decode",
+                    "--model",
+                    str(model_dir),
+                    "--data",
+                    str(bad),
+                    "--out-dir",
+                    str(tmp_path / f"out_{name}"),
+                ]
+            )
