@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,8 @@ def render(system: str, audio: np.ndarray, sr: int) -> np.ndarray:
 def make_test(
     folder: Path,
     n_utts: int = 2,
-    systems: list[str] = SYSTEMS,
-    dimensions: list = ("fidelity", "stability", "naturalness", "emotional_expressiveness"),
+    systems: Sequence[str] = SYSTEMS,
+    dimensions: Sequence[str | dict] = ("fidelity", "stability", "naturalness", "emotional_expressiveness"),
     items_per_rater: int | None = None,
     invitations: str = "required",
 ) -> Path:
