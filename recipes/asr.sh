@@ -16,7 +16,7 @@ corpus=aishell        # aishell | librispeech
 corpus_dir=""         # corpus in its release layout; empty: synthesise the embedded mini corpus
 download=false        # let lhotse download the corpus into --corpus_dir
 subsets=""            # LibriSpeech subsets to prepare (default: prepare's own)
-benchmark=""          # name in eval/scoring.yaml (picks the normaliser)
+benchmark=""          # name in eval/scoring.yaml (picks the normaliser); default: from --corpus
 model=""              # Qwen2.5 checkpoint (local dir or hub id); empty: tiny Qwen2 from conf/model.yaml
 codec=../../tokenizers/melvq.yaml   # audio tokenizer spec (tokenizers/*.yaml)
 ngpu=0                # >1: training through accelerate launch + DeepSpeed, generation through vLLM with TP
@@ -34,7 +34,7 @@ utils=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/utils
 . "${utils}/stages.sh"
 . "${utils}/common.sh"
 
-benchmark=${benchmark:-${corpus}}
+benchmark=${benchmark:-$([[ ${corpus} == aishell ]] && echo aishell1 || echo librispeech)}
 [[ -n "${corpus_dir}" ]] || corpus_dir=data/corpus/$([[ ${corpus} == aishell ]] && echo aishell1 || echo librispeech)
 
 sft_stage() {
