@@ -1,8 +1,9 @@
 """The rating panel in a real browser: headless Chromium (Debian's ``chromium``) driven by playwright.
 
 Rates a small test completely; half-way it closes the page, restarts the server, comes back without
-the invitation link and must resume where it stopped. The database must then hold exactly the
-answers that were clicked.
+the invitation link and must resume where it stopped; then it goes back one sample and changes an
+answer. The database must then hold exactly the answers that were clicked, the changed one updated
+in place.
 """
 
 from __future__ import annotations
@@ -70,6 +71,17 @@ def test_rate_reload_restart_resume(tmp_path: Path) -> None:
                     page = context.new_page()
                     page.goto(base)
                 expect(page.locator("#mos-progress")).to_contain_text(f"{step} of {total} samples rated")
+                if step == 3:  # go back, change one answer of the previous sample, come forward again
+                    page.locator("#mos-back").click()
+                    expect(page.locator("#mos-message")).to_contain_text("changing an earlier answer")
+                    changed = page.locator(
+                        f'#mos-{dims[0]} [data-testid="{clicked[2][dims[0]]:g}-radio-label"] input'
+                    )
+                    expect(changed).to_be_checked()
+                    clicked[2] = {**clicked[2], dims[0]: 0.0}
+                    page.locator(f'#mos-{dims[0]} [data-testid="0-radio-label"]').click()
+                    page.locator("#mos-submit").click()
+                    expect(page.locator("#mos-message")).to_contain_text("Listen to the whole sample")
                 html = page.content()
                 assert not any(f"{s}/" in html or f"@{s}" in html for s in defn.systems)  # names hidden
                 first = page.locator(f"#mos-{dims[0]} input[type=radio]").first
@@ -113,4 +125,8 @@ def test_rate_reload_restart_resume(tmp_path: Path) -> None:
     }
     assert {r[:4] for r in rows} == expected
     assert len(rows) == total * len(dims)
-    assert all(plays >= 1 and heard >= 1 and revisions == 0 for *_, plays, heard, revisions in rows)
+    assert all(plays >= 1 and heard >= 1 for *_, plays, heard, _ in rows)
+    assert sorted(r[6] for r in rows) == [0] * (len(rows) - len(dims)) + [1] * len(
+        dims
+    )  # one update, no copy
+    assert {r[1] for r in rows if r[6] == 1} == {order[2]}

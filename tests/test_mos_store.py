@@ -64,6 +64,16 @@ def test_wal_and_update_not_duplicate(store: Store) -> None:
     assert store.next_item(token, "browser-a")[1] == 1  # one sample done
 
 
+def test_previous_gives_back_stored_answers(store: Store) -> None:
+    token, first = entered(store)
+    assert store.previous(token, "browser-a", first) is None  # nothing before the first sample
+    store.submit(token, "browser-a", first, GOOD)
+    second, *_ = store.next_item(token, "browser-a")
+    assert store.previous(token, "browser-a", second) == (first, GOOD)
+    with pytest.raises(Refused, match="already in use in another browser"):
+        store.previous(token, "browser-b", second)
+
+
 def test_bad_submissions_are_refused_and_write_nothing(store: Store) -> None:
     token, item = entered(store)
     other, other_item = entered(store, "browser-b")

@@ -92,9 +92,11 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
                 )
                 for d in defn.dimensions
             ]
-            submit = gr.Button(
-                "Submit and continue", variant="primary", interactive=False, elem_id="mos-submit"
-            )
+            with gr.Row():
+                back = gr.Button("Previous sample", elem_id="mos-back", scale=0, min_width=220)
+                submit = gr.Button(
+                    "Submit and continue", variant="primary", interactive=False, elem_id="mos-submit"
+                )
         with gr.Column(visible=False) as done_page:
             gr.Markdown(
                 "## Thank you!\n\nAll samples are rated. You can close this page.", elem_id="mos-done"
@@ -109,26 +111,31 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
             return [None, {"token": None, "browser": browser}, *pages, note, *keep]
 
         def rating_view(token: str, browser: str) -> list:
+            """The first sample not rated yet, or the thank-you page."""
             item_id, done, total, heard = store.next_item(token, browser)
             state = {"token": token, "browser": browser, "item": item_id}
             kept = {"token": token, "browser": browser}
+            progress_now = _progress_html(done, total)
             if item_id is None:
                 pages = [gr.update(visible=False), gr.update(visible=False), gr.update(visible=True)]
                 rest = [gr.update()] * (2 + len(radios) + 1)
-                return [state, kept, *pages, "", _progress_html(done, total), *rest]
+                return [state, kept, *pages, "", progress_now, *rest]
+            note = "" if heard else "Listen to the whole sample to enable the questions."
+            return [state, kept, *sample_view(item_id, {}, heard > 0, note, progress_now)]
+
+        def sample_view(
+            item_id: str, answers: dict, ready: bool, note: str, progress_now: str | dict
+        ) -> list:
             item = defn.items[item_id]
-            ready = heard > 0
             pages = [gr.update(visible=False), gr.update(visible=True), gr.update(visible=False)]
             ref = served(item.reference, "reference") if item.reference else None
             return [
-                state,
-                kept,
                 *pages,
-                "" if ready else "Listen to the whole sample to enable the questions.",
-                _progress_html(done, total),
+                note,
+                progress_now,
                 gr.update(value=ref, visible=ref is not None),
                 served(item.audio, "sample"),
-                *[gr.update(value=None, interactive=ready) for _ in radios],
+                *[gr.update(value=answers.get(d), interactive=ready) for d in defn.dimension_names()],
                 gr.update(interactive=ready),
             ]
 
@@ -174,6 +181,20 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
                 raise gr.Error(str(e)) from e
             return rating_view(state["token"], state["browser"])
 
+        def on_back(state: dict | None) -> list:
+            if not state:
+                raise gr.Error("Enter the test first.")
+            try:
+                previous = store.previous(state["token"], state["browser"], state["item"])
+            except Refused as e:
+                raise gr.Error(str(e)) from e
+            if previous is None:
+                raise gr.Error("This is the first sample.")
+            item_id, answers = previous
+            state = {**state, "item": item_id}
+            note = "You are changing an earlier answer; submit to go on where you were."
+            return [state, gr.update(), *sample_view(item_id, answers, True, note, gr.update())]
+
         panel.load(on_load, inputs=[saved], outputs=outputs, api_name=False)
         start.click(enter, inputs=[code, saved], outputs=outputs, api_name="enter")
         code.submit(enter, inputs=[code, saved], outputs=outputs, api_name=False)
@@ -181,6 +202,7 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
         # Audio's "stop" event fires when playback reaches the end
         sample.stop(on_heard, inputs=[session], outputs=[message, *radios, submit], api_name="heard")
         submit.click(on_submit, inputs=[session, *radios], outputs=outputs, api_name="submit")
+        back.click(on_back, inputs=[session], outputs=outputs, api_name="back")
     return panel
 
 

@@ -226,6 +226,24 @@ class Store:
         if items is None or item not in items:
             raise Refused(f"Item {item!r} is not one of this rater's items.")
 
+    def previous(self, token: str, browser: str, item: str | None) -> tuple[str, dict[str, float]] | None:
+        """The rated sample before ``item`` (the last one when ``item`` is None) and its stored answers,
+        so that a rater can go back and change them; None before the first sample."""
+        with self._tx() as db:
+            _, items = self._rater(db, token, browser)
+            if items is None:
+                raise Refused("Enter the test first.")
+            at = len(items) if item is None else items.index(item)
+            if at == 0:
+                return None
+            answers = dict(
+                db.execute(
+                    "SELECT dimension, score FROM ratings WHERE rater = ? AND item = ?",
+                    (token, items[at - 1]),
+                )
+            )
+            return items[at - 1], answers
+
     def play(self, token: str, browser: str, item: str, to_end: bool = False) -> int:
         """Count a playback of ``item`` starting, or (``to_end``) reaching its end; returns that count."""
         now = time.time()
