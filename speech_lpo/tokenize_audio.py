@@ -7,6 +7,8 @@ On disk (``--out``):
   <name>/shard-00000.arrow one Arrow IPC stream per ``--shard-size`` manifest lines (<name> = manifest
                            file stem, e.g. train), written atomically (tmp + rename); a re-run skips the
                            shards that exist, so a killed run continues where it stopped
+  <name>/plan.json         the manifest's SHA-1 and the shard size: a re-run with another manifest or
+                           shard size is refused rather than mixing two cuts
   <name>/skipped-00000.tsv utterances of that shard that could not be encoded: id, file, reason
   <name>/skipped.tsv       all of them, and report.json, written when the manifest is finished
 
@@ -18,6 +20,7 @@ values in [0, codec.codebook_size)). Codes, not token ids: ids depend on the mod
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -33,6 +36,7 @@ from speech_lpo.codecs import CODEC_FILE, Codec, load_audio, load_codec
 from speech_lpo.prepare import read_manifest
 
 CODEC_DIR = "codec"
+PLAN_FILE = "plan.json"  # manifest hash and shard size the shards were cut with
 SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -158,10 +162,25 @@ def _encode_shard(task: tuple[Path, list[dict]]) -> int:
     return len(lines)
 
 
+def check_plan(split_dir: Path, manifest: Path, shard_size: int) -> None:
+    """Shards resume only if they cut the same manifest the same way: record the cut, then check it."""
+    plan = {"manifest_sha1": hashlib.sha1(manifest.read_bytes()).hexdigest(), "shard_size": shard_size}
+    path = split_dir / PLAN_FILE
+    if path.is_file():
+        done = json.loads(path.read_text())
+        if done["manifest_sha1"] != plan["manifest_sha1"]:
+            raise ValueError(f"{split_dir} holds shards of another version of {manifest}; use a new --out")
+        if done["shard_size"] != shard_size:
+            raise ValueError(f"{split_dir} was cut with --shard-size {done['shard_size']}; resume with it")
+        return
+    split_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plan) + "\n")
+
+
 def tokenize_manifest(manifest: Path, out: Path, codec_dir: Path, shard_size: int, jobs: int) -> dict:
     lines = read_manifest(manifest)
     split_dir = out / manifest.name.removesuffix(".jsonl")
-    split_dir.mkdir(parents=True, exist_ok=True)
+    check_plan(split_dir, manifest, shard_size)
     tasks = [
         (split_dir / f"shard-{i // shard_size:05d}.arrow", lines[i : i + shard_size])
         for i in range(0, len(lines), shard_size)

@@ -65,6 +65,15 @@ def test_rerun_resumes_from_finished_shards(tokenised, mini_manifests):
     assert kept.stat().st_mtime_ns == stamp  # finished shards are not redone
     after = load_tokenized(split_dir)
     assert after["id"] == before["id"] and after["codes"] == before["codes"]
+    with pytest.raises(ValueError, match="--shard-size 10"):  # another cut would duplicate rows
+        tokenize_manifest(mini_manifests["librispeech"] / "train.jsonl", tokenised, tokenised / "codec", 7, 1)
+    with pytest.raises(ValueError, match="another version"):
+        dev = mini_manifests["librispeech"] / "dev.jsonl"
+        (split_dir.parent / "dev").mkdir(exist_ok=True)
+        (split_dir.parent / "dev" / "plan.json").write_text(
+            json.dumps({"manifest_sha1": "0", "shard_size": 10})
+        )
+        tokenize_manifest(dev, tokenised, tokenised / "codec", 10, 1)
 
 
 def test_bad_audio_is_a_counted_skip(mini_manifests, melvq_codec_dir, tmp_path):
