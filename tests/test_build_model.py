@@ -135,3 +135,32 @@ def test_asr_and_tts_examples_decode_back(qwen_model_dir, mini_manifests):
     got, closed = response_codes(vocab, tts[len(tts_prompt) :])
     assert closed and np.array_equal(got, codes)
     assert line["text"] in tok.decode(tts_prompt)
+
+
+def test_cli_builds_the_embedded_default(mini_manifests, melvq_codec_dir, tmp_path, capsys):
+    from speech_lpo.cli import main
+
+    manifests = [str(mini_manifests[c] / "train.jsonl") for c in ("aishell", "librispeech")]
+    out = tmp_path / "model"
+    main(
+        [
+            "build-model",
+            "--codec",
+            str(melvq_codec_dir),
+            "--out",
+            str(out),
+            "--text-manifests",
+            *manifests,
+            "--bpe-vocab-size",
+            "500",
+            "--hidden-size",
+            "32",
+            "--num-layers",
+            "1",
+        ]
+    )
+    vocab = AudioVocab.load(out)
+    assert f"audio tokens [{vocab.offset}, {vocab.end})" in capsys.readouterr().out
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.hidden_size == 32 and model.config.num_hidden_layers == 1
+    assert model.get_input_embeddings().weight.shape[0] == vocab.end

@@ -214,3 +214,13 @@ def test_malformed_manifest_line_is_named(tmp_path):
     path.write_text('{"id": "a"}\n{broken\n')
     with pytest.raises(ValueError, match=r"m.jsonl:2"):
         read_manifest(path)
+
+
+def test_cli_prepares_and_reports(tmp_path, capsys):
+    from speech_lpo.cli import main
+
+    root = need(AISHELL_DIR)
+    main(["prepare", "--corpus", "aishell", "--corpus-dir", str(root), "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "test: kept 7, skipped 0" in printed
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == ["dev.jsonl", "test.jsonl", "train.jsonl"]
