@@ -211,8 +211,9 @@ class Utterance:
 
 def write_audio(path: Path, wav: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    sf.write(tmp, wav, SAMPLE_RATE, subtype="PCM_16")
+    # "x.flac.tmp", not "x.tmp.flac": a run killed mid-write must not leave audio that the layout lists
+    tmp = path.with_name(path.name + ".tmp")
+    sf.write(tmp, wav, SAMPLE_RATE, subtype="PCM_16", format=path.suffix[1:].upper())
     os.replace(tmp, path)
 
 

@@ -138,3 +138,62 @@ def test_neural_codec_checkpoint_through_the_cli(mini_manifests, tmp_path):
 def test_no_shards_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenised shards"):
         load_tokenized(tmp_path)
+
+
+def wait_for(pattern_dir: Path, glob: str, count: int, proc, timeout: float = 120) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while len(list(pattern_dir.glob(glob))) < count:
+        assert proc.poll() is None, "the stage finished before it could be killed; give it more work"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_sigkilled_stages_resume(tmp_path, melvq_codec_dir):
+    """synth-corpus and tokenize killed with SIGKILL mid-run: the re-run finishes the work, and the
+    tokens equal those of an uninterrupted run."""
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "speech_lpo.cli"]
+    synth = [*cli, "synth-corpus", "--out", str(tmp_path / "corpus"), "--langs", "en", "--num-train", "400"]
+    synth += ["--num-dev", "0", "--num-test", "0"]
+    proc = subprocess.Popen(synth, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(tmp_path / "corpus", "**/*.flac", 50, proc)
+    proc.kill()
+    proc.wait()
+    subprocess.run(synth, check=True, capture_output=True)
+    from speech_lpo.prepare import prepare
+
+    report = prepare("librispeech", tmp_path / "corpus" / "librispeech", tmp_path / "data")
+    assert report["splits"]["train"]["kept"] == 400 and report["skipped_total"] == 0
+
+    manifest = tmp_path / "data" / "train.jsonl"
+    tok = [
+        *cli,
+        "tokenize",
+        "--manifests",
+        str(manifest),
+        "--codec",
+        str(melvq_codec_dir),
+        "--shard-size",
+        "5",
+    ]
+    proc = subprocess.Popen(
+        [*tok, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_for(tmp_path / "killed" / "train", "shard-*.arrow", 3, proc)
+    proc.kill()
+    proc.wait()
+    done_before = len(list((tmp_path / "killed" / "train").glob("shard-*.arrow")))
+    assert done_before < 80
+    subprocess.run([*tok, "--out", str(tmp_path / "killed")], check=True, capture_output=True)
+    subprocess.run([*tok, "--out", str(tmp_path / "clean")], check=True, capture_output=True)
+    killed, clean = (
+        load_tokenized(tmp_path / "killed" / "train"),
+        load_tokenized(tmp_path / "clean" / "train"),
+    )
+    assert len(killed) == 400
+    assert killed["id"] == clean["id"] and killed["codes"] == clean["codes"]
