@@ -1,7 +1,8 @@
 """Shared fixtures for the corpus, codec and tokenisation tests: a small synthetic corpus (espeak-ng),
 its prepared manifests, a melvq codec fitted on it, and the real data in ../shared/data.
 
-Import the fixtures a test module needs: ``from tests.fixtures_corpus import mini_corpus, ...``.
+A test module gets the fixtures with ``pytest_plugins = ["tests.fixtures_corpus"]`` and imports the
+constants and helpers (``need``, ``tiny_neural_model``, ...) by name.
 """
 
 from __future__ import annotations
