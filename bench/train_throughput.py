@@ -6,7 +6,7 @@ and TTS-like (prompt 30, responses 300). Each configuration runs in its own proc
 memory (max RSS on CPU, max allocated on GPU) is its own. Prints a Markdown table, the ratios, and last
 one JSON line of the figures.
 
-    .venv/bin/python bench/train_throughput.py [--steps 6] [--hidden 256]
+    .venv/bin/python bench/train_throughput.py [--steps 6] [--hidden 128] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -158,30 +158,28 @@ def worker(method: str, shape: str, steps: int, hidden: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6, help="optimiser steps, the first 2 untimed")
-    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=2, help="runs of every configuration; the best is kept")
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "SHAPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(*args.worker, args.steps, args.hidden)))
         return
 
-    results: dict[str, dict[str, dict]] = {}
-    for shape in SHAPES:
-        for method in METHODS:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--worker",
-                method,
-                shape,
-                "--steps",
-                str(args.steps),
-                "--hidden",
-                str(args.hidden),
-            ]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            results.setdefault(shape, {})[method] = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"{shape} {method}: {results[shape][method]}", file=sys.stderr, flush=True)
+    # Rounds of all configurations, best of each kept (as timeit does): a burst of load from elsewhere on
+    # the machine then slows one round of one configuration, not the comparison.
+    results: dict[str, dict[str, dict]] = {shape: {} for shape in SHAPES}
+    for _ in range(args.rounds):
+        for shape in SHAPES:
+            for method in METHODS:
+                cmd = [sys.executable, __file__, "--worker", method, shape]
+                cmd += ["--steps", str(args.steps), "--hidden", str(args.hidden)]
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                run = json.loads(proc.stdout.strip().splitlines()[-1])
+                print(f"{shape} {method}: {run}", file=sys.stderr, flush=True)
+                best = results[shape].get(method)
+                if best is None or run["pairs_per_s"] > best["pairs_per_s"]:
+                    results[shape][method] = run
 
     device = (
         torch.cuda.get_device_name()
@@ -190,7 +188,7 @@ def main() -> None:
     )
     print(
         f"\nTraining throughput, tiny Qwen2 (hidden {args.hidden}, 4 layers), {GROUPS_PER_STEP} groups x "
-        f"{K} rejected per step, {args.steps - WARMUP} timed steps, {device}\n"
+        f"{K} rejected per step, {args.steps - WARMUP} timed steps, best of {args.rounds} rounds, {device}\n"
     )
     print("| groups | method | pairs/s | peak memory (MiB) | speed vs TRL | memory vs TRL |")
     print("|---|---|---|---|---|---|")
