@@ -55,6 +55,7 @@ def pocketsphinx(jsgf: str | None = None):
         decoder.activate_search("corpus")
 
     def transcribe(wav: np.ndarray) -> str:
+        decoder.reinit_feat()  # the front end keeps state across utterances (see tts_metrics)
         decoder.start_utt()
         decoder.process_raw((np.clip(wav, -1, 1) * 32767).astype(np.int16).tobytes(), full_utt=True)
         decoder.end_utt()

@@ -211,6 +211,7 @@ def test_melvq_round_trip_stays_intelligible(tmp_path):
     decoder.activate_search("corpus")
 
     def transcribe(wav):
+        decoder.reinit_feat()  # order-independent transcripts (see tts_metrics.pocketsphinx_asr)
         decoder.start_utt()
         decoder.process_raw((np.clip(wav, -1, 1) * 32767).astype(np.int16).tobytes(), full_utt=True)
         decoder.end_utt()
