@@ -29,7 +29,7 @@ def tiny_qwen2_config(
         num_key_value_heads=num_kv_heads,
         max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=True,
-        attn_implementation="eager",
+        attn_implementation="sdpa",  # transformers' default for real checkpoints too
     )
 
 
