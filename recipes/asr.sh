@@ -25,8 +25,9 @@ methods="model perturb"   # candidate methods: model-sampled and/or perturbation
 r2_grid="1.0 2.0 3.0" # one LPO run per value and method
 epoch_curves="dpo lpo_r2_2.0"  # systems (of the first method) decoded at every epoch for Figure 2
 expdir=exp
+conf_dir=conf          # stage configs (conf/ci: the reduced run CI makes)
 option_names="stage stop_stage force corpus corpus_dir download subsets benchmark model codec ngpu nj methods
-r2_grid epoch_curves expdir"
+r2_grid epoch_curves expdir conf_dir"
 
 resume_command="${RECIPE_COMMAND:-$0 $*}"
 utils=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/utils
@@ -38,13 +39,13 @@ benchmark=${benchmark:-$([[ ${corpus} == aishell ]] && echo aishell1 || echo lib
 [[ -n "${corpus_dir}" ]] || corpus_dir=data/corpus/$([[ ${corpus} == aishell ]] && echo aishell1 || echo librispeech)
 
 sft_stage() {
-  train_cmd sft --config conf/sft.yaml --task asr --data dump/tokens/train --eval_data dump/tokens/dev \
+  train_cmd sft --config "${conf_dir}/sft.yaml" --task asr --data dump/tokens/train --eval_data dump/tokens/dev \
     --model "${expdir}/init" --output_dir "${expdir}/sft"
 }
 
 candidates_stage() {
   [[ " ${methods} " == *" model "* ]] || { echo "no model-based method requested"; return; }
-  speech-lpo generate --config conf/generate.yaml $(gen_backend) --task asr --model "${expdir}/sft" \
+  speech-lpo generate --config "${conf_dir}/generate.yaml" $(gen_backend) --task asr --model "${expdir}/sft" \
     --data dump/tokens/train --out "${expdir}/candidates"
 }
 
@@ -54,7 +55,7 @@ pairs_stage() {
       speech-lpo make-pairs --method model --model "${expdir}/sft" --candidates "${expdir}/candidates" \
         --out "${expdir}/pairs/model.jsonl"
     else
-      speech-lpo make-pairs --config conf/perturb.yaml --method perturb --model "${expdir}/sft" \
+      speech-lpo make-pairs --config "${conf_dir}/perturb.yaml" --method perturb --model "${expdir}/sft" \
         --data dump/tokens/train --out "${expdir}/pairs/perturb.jsonl"
     fi
   done
@@ -77,8 +78,8 @@ systems() {
 
 train_stage() {
   for system in $(systems); do
-    local method=${system%%/*} name=${system#*/} conf=conf/lpo.yaml extra=()
-    if [[ ${name} == dpo ]]; then conf=conf/dpo.yaml; else extra+=(--r2 "${name#lpo_r2_}"); fi
+    local method=${system%%/*} name=${system#*/} conf="${conf_dir}/lpo.yaml" extra=()
+    if [[ ${name} == dpo ]]; then conf="${conf_dir}/dpo.yaml"; else extra+=(--r2 "${name#lpo_r2_}"); fi
     echo "== ${system}"
     train_cmd train --config "${conf}" --groups "${expdir}/pairs/${method}.ref.jsonl" --model "${expdir}/sft" \
       --output_dir "${expdir}/train/${system}" "${extra[@]}"
@@ -86,7 +87,7 @@ train_stage() {
 }
 
 decode_one() {  # decode_one MODEL_DIR OUT_DIR
-  speech-lpo decode --config conf/decode.yaml --model "$1" --data dump/tokens/test --out-dir "$2"
+  speech-lpo decode --config "${conf_dir}/decode.yaml" --model "$1" --data dump/tokens/test --out-dir "$2"
 }
 
 decode_stage() {

@@ -24,7 +24,8 @@ ngpu=0                # >1: training through accelerate launch + DeepSpeed, gene
 nj=2                  # parallel jobs for tokenisation
 r2=0.4                # LPO r2 for TTS (the paper's Table 9)
 expdir=exp
-option_names="stage stop_stage force corpus_dir download subsets model codec ngpu nj r2 expdir"
+conf_dir=conf          # stage configs (conf/ci: the reduced run CI makes)
+option_names="stage stop_stage force corpus_dir download subsets model codec ngpu nj r2 expdir conf_dir"
 
 resume_command="bash $(pwd)/run.sh $*"
 . ../utils/parse_options.sh
@@ -37,12 +38,12 @@ systems="sft lpo_r2_${r2} dpo"
 model_of() { if [[ $1 == sft ]]; then echo "${expdir}/sft"; else echo "${expdir}/train/$1"; fi; }
 
 sft_stage() {
-  train_cmd sft --config conf/sft.yaml --task tts --data dump/tokens/train --eval_data dump/tokens/dev \
+  train_cmd sft --config "${conf_dir}/sft.yaml" --task tts --data dump/tokens/train --eval_data dump/tokens/dev \
     --model "${expdir}/init" --output_dir "${expdir}/sft"
 }
 
 candidates_stage() {
-  speech-lpo generate --config conf/generate.yaml $(gen_backend) --task tts --model "${expdir}/sft" \
+  speech-lpo generate --config "${conf_dir}/generate.yaml" $(gen_backend) --task tts --model "${expdir}/sft" \
     --data dump/tokens/train --out "${expdir}/candidates"
 }
 
@@ -57,15 +58,15 @@ ref_logps_stage() {
 }
 
 train_stage() {
-  train_cmd train --config conf/lpo.yaml --r2 "${r2}" --groups "${expdir}/pairs/model.ref.jsonl" \
+  train_cmd train --config "${conf_dir}/lpo.yaml" --r2 "${r2}" --groups "${expdir}/pairs/model.ref.jsonl" \
     --model "${expdir}/sft" --output_dir "${expdir}/train/lpo_r2_${r2}"
-  train_cmd train --config conf/dpo.yaml --groups "${expdir}/pairs/model.ref.jsonl" \
+  train_cmd train --config "${conf_dir}/dpo.yaml" --groups "${expdir}/pairs/model.ref.jsonl" \
     --model "${expdir}/sft" --output_dir "${expdir}/train/dpo"
 }
 
 synthesize_stage() {
   for system in ${systems}; do
-    speech-lpo synthesize --config conf/synthesize.yaml --model "$(model_of "${system}")" \
+    speech-lpo synthesize --config "${conf_dir}/synthesize.yaml" --model "$(model_of "${system}")" \
       --data dump/tokens/test --out-dir "${expdir}/synth/${system}"
   done
 }

@@ -24,7 +24,7 @@ gen_backend() {
 corpus_stage() {
   if [[ -d "${corpus_dir}" ]] || ${download}; then echo "corpus at ${corpus_dir}"; return; fi
   [[ "${corpus_dir}" == data/corpus/* ]] || { echo "no corpus at ${corpus_dir}" >&2; return 1; }
-  speech-lpo synth-corpus --config conf/corpus.yaml --out data/corpus
+  speech-lpo synth-corpus --config "${conf_dir}/corpus.yaml" --out data/corpus
 }
 
 prepare_stage() {
@@ -42,6 +42,6 @@ tokenize_stage() {
 build_model_stage() {
   local extra=()
   [[ -n "${model}" ]] && extra+=(--model "${model}")
-  speech-lpo build-model --config conf/model.yaml --codec dump/tokens/codec --out "${expdir}/init" \
+  speech-lpo build-model --config "${conf_dir}/model.yaml" --codec dump/tokens/codec --out "${expdir}/init" \
     --text-manifests data/manifests/train.jsonl "${extra[@]}"
 }

@@ -17,7 +17,7 @@ while [[ $# -gt 0 ]]; do
     *) echo "$0: unexpected argument '$1' (options are --name value)" >&2; exit 2 ;;
   esac
   _var=${_name#--}; _var=${_var//-/_}
-  if [[ " ${option_names} " != *" ${_var} "* ]]; then
+  if [[ " ${option_names//$'\n'/ } " != *" ${_var} "* ]]; then
     echo "$0: unknown option ${_name} (see $0 --help)" >&2; exit 2
   fi
   printf -v "${_var}" '%s' "${_value}"
