@@ -22,7 +22,8 @@ stop_stage=100
 force=false
 expdir=exp
 greeting=hello
-option_names="stage stop_stage force expdir greeting"
+option_names="stage stop_stage force expdir
+greeting"
 resume_command="bash run.sh $*"
 . {RECIPES}/utils/parse_options.sh
 . {RECIPES}/utils/stages.sh
