@@ -23,9 +23,10 @@ codec=../../tokenizers/melvq.yaml   # audio tokenizer spec (tokenizers/*.yaml)
 ngpu=0                # >1: training through accelerate launch + DeepSpeed, generation through vLLM with TP
 nj=2                  # parallel jobs for tokenisation
 r2=0.4                # LPO r2 for TTS (the paper's Table 9)
+mos_utterances=8      # test sentences in the listening-test package
 expdir=exp
 conf_dir=conf          # stage configs (conf/ci: the reduced run CI makes)
-option_names="stage stop_stage force corpus_dir download subsets model codec ngpu nj r2 expdir conf_dir"
+option_names="stage stop_stage force corpus_dir download subsets model codec ngpu nj r2 mos_utterances expdir conf_dir"
 
 resume_command="bash $(pwd)/run.sh $*"
 . ../utils/parse_options.sh
@@ -80,6 +81,14 @@ metrics_stage() {
     --output "${expdir}/plots/logps_vs_step.png"
 }
 
+# A listening test over the synthesised test sentences (speech-lpo mos serve --definition exp/mos/mos_tts.yaml)
+listening_test_stage() {
+  local pairs=()
+  for system in ${systems}; do pairs+=("${system}=${expdir}/synth/${system}"); done
+  speech-lpo mos package --systems "${pairs[@]}" --manifest data/manifests/test.jsonl \
+    --template ../../eval/mos_tts.yaml --out "${expdir}/mos" -n "${mos_utterances}"
+}
+
 run_stage 0 corpus corpus_stage
 run_stage 1 prepare prepare_stage
 run_stage 2 tokenize tokenize_stage
@@ -91,4 +100,5 @@ run_stage 7 ref_logps ref_logps_stage
 run_stage 8 train train_stage
 run_stage 9 synthesize synthesize_stage
 run_stage 10 metrics metrics_stage
+run_stage 11 listening_test listening_test_stage
 echo "$0: stages ${stage}-${stop_stage} finished; results in $(pwd)/RESULTS.md"

@@ -41,6 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("anchor", help="write a degraded anchor (3.5 kHz low-pass + noise at 5 dB SNR)")
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path)
+    p = sub.add_parser("package", help="a listening test from `speech-lpo synthesize` outputs")
+    p.add_argument("--systems", nargs="+", required=True, metavar="NAME=SYNTH_DIR")
+    p.add_argument("--manifest", type=Path, required=True, help="test manifest: the reference recordings")
+    p.add_argument(
+        "--template", type=Path, default=Path("eval/mos_tts.yaml"), help="test definition to adapt"
+    )
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("-n", type=int, default=8, help="utterances in the test")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -52,6 +60,21 @@ def main(args: argparse.Namespace) -> None:
         audio, sr = sf.read(args.input, dtype="float32", always_2d=False)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         sf.write(args.output, degrade(audio, sr), sr)
+        return
+    if args.mos_command == "package":
+        from speech_lpo.mos.package import build_package
+
+        systems = dict(s.split("=", 1) for s in args.systems)
+        try:
+            definition, utts = build_package(
+                {k: Path(v) for k, v in systems.items()}, args.manifest, args.template, args.out, args.n
+            )
+        except (DefinitionError, ValueError) as e:
+            sys.exit(f"error: {e}")
+        print(
+            f"{len(utts)} utterances x {len(systems)} systems; serve with: speech-lpo mos serve "
+            f"--definition {definition} --db {args.out / 'ratings.sqlite'}"
+        )
         return
     try:
         defn = load_definition(args.definition)
