@@ -58,6 +58,18 @@ def build_speech_lm(
     return model_dir, tokens
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models on 2 shared cores: torch's spinning worker threads only add contention (measured 4-17x
+    slower with the default thread pool while other processes ran)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def speech_lm(tmp_path) -> tuple[Path, Path]:
     """(model dir, tokenised split dir) of a tiny speech LM."""

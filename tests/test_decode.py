@@ -71,15 +71,6 @@ def train(model_dir: Path, tokens: Path, tasks: tuple[str, ...], steps: int, lr:
     model.save_pretrained(model_dir)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: torch's thread pool only adds contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def asr_model(tmp_path_factory) -> tuple[Path, Path]:
     if not AISHELL.is_dir():

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 import yaml
 
 from speech_lpo.cli import main as cli_main
@@ -21,15 +20,6 @@ from tests.test_decode import ROOT, train
 
 LIBRISPEECH = ROOT / ".." / "shared" / "data" / "librispeech"
 SHORT = ("1089-134691-0000", "2830-3980-0043", "8455-210777-0068")  # about 2 s each
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: torch's thread pool only adds contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 from datasets import Dataset
+from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
@@ -13,7 +14,6 @@ from speech_lpo.groups import PreferenceGroup
 from speech_lpo.modeling import tiny_qwen2
 from speech_lpo.trainer import PreferenceConfig, PreferenceTrainer
 from tests.test_packing import random_groups
-from tokenizers import Tokenizer, models, pre_tokenizers
 
 VOCAB = 97
 
