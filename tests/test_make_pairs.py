@@ -23,7 +23,6 @@ from tests.test_generate import (  # noqa: F401
     data_dir,
     generate_args,
     model_dir,
-    one_thread,
 )
 
 

@@ -29,7 +29,7 @@ from speech_lpo.groups import load_groups, write_groups  # noqa: E402
 from speech_lpo.make_pairs import PairReport, model_groups  # noqa: E402
 from speech_lpo.prompts import response_text  # noqa: E402
 from speech_lpo.vocab import AudioVocab  # noqa: E402
-from tests.test_generate import MAX_POSITIONS, corpus_columns, model_dir, one_thread  # noqa: E402, F401
+from tests.test_generate import MAX_POSITIONS, corpus_columns, model_dir  # noqa: E402, F401
 
 
 @pytest.fixture(scope="module")
