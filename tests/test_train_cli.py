@@ -19,6 +19,13 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "speech_lpo.cli", *args]
 
 
+def ref_logps(workdir: Path, output: Path, *options: str) -> None:
+    groups, model = str(workdir / "groups.jsonl"), str(workdir / "sft")
+    subprocess.run(
+        cli("ref-logps", "--groups", groups, "--model", model, "--output", str(output), *options), check=True
+    )
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("train")
@@ -27,20 +34,7 @@ def workdir(tmp_path_factory) -> Path:
     for i, g in enumerate(groups):
         g.id = f"g{i}"
     write_groups(d / "groups.jsonl", groups)
-    subprocess.run(
-        cli(
-            "ref-logps",
-            "--groups",
-            str(d / "groups.jsonl"),
-            "--model",
-            str(d / "sft"),
-            "--output",
-            str(d / "groups.ref.jsonl"),
-            "--batch_size",
-            "5",
-        ),
-        check=True,
-    )
+    ref_logps(d, d / "groups.ref.jsonl", "--batch_size", "5")
     return d
 
 
@@ -52,19 +46,7 @@ def read_metrics(path: Path) -> dict[int, dict]:
 def test_ref_logps_are_stored_and_match_unpacked(workdir, tmp_path):
     packed, _ = load_groups(workdir / "groups.ref.jsonl")
     assert len(packed) == 24 and all(g.has_ref for g in packed)
-    subprocess.run(
-        cli(
-            "ref-logps",
-            "--groups",
-            str(workdir / "groups.jsonl"),
-            "--model",
-            str(workdir / "sft"),
-            "--output",
-            str(tmp_path / "unpacked.jsonl"),
-            "--no_shared_prefix",
-        ),
-        check=True,
-    )
+    ref_logps(workdir, tmp_path / "unpacked.jsonl", "--no_shared_prefix")
     unpacked, _ = load_groups(tmp_path / "unpacked.jsonl")
     for a, b in zip(packed, unpacked, strict=True):
         assert a.ref_chosen_len == len(a.chosen_ids)
@@ -77,20 +59,7 @@ def test_ref_logps_resumes_after_a_torn_line(workdir, tmp_path):
     full = (workdir / "groups.ref.jsonl").read_text().splitlines()
     # a run killed after 7 groups, in the middle of writing the 8th
     Path(str(out) + ".partial").write_text("\n".join(full[:7]) + "\n" + full[7][:20])
-    subprocess.run(
-        cli(
-            "ref-logps",
-            "--groups",
-            str(workdir / "groups.jsonl"),
-            "--model",
-            str(workdir / "sft"),
-            "--output",
-            str(out),
-            "--batch_size",
-            "5",
-        ),
-        check=True,
-    )
+    ref_logps(workdir, out, "--batch_size", "5")
     resumed = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in resumed] == [json.loads(line)["id"] for line in full]
     assert resumed[10]["ref_rejected_logp"] == pytest.approx(
