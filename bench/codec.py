@@ -40,29 +40,15 @@ from speech_lpo.codecs import Codec, load_audio, resample
 from speech_lpo.prepare import prepare, read_manifest
 from speech_lpo.synth_corpus import jsgf_word_loop, synth_corpus
 from speech_lpo.tokenize_audio import fit_melvq
-from speech_lpo.tts_metrics import ASR_SAMPLE_RATE
+from speech_lpo.tts_metrics import ASR_SAMPLE_RATE, pocketsphinx_asr
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRISPEECH = ROOT / ".." / "shared" / "data" / "librispeech"
 
 
 def pocketsphinx(jsgf: str | None = None):
-    from pocketsphinx import Decoder
-
-    decoder = Decoder(samprate=ASR_SAMPLE_RATE, loglevel="FATAL")
-    if jsgf:
-        decoder.add_jsgf_string("corpus", jsgf)
-        decoder.activate_search("corpus")
-
-    def transcribe(wav: np.ndarray) -> str:
-        decoder.reinit_feat()  # the front end keeps state across utterances (see tts_metrics)
-        decoder.start_utt()
-        decoder.process_raw((np.clip(wav, -1, 1) * 32767).astype(np.int16).tobytes(), full_utt=True)
-        decoder.end_utt()
-        hyp = decoder.hyp()
-        return hyp.hypstr.upper() if hyp else ""
-
-    return transcribe
+    asr = pocketsphinx_asr(jsgf)
+    return lambda wav: asr(wav).upper()
 
 
 def wer(asr, refs: list[str], wavs: list[np.ndarray], sample_rate: int) -> float:

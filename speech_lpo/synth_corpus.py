@@ -9,6 +9,7 @@ speaker and speaks in every split. Deterministic for a given seed. Output (16 kH
   <out>/librispeech/LibriSpeech/{train-clean-100,dev-clean,test-clean}/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac
   <out>/librispeech/LibriSpeech/.../<spk>-<chapter>.trans.txt           (upper case)
   <out>/librispeech/LibriSpeech/SPEAKERS.TXT                            (speaker id -> espeak voice)
+  <out>/librispeech/corpus_words.jsgf                                   (pocketsphinx word-loop grammar)
 
 espeak-ng is the library bundled in the ``espeakng-loader`` wheel, driven through ctypes (no system
 package). Audio files are written atomically and existing ones are kept, so a killed run resumes.
@@ -47,6 +48,7 @@ EN_VOICES = ("en-us+f2", "en-us+klatt4", "en-us")
 CMN_VOICES = ("cmn", "cmn+f2", "cmn+klatt4")
 EN_SPEAKER_BASE = 9001  # LibriSpeech-style numeric speaker ids, far above the real corpus's
 CMN_SPEAKER_BASE = 1  # AISHELL-style S0001...
+GRAMMAR_FILE = "corpus_words.jsgf"  # beside LibriSpeech/: the English word loop (jsgf_word_loop)
 
 # -- grammar ---------------------------------------------------------------------------------------------
 EN_WORDS = {
@@ -315,6 +317,8 @@ def synth_corpus(
         else:  # espeak is fast; one process avoids forking a torch-free but still large interpreter
             list(tqdm(map(render, utts), total=len(utts), desc=f"synth {layout}"))
         write_transcripts(root, utts, layout)
+        if layout == "librispeech":  # for pocketsphinx in `speech-lpo score tts --grammar`
+            write_text(root / GRAMMAR_FILE, jsgf_word_loop("en"))
     return {layout: len(utts) for layout, (_, utts) in plan.items()}
 
 

@@ -196,26 +196,20 @@ def test_melvq_round_trip_stays_intelligible(tmp_path):
     the originals lose. (With the 24 training utterances of the fast fixture it loses 23 points.)"""
     import jiwer
     import yaml
-    from pocketsphinx import Decoder
 
     from speech_lpo.prepare import prepare
     from speech_lpo.synth_corpus import jsgf_word_loop, synth_corpus
     from speech_lpo.tokenize_audio import fit_melvq
+    from speech_lpo.tts_metrics import pocketsphinx_asr
 
     synth_corpus(tmp_path / "corpus", {"train": 300, "dev": 0, "test": 30}, langs=("en",))
     prepare("librispeech", tmp_path / "corpus" / "librispeech", tmp_path / "data")
     spec = yaml.safe_load((ROOT / "tokenizers" / "melvq.yaml").read_text())
     codec = fit_melvq(spec, tmp_path / "data" / "train.jsonl")
-    decoder = Decoder(samprate=16000, loglevel="FATAL")
-    decoder.add_jsgf_string("corpus", jsgf_word_loop("en"))
-    decoder.activate_search("corpus")
+    asr = pocketsphinx_asr(jsgf_word_loop("en"))
 
     def transcribe(wav):
-        decoder.reinit_feat()  # order-independent transcripts (see tts_metrics.pocketsphinx_asr)
-        decoder.start_utt()
-        decoder.process_raw((np.clip(wav, -1, 1) * 32767).astype(np.int16).tobytes(), full_utt=True)
-        decoder.end_utt()
-        return decoder.hyp().hypstr.upper() if decoder.hyp() else ""
+        return asr(wav).upper()
 
     lines = read_manifest(tmp_path / "data" / "test.jsonl")
     refs = [x["text"] for x in lines]

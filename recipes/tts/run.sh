@@ -73,8 +73,12 @@ synthesize_stage() {
 }
 
 metrics_stage() {
+  # the embedded corpus's texts come from a small grammar: pocketsphinx listens for its words only
+  local grammar=()
+  [[ -f "${corpus_dir}/corpus_words.jsgf" ]] && grammar=(--grammar "${corpus_dir}/corpus_words.jsgf")
   for system in ${systems}; do
-    speech-lpo score tts --synth-dir "${expdir}/synth/${system}" --lang en --out-dir "${expdir}/score/${system}"
+    speech-lpo score tts --synth-dir "${expdir}/synth/${system}" --lang en --out-dir "${expdir}/score/${system}" \
+      "${grammar[@]}"
   done
   speech-lpo score table "${expdir}"/score/*/tts-summary-*.json --out RESULTS.md
   speech-lpo plot --runs "${expdir}/train/lpo_r2_${r2}" "${expdir}/train/dpo" \
