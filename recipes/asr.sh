@@ -18,16 +18,19 @@ download=false        # let lhotse download the corpus into --corpus_dir
 subsets=""            # LibriSpeech subsets to prepare (default: prepare's own)
 benchmark=""          # name in eval/scoring.yaml (picks the normaliser); default: from --corpus
 model=""              # Qwen2.5 checkpoint (local dir or hub id); empty: tiny Qwen2 from conf/model.yaml
-codec=../../tokenizers/melvq.yaml   # audio tokenizer spec (tokenizers/*.yaml)
+codec=../../tokenizers/melvq_20hz.yaml   # audio tokenizer spec (tokenizers/*.yaml)
 ngpu=0                # >1: training through accelerate launch + DeepSpeed, generation through vLLM with TP
 nj=2                  # parallel jobs for tokenisation
 methods="model perturb"   # candidate methods: model-sampled and/or perturbation-based rejected transcripts
+pref_prompts=600      # training utterances (a fixed random subset) given candidates / perturbations; 0: all
 r2_grid="1.0 2.0 3.0" # one LPO run per value and method
 epoch_curves="dpo lpo_r2_2.0"  # systems (of the first method) decoded at every epoch for Figure 2
-expdir=exp
+datadir=data          # corpus (when synthesised) and manifests
+dumpdir=dump          # audio tokens and the fitted codec
+expdir=exp            # models, outputs, logs and .done sentinels
 conf_dir=conf          # stage configs (conf/ci: the reduced run CI makes)
 option_names="stage stop_stage force corpus corpus_dir download subsets benchmark model codec ngpu nj methods
-r2_grid epoch_curves expdir conf_dir"
+pref_prompts r2_grid epoch_curves datadir dumpdir expdir conf_dir"
 
 resume_command="${RECIPE_COMMAND:-$0 $*}"
 utils=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/utils
@@ -36,17 +39,17 @@ utils=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/utils
 . "${utils}/common.sh"
 
 benchmark=${benchmark:-$([[ ${corpus} == aishell ]] && echo aishell1 || echo librispeech)}
-[[ -n "${corpus_dir}" ]] || corpus_dir=data/corpus/$([[ ${corpus} == aishell ]] && echo aishell1 || echo librispeech)
+[[ -n "${corpus_dir}" ]] || corpus_dir=${datadir}/corpus/$([[ ${corpus} == aishell ]] && echo aishell1 || echo librispeech)
 
 sft_stage() {
-  train_cmd sft --config "${conf_dir}/sft.yaml" --task asr --data dump/tokens/train --eval_data dump/tokens/dev \
+  train_cmd sft --config "${conf_dir}/sft.yaml" --task asr --data "${dumpdir}/tokens/train" --eval_data "${dumpdir}/tokens/dev" \
     --model "${expdir}/init" --output_dir "${expdir}/sft"
 }
 
 candidates_stage() {
   [[ " ${methods} " == *" model "* ]] || { echo "no model-based method requested"; return; }
   speech-lpo generate --config "${conf_dir}/generate.yaml" $(gen_backend) --task asr --model "${expdir}/sft" \
-    --data dump/tokens/train --out "${expdir}/candidates"
+    --data "${dumpdir}/tokens/train" --max-prompts "${pref_prompts}" --out "${expdir}/candidates"
 }
 
 pairs_stage() {
@@ -56,7 +59,7 @@ pairs_stage() {
         --out "${expdir}/pairs/model.jsonl"
     else
       speech-lpo make-pairs --config "${conf_dir}/perturb.yaml" --method perturb --model "${expdir}/sft" \
-        --data dump/tokens/train --out "${expdir}/pairs/perturb.jsonl"
+        --data "${dumpdir}/tokens/train" --max-prompts "${pref_prompts}" --out "${expdir}/pairs/perturb.jsonl"
     fi
   done
 }
@@ -87,7 +90,7 @@ train_stage() {
 }
 
 decode_one() {  # decode_one MODEL_DIR OUT_DIR
-  speech-lpo decode --config "${conf_dir}/decode.yaml" --model "$1" --data dump/tokens/test --out-dir "$2"
+  speech-lpo decode --config "${conf_dir}/decode.yaml" --model "$1" --data "${dumpdir}/tokens/test" --out-dir "$2"
 }
 
 decode_stage() {

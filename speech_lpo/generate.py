@@ -189,14 +189,23 @@ class VLLMBackend:
 
 
 def load_dataset_items(
-    data: str | Path, task: str, tokenizer, vocab: AudioVocab, split: str | None = None
+    data: str | Path,
+    task: str,
+    tokenizer,
+    vocab: AudioVocab,
+    split: str | None = None,
+    max_prompts: int | None = None,
 ) -> list[Item]:
-    """ASR/TTS items from a `speech-lpo tokenize` output (speech_lpo.tokenize_audio.load_tokenized)."""
+    """ASR/TTS items from a `speech-lpo tokenize` output (speech_lpo.tokenize_audio.load_tokenized);
+    with ``max_prompts``, a random subset of that many utterances, the same one for every caller (fixed
+    seed), so that generate and make-pairs --method perturb pick the same prompts."""
     from speech_lpo.tokenize_audio import load_tokenized
 
     ds = load_tokenized(data)
     if split is not None:
         ds = ds.filter(lambda s: s == split, input_columns="split")
+    if max_prompts and max_prompts < len(ds):
+        ds = ds.shuffle(seed=0).select(range(max_prompts))
     return dataset_items(ds, task, tokenizer, vocab, str(data))
 
 
@@ -431,6 +440,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=TASKS, required=True)
     parser.add_argument("--data", required=True, help="tokenised dataset dir (asr, tts) or JSONL (text)")
     parser.add_argument("--split", help="only utterances of this split (asr, tts)")
+    parser.add_argument("--max-prompts", type=int, help="a fixed random subset of this many utterances")
     parser.add_argument("--out", required=True, help="output directory of shards")
     parser.add_argument("--backend", choices=("transformers", "vllm"), default="transformers")
     parser.add_argument("--n", type=int, default=3, help="candidates per prompt")
@@ -474,7 +484,7 @@ def main(args: argparse.Namespace) -> None:
     if args.task == "text":
         items = load_text_items(args.data, tokenizer)
     else:
-        items = load_dataset_items(args.data, args.task, tokenizer, vocab, args.split)
+        items = load_dataset_items(args.data, args.task, tokenizer, vocab, args.split, args.max_prompts)
     skip_too_long(items, args.max_new_tokens, AutoConfig.from_pretrained(args.model).max_position_embeddings)
     cfg = SamplingConfig(
         args.n, args.temperature, args.top_p, args.max_new_tokens, stop_ids_for(args.task, tokenizer, vocab)
@@ -484,7 +494,16 @@ def main(args: argparse.Namespace) -> None:
         "data": str(Path(args.data).resolve()),
         **{
             k: getattr(args, k)
-            for k in ("task", "split", "backend", "n", "temperature", "top_p", "max_new_tokens")
+            for k in (
+                "task",
+                "split",
+                "max_prompts",
+                "backend",
+                "n",
+                "temperature",
+                "top_p",
+                "max_new_tokens",
+            )
         },
     }
     if args.backend == "transformers":

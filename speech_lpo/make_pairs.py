@@ -303,6 +303,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidates", help="model: a `speech-lpo generate` output directory")
     parser.add_argument("--data", help="perturb: tokenised dataset dir")
     parser.add_argument("--split", help="perturb: only utterances of this split")
+    parser.add_argument(
+        "--max-prompts", type=int, help="perturb: the fixed random subset of generate --max-prompts"
+    )
     parser.add_argument("--out", required=True, help="groups JSONL; the report goes beside it")
     parser.add_argument("--normalizer", help="text normaliser (default: chinese or librispeech by language)")
     parser.add_argument("--eta", type=float, default=0.1, help="perturb: noise ratio (edits per unit)")
@@ -328,7 +331,7 @@ def main(args: argparse.Namespace) -> None:
     else:
         if not args.data:
             raise SystemExit("--method perturb needs --data (a tokenised dataset)")
-        items = load_dataset_items(args.data, "asr", tokenizer, vocab, args.split)
+        items = load_dataset_items(args.data, "asr", tokenizer, vocab, args.split, args.max_prompts)
         mix = parse_mix(args.mix)
         groups = perturb_groups(
             items,

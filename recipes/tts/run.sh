@@ -19,33 +19,37 @@ corpus_dir=""         # LibriSpeech-layout corpus; empty: synthesise the embedde
 download=false        # let lhotse download the corpus into --corpus_dir
 subsets=""            # LibriSpeech subsets to prepare (default: prepare's own)
 model=""              # Qwen2.5 checkpoint (local dir or hub id); empty: tiny Qwen2 from conf/model.yaml
-codec=../../tokenizers/melvq.yaml   # audio tokenizer spec (tokenizers/*.yaml)
+codec=../../tokenizers/melvq_20hz.yaml   # audio tokenizer spec (tokenizers/*.yaml)
 ngpu=0                # >1: training through accelerate launch + DeepSpeed, generation through vLLM with TP
 nj=2                  # parallel jobs for tokenisation
+pref_prompts=400      # training utterances (a fixed random subset) given candidates; 0: all
 r2=0.4                # LPO r2 for TTS (the paper's Table 9)
 mos_utterances=8      # test sentences in the listening-test package
-expdir=exp
+datadir=data          # corpus (when synthesised) and manifests
+dumpdir=dump          # audio tokens and the fitted codec
+expdir=exp            # models, outputs, logs and .done sentinels
 conf_dir=conf          # stage configs (conf/ci: the reduced run CI makes)
-option_names="stage stop_stage force corpus_dir download subsets model codec ngpu nj r2 mos_utterances expdir conf_dir"
+option_names="stage stop_stage force corpus_dir download subsets model codec ngpu nj pref_prompts r2 mos_utterances
+datadir dumpdir expdir conf_dir"
 
 resume_command="bash $(pwd)/run.sh $*"
 . ../utils/parse_options.sh
 . ../utils/stages.sh
 . ../utils/common.sh
 corpus=librispeech
-corpus_dir=${corpus_dir:-data/corpus/librispeech}
+corpus_dir=${corpus_dir:-${datadir}/corpus/librispeech}
 systems="sft lpo_r2_${r2} dpo"
 
 model_of() { if [[ $1 == sft ]]; then echo "${expdir}/sft"; else echo "${expdir}/train/$1"; fi; }
 
 sft_stage() {
-  train_cmd sft --config "${conf_dir}/sft.yaml" --task tts --data dump/tokens/train --eval_data dump/tokens/dev \
+  train_cmd sft --config "${conf_dir}/sft.yaml" --task tts --data "${dumpdir}/tokens/train" --eval_data "${dumpdir}/tokens/dev" \
     --model "${expdir}/init" --output_dir "${expdir}/sft"
 }
 
 candidates_stage() {
   speech-lpo generate --config "${conf_dir}/generate.yaml" $(gen_backend) --task tts --model "${expdir}/sft" \
-    --data dump/tokens/train --out "${expdir}/candidates"
+    --data "${dumpdir}/tokens/train" --max-prompts "${pref_prompts}" --out "${expdir}/candidates"
 }
 
 pairs_stage() {
@@ -68,7 +72,7 @@ train_stage() {
 synthesize_stage() {
   for system in ${systems}; do
     speech-lpo synthesize --config "${conf_dir}/synthesize.yaml" --model "$(model_of "${system}")" \
-      --data dump/tokens/test --out-dir "${expdir}/synth/${system}"
+      --data "${dumpdir}/tokens/test" --out-dir "${expdir}/synth/${system}"
   done
 }
 
@@ -89,7 +93,7 @@ metrics_stage() {
 listening_test_stage() {
   local pairs=()
   for system in ${systems}; do pairs+=("${system}=${expdir}/synth/${system}"); done
-  speech-lpo mos package --systems "${pairs[@]}" --manifest data/manifests/test.jsonl \
+  speech-lpo mos package --systems "${pairs[@]}" --manifest "${datadir}/manifests/test.jsonl" \
     --template ../../eval/mos_tts.yaml --out "${expdir}/mos" -n "${mos_utterances}"
 }
 

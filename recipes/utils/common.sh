@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Stage functions shared by the ASR and TTS recipes, sourced after parse_options.sh. They read the
-# recipe's options: corpus, corpus_dir, download, subsets, model, codec, ngpu, nj, expdir.
+# recipe's options: corpus, corpus_dir, download, subsets, model, codec, ngpu, nj, datadir, dumpdir, expdir.
 
 # the project's environment, when the README's set-up made one
 _venv=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/.venv/bin
@@ -23,25 +23,25 @@ gen_backend() {
 
 corpus_stage() {
   if [[ -d "${corpus_dir}" ]] || ${download}; then echo "corpus at ${corpus_dir}"; return; fi
-  [[ "${corpus_dir}" == data/corpus/* ]] || { echo "no corpus at ${corpus_dir}" >&2; return 1; }
-  speech-lpo synth-corpus --config "${conf_dir}/corpus.yaml" --out data/corpus
+  [[ "${corpus_dir}" == "${datadir}"/corpus/* ]] || { echo "no corpus at ${corpus_dir}" >&2; return 1; }
+  speech-lpo synth-corpus --config "${conf_dir}/corpus.yaml" --out "${datadir}/corpus"
 }
 
 prepare_stage() {
   local extra=()
   ${download} && extra+=(--download true)
   [[ -n "${subsets}" ]] && extra+=(--subsets ${subsets})
-  speech-lpo prepare --corpus "${corpus}" --corpus-dir "${corpus_dir}" --out data/manifests "${extra[@]}"
+  speech-lpo prepare --corpus "${corpus}" --corpus-dir "${corpus_dir}" --out "${datadir}/manifests" "${extra[@]}"
 }
 
 tokenize_stage() {
-  speech-lpo tokenize --manifests data/manifests/{train,dev,test}.jsonl --out dump/tokens --codec "${codec}" \
-    --fit-manifest data/manifests/train.jsonl --jobs "${nj}"
+  speech-lpo tokenize --manifests "${datadir}"/manifests/{train,dev,test}.jsonl --out "${dumpdir}/tokens" --codec "${codec}" \
+    --fit-manifest "${datadir}/manifests/train.jsonl" --jobs "${nj}"
 }
 
 build_model_stage() {
   local extra=()
   [[ -n "${model}" ]] && extra+=(--model "${model}")
-  speech-lpo build-model --config "${conf_dir}/model.yaml" --codec dump/tokens/codec --out "${expdir}/init" \
-    --text-manifests data/manifests/train.jsonl "${extra[@]}"
+  speech-lpo build-model --config "${conf_dir}/model.yaml" --codec "${dumpdir}/tokens/codec" --out "${expdir}/init" \
+    --text-manifests "${datadir}/manifests/train.jsonl" "${extra[@]}"
 }
