@@ -1,10 +1,12 @@
 """Result tables (Markdown, laid out like the paper's Table 7, and TTS automatic metrics) and PNG plots.
 
-Reads the ``summary-*.json`` of ``score asr`` and ``tts-summary-*.json`` of ``score tts``. A system is
+Reads the ``summary-*.json`` of ``score asr`` and ``tts-summary-*.json`` of ``score tts``, and with
+``--runs`` the training dirs whose log-prob curves make the paper's Figure 1. A system is
 described by the tags given to ``score asr --tag``: ``benchmark``, ``candidates`` (candidate method),
 ``method`` (sft, dpo, lpo, ...), ``r2`` and ``epoch``. The SFT baseline of a row is the paired baseline
 scored with it (``--baseline-hyp``), or else the ``method=sft`` system of the same benchmark. Tables
-show each system at its last epoch; the epoch plot shows them all.
+show each system at its last epoch; the epoch plot shows them all. Below the tables, "Measured" lines
+state what the numbers show, computed from them, including where they differ from the paper.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from speech_lpo.plot import plot_runs, read_metric
 from speech_lpo.score import format_counts, write_atomic
 
 
@@ -131,6 +134,96 @@ def tts_table(summaries: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def asr_findings(summaries: list[dict]) -> list[str]:
+    """One line per benchmark and candidate method: SFT, DPO and LPO at each r2 (Figure 3), the best
+    system; one line per system decoded at every epoch (Figure 2)."""
+    rows = last_epochs([s for s in summaries if s["kind"] == "asr"])
+    lines = []
+    for bench in sorted({_tag(s, "benchmark", "?") for s in rows}):
+        in_bench = [s for s in rows if _tag(s, "benchmark", "?") == bench]
+        sft = next((s for s in in_bench if _tag(s, "method") == "sft"), None)
+        for cand in sorted({_tag(s, "candidates") for s in in_bench} - {""}):
+            systems = [s for s in in_bench if _tag(s, "candidates") == cand]
+            lpo = sorted(
+                (s for s in systems if _tag(s, "method") == "lpo"), key=lambda s: _num(_tag(s, "r2"))
+            )
+            parts = [f"SFT {_fmt(sft['error_rate'])}"] if sft else []
+            parts += [f"{_tag(s, 'method').upper()} {_fmt(s['error_rate'])}" for s in systems if s not in lpo]
+            parts += [f"LPO r2={_tag(s, 'r2')} {_fmt(s['error_rate'])}" for s in lpo]
+            best = min(systems, key=lambda s: s["error_rate"])
+            base, p = _sft_of(best, {bench: sft} if sft else {})
+            verdict = f"best: {_tag(best, 'method').upper()}" + (
+                f" r2={_tag(best, 'r2')}" if _tag(best, "method") == "lpo" else ""
+            )
+            if base is not None:
+                verdict += f", {best['error_rate'] - base:+.2f} points against SFT"
+            if p is not None:
+                verdict += f" (P(better) {p:.3f})"
+            lines.append(f"- {bench}, {cand} candidates, %{best['metric']}: {'; '.join(parts)}; {verdict}.")
+    curves = defaultdict(list)
+    for s in summaries:
+        if s["kind"] == "asr" and not math.isnan(_num(_tag(s, "epoch", "nan"))):
+            curves[_key(s)].append(s)
+    for (bench, cand, method, r2), pts in sorted(curves.items()):
+        if len(pts) > 1:
+            pts.sort(key=lambda s: _num(_tag(s, "epoch")))
+            name = method.upper() + (f" r2={r2}" if r2 != "-" else "")
+            by_epoch = ", ".join(f"{_fmt(s['error_rate'])} (epoch {_tag(s, 'epoch')})" for s in pts)
+            lines.append(f"- {bench}, {cand} candidates, {name} over epochs: {by_epoch}.")
+    return lines
+
+
+def final_logratios(run: str | Path, tail: float = 0.2) -> tuple[float, float]:
+    """Per-token log-ratio (policy minus reference) of the chosen and rejected responses, averaged over the
+    last ``tail`` of a run's logged training steps (single steps see different groups)."""
+    _, chosen, rejected = read_metric(run, "logratio_per_token")
+    k = max(1, round(tail * len(chosen)))
+    return float(chosen[-k:].mean()), float(rejected[-k:].mean())
+
+
+def _trend(values: list[float], claim: str, how: str) -> str:
+    shown = ", ".join(f"{v:+.3f}" for v in values)
+    if all(b < a for a, b in zip(values, values[1:], strict=False)):
+        return f"{shown}: {how} as r2 grows, as the paper's Figure 1 shows ({claim})."
+    return f"{shown}: not {how} with every larger r2, unlike the paper's Figure 1 ({claim})."
+
+
+def logps_section(runs: list[str | Path], plot_path: str | Path, out: str | Path) -> list[str]:
+    """The paper's Figure 1 (chosen and rejected log-probs over steps) with a table of where each run ends
+    and the paper's claim checked against it."""
+    labels = [Path(r).name for r in runs]
+    plot_runs([str(r) for r in runs], labels, plot_path, "logratio_per_token", window=5)
+    rows = []
+    for run, label in zip(runs, labels, strict=True):
+        loss = json.loads((Path(run) / "train_summary.json").read_text())["loss"]
+        rows.append((label, loss, *final_logratios(run)))
+    rel = os.path.relpath(Path(plot_path).resolve(), Path(out).resolve().parent)
+    lines = [
+        f"![chosen and rejected log-probs over training steps]({rel})",
+        "",
+        "| Run | Loss | r2 | Chosen Δ log-prob per token | Rejected Δ log-prob per token |",
+        "|---|---|---|---|---|",
+    ]
+    for label, loss, chosen, rejected in rows:
+        r2 = f"{loss['r2']:g}" if loss["loss_type"] == "lpo" else "-"
+        lines.append(f"| {label} | {loss['loss_type']} | {r2} | {chosen:+.4f} | {rejected:+.4f} |")
+    lines += ["", "Δ: policy minus reference, averaged over the last 20% of the logged training steps.", ""]
+    lpo = sorted((row for row in rows if row[1]["loss_type"] == "lpo"), key=lambda row: row[1]["r2"])
+    if len(lpo) > 1:
+        r2s = ", ".join(f"{row[1]['r2']:g}" for row in lpo)
+        lines.append(f"Measured, LPO at r2 = {r2s}:")
+        lines.append(
+            "- rejected Δ "
+            + _trend([row[3] for row in lpo], "larger r2, faster fall of rejected", "lower at the end")
+        )
+        lines.append(
+            "- chosen Δ "
+            + _trend([row[2] for row in lpo], "larger r2, slower rise of chosen", "lower at the end")
+        )
+        lines.append("")
+    return lines
+
+
 def _axes_per_benchmark(benchmarks: list[str]):
     import matplotlib
 
@@ -223,18 +316,28 @@ def _save(plt, fig, path: str | Path) -> None:
     tmp.replace(path)
 
 
-def write_results(summaries: list[dict], out: str | Path, plot_dir: str | Path | None = None) -> str:
+def write_results(
+    summaries: list[dict],
+    out: str | Path,
+    plot_dir: str | Path | None = None,
+    runs: list[str | Path] | None = None,
+) -> str:
     parts = []
     if any(s["kind"] == "asr" for s in summaries):
-        parts += ["## ASR", "", asr_table(summaries)]
+        parts += ["## ASR", "", asr_table(summaries), "Measured:", *asr_findings(summaries), ""]
         if plot_dir:
             plot_vs_r2(summaries, Path(plot_dir) / "error_rate_vs_r2.png")
             plot_vs_epoch(summaries, Path(plot_dir) / "error_rate_vs_epoch.png")
             rel = Path(os.path.relpath(Path(plot_dir).resolve(), Path(out).resolve().parent))
-            parts += [f"![error rate against r2]({rel / 'error_rate_vs_r2.png'})", ""]
-            parts += [f"![error rate over epochs]({rel / 'error_rate_vs_epoch.png'})", ""]
+            parts += [f"![error rate against r2 (Figure 3)]({rel / 'error_rate_vs_r2.png'})", ""]
+            parts += [f"![error rate over epochs (Figure 2)]({rel / 'error_rate_vs_epoch.png'})", ""]
     if any(s["kind"] == "tts" for s in summaries):
         parts += ["## TTS automatic metrics", "", tts_table(summaries)]
+    if runs:
+        if not plot_dir:
+            raise ValueError("--runs needs --plot-dir for the log-prob plot")
+        parts += ["## Log-probs during training (Figure 1)", ""]
+        parts += logps_section(runs, Path(plot_dir) / "logps_vs_step.png", out)
     text = "\n".join(parts)
     write_atomic(out, text)
     return text
@@ -246,8 +349,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, help="Markdown file to write")
     parser.add_argument("--plot-dir", help="write error_rate_vs_r2.png and error_rate_vs_epoch.png here")
+    parser.add_argument(
+        "--runs", nargs="+", help="training output dirs: their log-prob curves (logps_vs_step.png) and table"
+    )
     parser.set_defaults(run=_main)
 
 
 def _main(args: argparse.Namespace) -> None:
-    print(write_results(load_summaries(args.summaries), args.out, args.plot_dir))
+    print(write_results(load_summaries(args.summaries), args.out, args.plot_dir, args.runs))

@@ -151,6 +151,7 @@ def main(args: argparse.Namespace) -> None:
         "train_loss": result.training_loss,
         "steps": result.global_step,
         "skipped": dict(report.counts),
+        "loss": {k: getattr(args, k) for k in ("loss_type", "beta", "r1", "r2", "gamma", "lpo_variant")},
     }
     Path(args.output_dir, "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info("done: %s", summary)

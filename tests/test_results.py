@@ -8,7 +8,7 @@ import matplotlib.image
 import pytest
 
 from speech_lpo.cli import main as cli_main
-from speech_lpo.results import asr_table, last_epochs, load_summaries, tts_table
+from speech_lpo.results import asr_findings, asr_table, last_epochs, load_summaries, logps_section, tts_table
 
 REFS = {
     f"u{i:02d}": text
@@ -83,7 +83,10 @@ def test_results_markdown_and_plots_through_the_cli(summaries, tmp_path):
         ["score", "table", *map(str, summaries), "--out", str(out), "--plot-dir", str(tmp_path / "plots")]
     )
     text = out.read_text()
-    assert text.startswith("## ASR") and "![error rate against r2](plots/error_rate_vs_r2.png)" in text
+    assert (
+        text.startswith("## ASR")
+        and "![error rate against r2 (Figure 3)](plots/error_rate_vs_r2.png)" in text
+    )
     for name in ("error_rate_vs_r2.png", "error_rate_vs_epoch.png"):
         image = matplotlib.image.imread(tmp_path / "plots" / name)
         assert image.shape[0] > 300 and image.shape[1] > 400
@@ -113,3 +116,61 @@ def test_a_file_that_is_no_summary_is_refused(tmp_path):
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(ValueError, match="not a summary"):
         load_summaries([tmp_path / "x.json"])
+
+
+def test_measured_lines_state_the_numbers(summaries):
+    loaded = load_summaries(summaries)
+    last = {(s["tags"]["method"], s["tags"].get("r2")): s for s in last_epochs(loaded)}
+    lines = asr_findings(loaded)
+    best = min(last.values(), key=lambda s: s["error_rate"])
+    head = lines[0]
+    assert head.startswith("- librispeech, model candidates, %WER: SFT ")
+    for (method, r2), s in last.items():
+        name = "SFT" if method == "sft" else method.upper() + (f" r2={r2}" if r2 else "")
+        assert f"{name} {s['error_rate']:.2f}" in head
+    assert f"best: {best['tags']['method'].upper()}" in head
+    assert f"{best['error_rate'] - last[('sft', None)]['error_rate']:+.2f} points against SFT" in head
+    curves = [line for line in lines if "over epochs" in line]
+    assert len(curves) == 4  # DPO and three LPO runs, each scored at three epochs
+    assert all(line.count("(epoch ") == 3 for line in curves)
+
+
+def training_run(path: Path, loss: dict, chosen_end: float, rejected_end: float) -> Path:
+    """A training output dir as `speech-lpo train` leaves it: metrics.jsonl lines with per-token log-ratios
+    moving linearly from 0 to the given ends, and train_summary.json with the loss settings."""
+    path.mkdir(parents=True)
+    rows = [
+        {
+            "step": 5 * i,
+            "logratio_per_token/chosen": chosen_end * i / 20,
+            "logratio_per_token/rejected": rejected_end * i / 20,
+        }
+        for i in range(1, 21)
+    ]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path / "train_summary.json").write_text(json.dumps({"loss": {"beta": 0.2, **loss}}))
+    return path
+
+
+@pytest.mark.parametrize("as_in_the_paper", [True, False])
+def test_figure_1_section_checks_the_papers_claim(tmp_path, as_in_the_paper):
+    ends = {1.0: (0.30, -0.10), 2.0: (0.20, -0.30), 3.0: (0.10, -0.50)}
+    if not as_in_the_paper:
+        ends[3.0] = (0.25, -0.20)  # r2 = 3 rises faster and falls slower than r2 = 2
+    runs = [training_run(tmp_path / f"lpo_r2_{r2}", {"loss_type": "lpo", "r2": r2}, *ends[r2]) for r2 in ends]
+    runs.append(training_run(tmp_path / "dpo", {"loss_type": "dpo", "r2": 1.0}, -0.2, -0.9))
+    lines = logps_section(runs, tmp_path / "plots" / "logps.png", tmp_path / "RESULTS.md")
+    image = matplotlib.image.imread(tmp_path / "plots" / "logps.png")
+    assert image[..., :3].std() > 0.05
+    assert "![chosen and rejected log-probs over training steps](plots/logps.png)" in lines
+    # the last 20% of 20 logged steps: the mean of steps 17 to 20 of the ramp, 0.925 of its end
+    assert "| lpo_r2_2.0 | lpo | 2 | +0.1850 | -0.2775 |" in lines
+    assert "| dpo | dpo | - | -0.1850 | -0.8325 |" in lines
+    rejected = next(line for line in lines if line.startswith("- rejected"))
+    chosen = next(line for line in lines if line.startswith("- chosen"))
+    if as_in_the_paper:
+        assert "lower at the end as r2 grows, as the paper's Figure 1 shows" in rejected
+        assert "lower at the end as r2 grows, as the paper's Figure 1 shows" in chosen
+    else:
+        assert "not lower at the end with every larger r2, unlike the paper's Figure 1" in rejected
+        assert "not lower at the end with every larger r2, unlike the paper's Figure 1" in chosen

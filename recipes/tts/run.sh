@@ -84,9 +84,8 @@ metrics_stage() {
     speech-lpo score tts --synth-dir "${expdir}/synth/${system}" --lang en --out-dir "${expdir}/score/${system}" \
       "${grammar[@]}"
   done
-  speech-lpo score table "${expdir}"/score/*/tts-summary-*.json --out RESULTS.md
-  speech-lpo plot --runs "${expdir}/train/lpo_r2_${r2}" "${expdir}/train/dpo" \
-    --output "${expdir}/plots/logps_vs_step.png"
+  speech-lpo score table "${expdir}"/score/*/tts-summary-*.json --out RESULTS.md --plot-dir "${expdir}/plots" \
+    --runs "${expdir}/train/lpo_r2_${r2}" "${expdir}/train/dpo"
 }
 
 # A listening test over the synthesised test sentences (speech-lpo mos serve --definition exp/mos/mos_tts.yaml)
