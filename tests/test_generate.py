@@ -250,3 +250,25 @@ def test_text_task_reads_jsonl_and_names_a_bad_line(model_dir, tmp_path):
     path.write_text(json.dumps(good[0]) + "\n{not json\n")
     with pytest.raises(ValueError, match=r"text\.jsonl:2"):
         cli(generate_args(model_dir, path, tmp_path / "cand2", "text"))
+
+
+def test_max_prompts_takes_one_fixed_subset_for_generate_and_perturb(model_dir, data_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from speech_lpo.generate import load_dataset_items
+    from speech_lpo.vocab import AudioVocab
+
+    tokenizer, vocab = AutoTokenizer.from_pretrained(model_dir), AudioVocab.load(model_dir)
+    every = {item.id for item in load_dataset_items(data_dir, "asr", tokenizer, vocab)}
+    some = [item.id for item in load_dataset_items(data_dir, "asr", tokenizer, vocab, max_prompts=5)]
+    assert len(set(some)) == 5 and set(some) < every
+    assert some == [item.id for item in load_dataset_items(data_dir, "tts", tokenizer, vocab, max_prompts=5)]
+    assert {
+        item.id for item in load_dataset_items(data_dir, "asr", tokenizer, vocab, max_prompts=10**6)
+    } == every
+    cli(generate_args(model_dir, data_dir, tmp_path / "cand", "asr", "--max-prompts", "5"))
+    assert sorted(row["id"] for row in iter_rows(tmp_path / "cand")) == sorted(some)
+    cli(["make-pairs", "--method", "perturb", "--model", str(model_dir), "--data", str(data_dir)]
+        + ["--max-prompts", "5", "--out", str(tmp_path / "perturb.jsonl")])  # fmt: skip
+    groups = [json.loads(line) for line in (tmp_path / "perturb.jsonl").read_text().splitlines()]
+    assert groups and {g["id"] for g in groups} <= set(some)
