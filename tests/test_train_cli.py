@@ -159,3 +159,17 @@ def test_sigkill_and_resume_reaches_the_same_losses(workdir):
     assert sorted(resumed) == list(range(1, 61))
     for step in range(21, 61):
         assert resumed[step]["loss"] == pytest.approx(full[step]["loss"], abs=1e-5), step
+
+
+def test_metrics_file_keeps_entries_up_to_the_restored_step_and_drops_a_torn_line(tmp_path):
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from speech_lpo.trainer import MetricsJsonlCallback
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(
+        "".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in (5, 10, 15, 20)) + '{"step": 2'
+    )
+    state = TrainerState(global_step=10)
+    MetricsJsonlCallback(path).on_train_begin(TrainingArguments(str(tmp_path)), state, TrainerControl())
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [5, 10]
