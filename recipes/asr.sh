@@ -132,10 +132,10 @@ score_stage() {
         epoch="$(epoch_of "${expdir}/train/${system}/${ckpt##*/}")"
     done
   done
-  speech-lpo score table "${expdir}"/score/summary-*.json --out RESULTS.md --plot-dir "${expdir}/plots"
   local first=${methods%% *} runs=()
   for r2 in ${r2_grid}; do runs+=("${expdir}/train/${first}/lpo_r2_${r2}"); done
-  speech-lpo plot --runs "${runs[@]}" "${expdir}/train/${first}/dpo" --output "${expdir}/plots/logps_vs_step.png"
+  speech-lpo score table "${expdir}"/score/summary-*.json --out RESULTS.md --plot-dir "${expdir}/plots" \
+    --runs "${runs[@]}" "${expdir}/train/${first}/dpo"
 }
 
 run_stage 0 corpus corpus_stage

@@ -164,12 +164,14 @@ def asr_findings(summaries: list[dict]) -> list[str]:
     for s in summaries:
         if s["kind"] == "asr" and not math.isnan(_num(_tag(s, "epoch", "nan"))):
             curves[_key(s)].append(s)
-    for (bench, cand, method, r2), pts in sorted(curves.items()):
+    for (bench, cand, method, r2), scored in sorted(curves.items()):
+        # the final model and the last epoch's checkpoint are the same epoch: one point per epoch
+        by_epoch = {_num(_tag(s, "epoch")): s for s in scored}
+        pts = [by_epoch[e] for e in sorted(by_epoch)]
         if len(pts) > 1:
-            pts.sort(key=lambda s: _num(_tag(s, "epoch")))
             name = method.upper() + (f" r2={r2}" if r2 != "-" else "")
-            by_epoch = ", ".join(f"{_fmt(s['error_rate'])} (epoch {_tag(s, 'epoch')})" for s in pts)
-            lines.append(f"- {bench}, {cand} candidates, {name} over epochs: {by_epoch}.")
+            curve = ", ".join(f"{_fmt(s['error_rate'])} (epoch {_tag(s, 'epoch')})" for s in pts)
+            lines.append(f"- {bench}, {cand} candidates, {name} over epochs: {curve}.")
     return lines
 
 
