@@ -25,7 +25,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Tokenizer
 
 from speech_lpo.codecs import MODEL_CODEC_DIR, load_codec
-from speech_lpo.modeling import extend_tokenizer, resize_embeddings_to_mean, tiny_qwen2
+from speech_lpo.modeling import extend_tokenizer, tiny_qwen2
 from speech_lpo.prepare import read_manifest
 from speech_lpo.prompts import IM_END, IM_START
 from speech_lpo.vocab import AudioVocab
@@ -98,13 +98,13 @@ def build(
     else:
         model = tiny_qwen2(text_size, seed=seed, **(tiny_config or {}))
     vocab = extend_tokenizer(tokenizer, codec.codebook_size)
-    rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
-        resize_embeddings_to_mean(model, len(tokenizer))
-    else:
-        # Qwen2.5 checkpoints pad the embedding past the tokenizer (151,936 rows for 151,665 tokens): the
-        # audio tokens fit in never-trained padding rows, which must start at the mean all the same
-        mean_init_new_rows(model, text_size, len(tokenizer))
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        # mean_resizing=False: transformers' default samples new rows from a Gaussian fitted to the old
+        # ones; DESIGN.md asks for the plain mean, set below
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    # Qwen2.5 checkpoints pad the embedding past the tokenizer (151,936 rows for 151,665 tokens): audio
+    # tokens that land in those never-trained rows start at the mean of the text rows all the same
+    mean_init_new_rows(model, text_size, len(tokenizer))
     for config in (model.config, model.generation_config):
         config.eos_token_id = tokenizer.convert_tokens_to_ids(IM_END)
         config.pad_token_id = tokenizer.pad_token_id

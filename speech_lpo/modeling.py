@@ -6,7 +6,7 @@ The tiny Qwen2 is built from a config (no download); real runs load Qwen2.5 with
 from __future__ import annotations
 
 import torch
-from transformers import PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from speech_lpo.vocab import AUDIO_END, AUDIO_START, AudioVocab, audio_token
 
@@ -47,17 +47,3 @@ def extend_tokenizer(tokenizer, codebook_size: int) -> AudioVocab:
     new = [AUDIO_START, AUDIO_END, *(audio_token(c) for c in range(codebook_size))]
     tokenizer.add_tokens(new, special_tokens=True)
     return AudioVocab.from_tokenizer(tokenizer, codebook_size)
-
-
-def resize_embeddings_to_mean(model: PreTrainedModel, new_size: int) -> None:
-    """Resize input (and untied output) embeddings; new rows start at the mean of the old rows."""
-    old_size = model.get_input_embeddings().weight.shape[0]
-    # mean_resizing=False: transformers' default samples new rows from a Gaussian fitted to the old
-    # ones; DESIGN.md asks for the plain mean, which we set ourselves.
-    model.resize_token_embeddings(new_size, mean_resizing=False)
-    with torch.no_grad():
-        for emb in {
-            id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings()) if e
-        }.values():
-            if new_size > old_size:
-                emb.weight[old_size:] = emb.weight[:old_size].mean(dim=0, keepdim=True)
