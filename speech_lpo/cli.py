@@ -79,14 +79,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         module.add_arguments(stage_parser)
-        stage_parser.add_argument(
-            "--config", help="YAML file of option values; options given here override it"
-        )
         stage_parser.set_defaults(func=module.main)
-        _add_spelling_aliases(stage_parser)
+        leaf = _chosen_subcommand(stage_parser, argv[1:])
+        leaf.add_argument("--config", help="YAML file of option values; options given here override it")
+        for p in {stage_parser, leaf}:
+            _add_spelling_aliases(p)
         if "--config" in argv:
-            _apply_config(stage_parser, argv[argv.index("--config") + 1])
+            _apply_config(leaf, argv[argv.index("--config") + 1])
     return parser.parse_args(argv)
+
+
+def _chosen_subcommand(parser: argparse.ArgumentParser, rest: list[str]) -> argparse.ArgumentParser:
+    """The parser that reads the options: the stage's own, or that of its sub-command named in ``rest``
+    (``score asr``, ``mos serve``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and rest and rest[0] in action.choices:
+            return _chosen_subcommand(action.choices[rest[0]], rest[1:])
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:

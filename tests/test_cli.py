@@ -32,3 +32,21 @@ def test_config_file_with_an_unknown_key_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["train", "--config", str(conf)])
     assert "bad.yaml: unknown options ['r3']" in capsys.readouterr().err
+
+
+def test_config_file_reaches_a_subcommands_options(tmp_path, capsys):
+    conf = tmp_path / "serve.yaml"
+    conf.write_text("definition: eval/mos_tts.yaml\ndb: ratings.sqlite\nport: 8123\nhost: 0.0.0.0\n")
+    args = parse_args(["mos", "serve", "--config", str(conf), "--port", "9000"])
+    assert (str(args.definition), str(args.db), args.host, args.port) == (
+        "eval/mos_tts.yaml",
+        "ratings.sqlite",
+        "0.0.0.0",
+        9000,
+    )
+    args = parse_args(["score", "tts", "--synth_dir", "s", "--out_dir", "o"])
+    assert (args.synth_dir, args.out_dir) == ("s", "o")  # spelling aliases reach sub-commands too
+    conf.write_text("prot: 1\n")
+    with pytest.raises(SystemExit):
+        parse_args(["mos", "serve", "--config", str(conf)])
+    assert "serve.yaml: unknown options ['prot']" in capsys.readouterr().err
