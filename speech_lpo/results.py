@@ -236,18 +236,15 @@ def _axes_per_benchmark(benchmarks: list[str]):
     return plt, fig, dict(zip(benchmarks, axes[0], strict=True))
 
 
-def _baselines(ax, rows: list[dict], skip_method: str | None = None) -> None:
+def _baselines(ax, rows: list[dict], skip_method: str | None = None, colors: dict | None = None) -> None:
+    """SFT (grey, dotted) and DPO (dashed, in the colour of its candidate method's LPO curve) as lines."""
     styles = {"sft": ":", "dpo": "--"}
     for s in rows:
         method = _tag(s, "method")
         if method in styles and method != skip_method:
             label = method.upper() + (f" ({_tag(s, 'candidates')})" if _tag(s, "candidates") else "")
-            ax.axhline(
-                s["error_rate"],
-                linestyle=styles[method],
-                color="grey" if method == "sft" else None,
-                label=label,
-            )
+            color = "grey" if method == "sft" else (colors or {}).get(_tag(s, "candidates"))
+            ax.axhline(s["error_rate"], linestyle=styles[method], color=color, label=label)
 
 
 def plot_vs_r2(summaries: list[dict], path: str | Path) -> None:
@@ -261,6 +258,7 @@ def plot_vs_r2(summaries: list[dict], path: str | Path) -> None:
         for s in in_bench:
             if not math.isnan(_num(_tag(s, "r2", "nan"))):
                 lines[(_tag(s, "method"), _tag(s, "candidates"))].append(s)
+        colors = {}
         for (method, cand), pts in sorted(lines.items()):
             pts.sort(key=lambda s: _num(_tag(s, "r2")))
             x = [_num(_tag(s, "r2")) for s in pts]
@@ -269,7 +267,7 @@ def plot_vs_r2(summaries: list[dict], path: str | Path) -> None:
                 [s["error_rate"] - s["ci95"]["low"] for s in pts],
                 [s["ci95"]["high"] - s["error_rate"] for s in pts],
             ]
-            ax.errorbar(
+            bars = ax.errorbar(
                 x,
                 y,
                 yerr=err,
@@ -277,7 +275,8 @@ def plot_vs_r2(summaries: list[dict], path: str | Path) -> None:
                 capsize=3,
                 label=f"{method.upper()} ({cand})" if cand else method.upper(),
             )
-        _baselines(ax, in_bench)
+            colors.setdefault(cand, bars.lines[0].get_color())
+        _baselines(ax, in_bench, colors=colors)
         ax.set(title=bench, xlabel="r2", ylabel=f"%{in_bench[0]['metric']}")
         ax.legend(fontsize=8)
     _save(plt, fig, path)
