@@ -42,8 +42,8 @@ benchmark=${benchmark:-$([[ ${corpus} == aishell ]] && echo aishell1 || echo lib
 [[ -n "${corpus_dir}" ]] || corpus_dir=${datadir}/corpus/$([[ ${corpus} == aishell ]] && echo aishell1 || echo librispeech)
 
 sft_stage() {
-  train_cmd sft --config "${conf_dir}/sft.yaml" --task asr --data "${dumpdir}/tokens/train" --eval_data "${dumpdir}/tokens/dev" \
-    --model "${expdir}/init" --output_dir "${expdir}/sft"
+  train_cmd sft --config "${conf_dir}/sft.yaml" --task asr --data "${dumpdir}/tokens/train" \
+    --eval_data "${dumpdir}/tokens/dev" --model "${expdir}/init" --output_dir "${expdir}/sft"
 }
 
 candidates_stage() {

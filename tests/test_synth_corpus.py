@@ -125,17 +125,15 @@ def test_word_loop_grammar_is_written_and_restricts_pocketsphinx(mini_corpus, tm
     under one ASR are not reused under the other."""
     import jiwer
 
+    from speech_lpo.prepare import librispeech_candidates
     from speech_lpo.synth_corpus import GRAMMAR_FILE, jsgf_word_loop
     from speech_lpo.tts_metrics import make_asr, transcribe_files
 
     root = mini_corpus / "librispeech"
     grammar = (root / GRAMMAR_FILE).read_text()
     assert grammar == jsgf_word_loop("en")
-    texts, wavs = {}, {}
-    for trans in sorted(root.glob("LibriSpeech/train-clean-100/*/*/*.trans.txt")):
-        for line in trans.read_text().splitlines():
-            uttid, text = line.split(maxsplit=1)
-            texts[uttid], wavs[uttid] = text, str(trans.parent / f"{uttid}.flac")
+    utts = librispeech_candidates(root, ["train-clean-100"])
+    texts, wavs = {u.id: u.text for u in utts}, {u.id: str(u.audio) for u in utts}
     cache = tmp_path / "asr.jsonl"
     general, _ = transcribe_files(wavs, make_asr("pocketsphinx", "en"), cache, asr_name="pocketsphinx")
     restricted, _ = transcribe_files(wavs, make_asr("pocketsphinx", "en", grammar), cache, asr_name="loop")

@@ -43,8 +43,8 @@ systems="sft lpo_r2_${r2} dpo"
 model_of() { if [[ $1 == sft ]]; then echo "${expdir}/sft"; else echo "${expdir}/train/$1"; fi; }
 
 sft_stage() {
-  train_cmd sft --config "${conf_dir}/sft.yaml" --task tts --data "${dumpdir}/tokens/train" --eval_data "${dumpdir}/tokens/dev" \
-    --model "${expdir}/init" --output_dir "${expdir}/sft"
+  train_cmd sft --config "${conf_dir}/sft.yaml" --task tts --data "${dumpdir}/tokens/train" \
+    --eval_data "${dumpdir}/tokens/dev" --model "${expdir}/init" --output_dir "${expdir}/sft"
 }
 
 candidates_stage() {

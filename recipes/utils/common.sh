@@ -35,13 +35,13 @@ prepare_stage() {
 }
 
 tokenize_stage() {
-  speech-lpo tokenize --manifests "${datadir}"/manifests/{train,dev,test}.jsonl --out "${dumpdir}/tokens" --codec "${codec}" \
-    --fit-manifest "${datadir}/manifests/train.jsonl" --jobs "${nj}"
+  speech-lpo tokenize --manifests "${datadir}"/manifests/{train,dev,test}.jsonl --out "${dumpdir}/tokens" \
+    --codec "${codec}" --fit-manifest "${datadir}/manifests/train.jsonl" --jobs "${nj}"
 }
 
 build_model_stage() {
   local extra=()
   [[ -n "${model}" ]] && extra+=(--model "${model}")
-  speech-lpo build-model --config "${conf_dir}/model.yaml" --codec "${dumpdir}/tokens/codec" --out "${expdir}/init" \
-    --text-manifests "${datadir}/manifests/train.jsonl" "${extra[@]}"
+  speech-lpo build-model --config "${conf_dir}/model.yaml" --codec "${dumpdir}/tokens/codec" \
+    --out "${expdir}/init" --text-manifests "${datadir}/manifests/train.jsonl" "${extra[@]}"
 }
