@@ -94,7 +94,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         prepare("librispeech", LIBRISPEECH, tmp / "real")
-        split = {s: read_manifest(tmp / "real" / f"{s}.jsonl") for s in ("train", "dev", "test")}
+        split = {s: read_manifest(tmp / "real" / f"{s}-clean.jsonl") for s in ("dev", "test")}
+        split["train"] = read_manifest(tmp / "real" / "train.jsonl")
         held_out = fit_melvq(spec, write_manifest(tmp / "fit_a.jsonl", split["train"] + split["dev"]))
         in_sample = fit_melvq(
             spec, write_manifest(tmp / "fit_b.jsonl", split["train"] + split["dev"] + split["test"])
@@ -104,7 +105,7 @@ def main() -> None:
         synth_corpus(tmp / "mini", counts, langs=("en",))
         prepare("librispeech", tmp / "mini" / "librispeech", tmp / "mini_manifests")
         synth_codec = fit_melvq(spec, tmp / "mini_manifests" / "train.jsonl")
-        synth_test = read_manifest(tmp / "mini_manifests" / "test.jsonl")
+        synth_test = read_manifest(tmp / "mini_manifests" / "test-clean.jsonl")
         synth_audio = [load_audio(x["audio"]) for x in synth_test]  # before the directory goes
 
     test = split["test"]

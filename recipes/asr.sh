@@ -15,7 +15,9 @@ force=false           # redo stages that are already done
 corpus=aishell        # aishell | librispeech
 corpus_dir=""         # corpus in its release layout; empty: synthesise the embedded mini corpus
 download=false        # let lhotse download the corpus into --corpus_dir
-subsets=""            # LibriSpeech subsets to prepare (default: prepare's own)
+subsets=""            # LibriSpeech parts to prepare (and download); default: every part present
+test_sets=""          # sets decoded and scored, one RESULTS.md column each; default: every test set prepared
+valid_set=""          # set SFT validates on; default: the first dev set prepared (dev, dev-clean)
 benchmark=""          # name in eval/scoring.yaml (picks the normaliser); default: from --corpus
 model=""              # Qwen2.5 checkpoint (local dir or hub id); empty: tiny Qwen2 from conf/model.yaml
 codec=../../tokenizers/melvq_20hz.yaml   # audio tokenizer spec (tokenizers/*.yaml)
@@ -29,8 +31,8 @@ datadir=data          # corpus (when synthesised) and manifests
 dumpdir=dump          # audio tokens and the fitted codec
 expdir=exp            # models, outputs, logs and .done sentinels
 conf_dir=conf          # stage configs (conf/ci: the reduced run CI makes)
-option_names="stage stop_stage force corpus corpus_dir download subsets benchmark model codec ngpu nj methods
-pref_prompts r2_grid epoch_curves datadir dumpdir expdir conf_dir"
+option_names="stage stop_stage force corpus corpus_dir download subsets test_sets valid_set benchmark model codec ngpu
+nj methods pref_prompts r2_grid epoch_curves datadir dumpdir expdir conf_dir"
 
 resume_command="${RECIPE_COMMAND:-$0 $*}"
 utils=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/utils
@@ -43,7 +45,8 @@ benchmark=${benchmark:-$([[ ${corpus} == aishell ]] && echo aishell1 || echo lib
 
 sft_stage() {
   train_cmd sft --config "${conf_dir}/sft.yaml" --task asr --data "${dumpdir}/tokens/train" \
-    --eval_data "${dumpdir}/tokens/dev" --model "${expdir}/init" --output_dir "${expdir}/sft"
+    --eval_data "${dumpdir}/tokens/${valid_set:-$(prepared_sets dev | head -n 1)}" --model "${expdir}/init" \
+    --output_dir "${expdir}/sft"
 }
 
 candidates_stage() {
@@ -89,52 +92,63 @@ train_stage() {
   done
 }
 
-decode_one() {  # decode_one MODEL_DIR OUT_DIR
-  speech-lpo decode --config "${conf_dir}/decode.yaml" --model "$1" --data "${dumpdir}/tokens/test" --out-dir "$2"
+# Test sets: --test_sets, or every test set prepared (AISHELL-1: test; LibriSpeech: test-clean test-other).
+eval_sets() { echo "${test_sets:-$(prepared_sets test)}"; }
+
+decode_one() {  # decode_one MODEL_DIR TEST_SET SYSTEM: hypotheses in $expdir/decode/TEST_SET/SYSTEM
+  speech-lpo decode --config "${conf_dir}/decode.yaml" --model "$1" --data "${dumpdir}/tokens/$2" \
+    --out-dir "${expdir}/decode/$2/$3"
 }
 
 decode_stage() {
-  decode_one "${expdir}/sft" "${expdir}/decode/sft"
-  local first=${methods%% *}
-  for system in $(systems); do
-    decode_one "${expdir}/train/${system}" "${expdir}/decode/${system}"
-    if [[ " ${epoch_curves} " == *" ${system#*/} "* && ${system%%/*} == "${first}" ]]; then
-      for ckpt in "${expdir}/train/${system}"/checkpoint-*; do
-        decode_one "${ckpt}" "${expdir}/decode/${system}/epochs/${ckpt##*/}"
-      done
-    fi
+  local first=${methods%% *} test
+  for test in $(eval_sets); do
+    decode_one "${expdir}/sft" "${test}" sft
+    for system in $(systems); do
+      decode_one "${expdir}/train/${system}" "${test}" "${system}"
+      if [[ " ${epoch_curves} " == *" ${system#*/} "* && ${system%%/*} == "${first}" ]]; then
+        for ckpt in "${expdir}/train/${system}"/checkpoint-*; do
+          decode_one "${ckpt}" "${test}" "${system}/epochs/${ckpt##*/}"
+        done
+      fi
+    done
   done
 }
 
 # epoch reached by a training output dir or checkpoint (its trainer_state.json)
 epoch_of() { python -c "import json,sys; print(round(json.load(open(sys.argv[1]))['epoch']))" "$1/trainer_state.json"; }
 
-score_one() {  # score_one DECODE_DIR NAME TAGS...
-  local dir=$1 name=$2; shift 2
-  local tags=()
-  for t in "$@"; do tags+=(--tag "$t"); done
-  speech-lpo score asr --ref "${dir}/ref_text" --hyp "${dir}/text" --benchmark "${benchmark}" \
-    --baseline-hyp "${expdir}/decode/sft/text" --out-dir "${expdir}/score" --name "${name}" \
-    --tag benchmark="${benchmark}" "${tags[@]}"
+# score_one TEST_SET DECODE_DIR NAME TAGS...: against the data dir's Kaldi text of the test set, so an
+# utterance that prepare kept but tokenize or decode lost counts as deletions
+score_one() {
+  local test=$1 dir=$2 name=$3; shift 3
+  local extra=()
+  for t in "$@"; do extra+=(--tag "$t"); done
+  [[ ${name} == sft ]] || extra+=(--baseline-hyp "${expdir}/decode/${test}/sft/text")
+  speech-lpo score asr --ref "${datadir}/manifests/kaldi/${test}/text" --hyp "${dir}/text" \
+    --benchmark "${benchmark}" --out-dir "${expdir}/score/${test}" --name "${name}" \
+    --tag benchmark="${benchmark}" --tag test_set="${test}" "${extra[@]}"
 }
 
 score_stage() {
-  speech-lpo score asr --ref "${expdir}/decode/sft/ref_text" --hyp "${expdir}/decode/sft/text" \
-    --benchmark "${benchmark}" --out-dir "${expdir}/score" --name sft --tag benchmark="${benchmark}" --tag method=sft
-  for system in $(systems); do
-    local method=${system%%/*} name=${system#*/} r2=- loss=dpo
-    [[ ${name} == lpo_r2_* ]] && { r2=${name#lpo_r2_}; loss=lpo; }
-    score_one "${expdir}/decode/${system}" "${method}_${name}" candidates="${method}" method="${loss}" r2="${r2}" \
-      epoch="$(epoch_of "${expdir}/train/${system}")"
-    for ckpt in "${expdir}/decode/${system}"/epochs/checkpoint-*; do
-      [[ -d ${ckpt} ]] || continue
-      score_one "${ckpt}" "${method}_${name}_${ckpt##*/}" candidates="${method}" method="${loss}" r2="${r2}" \
-        epoch="$(epoch_of "${expdir}/train/${system}/${ckpt##*/}")"
+  local test
+  for test in $(eval_sets); do
+    score_one "${test}" "${expdir}/decode/${test}/sft" sft method=sft
+    for system in $(systems); do
+      local method=${system%%/*} name=${system#*/} r2=- loss=dpo dir="${expdir}/decode/${test}/${system}"
+      [[ ${name} == lpo_r2_* ]] && { r2=${name#lpo_r2_}; loss=lpo; }
+      score_one "${test}" "${dir}" "${method}_${name}" candidates="${method}" method="${loss}" r2="${r2}" \
+        epoch="$(epoch_of "${expdir}/train/${system}")"
+      for ckpt in "${dir}"/epochs/checkpoint-*; do
+        [[ -d ${ckpt} ]] || continue
+        score_one "${test}" "${ckpt}" "${method}_${name}_${ckpt##*/}" candidates="${method}" method="${loss}" \
+          r2="${r2}" epoch="$(epoch_of "${expdir}/train/${system}/${ckpt##*/}")"
+      done
     done
   done
   local first=${methods%% *} runs=()
   for r2 in ${r2_grid}; do runs+=("${expdir}/train/${first}/lpo_r2_${r2}"); done
-  speech-lpo score table "${expdir}"/score/summary-*.json --out RESULTS.md --plot-dir "${expdir}/plots" \
+  speech-lpo score table "${expdir}"/score/*/summary-*.json --out RESULTS.md --plot-dir "${expdir}/plots" \
     --runs "${runs[@]}" "${expdir}/train/${first}/dpo"
 }
 

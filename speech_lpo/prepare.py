@@ -1,7 +1,7 @@
 """Prepare AISHELL-1 or LibriSpeech (release layout) into manifests and a Kaldi-style data dir.
 
 Writes under ``--out``:
-  {train,dev,test}.jsonl   one manifest per split, a line per utterance:
+  <split>.jsonl            one manifest per split, a line per utterance:
                            {"id", "audio", "text", "speaker", "duration", "sample_rate", "lang", "split"}
   kaldi/<split>/           wav.scp, text, utt2spk, spk2utt (sorted by id, as Kaldi requires); wav.scp
                            holds plain paths, as ESPnet and lhotse read them (Kaldi's own binaries
@@ -9,10 +9,16 @@ Writes under ``--out``:
   skipped.tsv              every utterance left out: split, id, file, reason
   report.json              kept and skipped counts per split and reason
 
-AISHELL-1 text has its word-segmenting spaces removed (and lhotse's full-width letter normalisation);
-LibriSpeech text stays upper case as released. LibriSpeech subsets map to splits by prefix
-(train-clean-100, train-clean-360, train-other-500 -> train; dev-* -> dev; test-* -> test); pass
-``--subsets`` to keep, say, test-other apart.
+AISHELL-1's splits are train, dev and test; its text has its word-segmenting spaces removed (and
+lhotse's full-width letter normalisation). LibriSpeech's evaluation sets stay apart as released
+(dev-clean, dev-other, test-clean, test-other: each its own split), its training parts
+(train-clean-100, train-clean-360, train-other-500) are one split, train, the union of those asked for
+with ``--subsets`` (default: every part present); its text stays upper case as released.
+
+Audio at another sample rate is kept (``tokenize`` resamples it); float audio holding NaN or Inf is a
+skip. A transcript line that is not UTF-8 is a skip naming the file and line; id and text may be
+separated by spaces or a tab. An AISHELL-1 release whose per-speaker ``wav/*.tar.gz`` were not extracted
+is an error naming the archives.
 
 lhotse does the parts it does well: the download (only with ``--download``), the audio probing
 (``Recording.from_file``) and AISHELL's text normalisation. Its ``prepare_aishell`` and
@@ -28,17 +34,17 @@ import argparse
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
 from tqdm import tqdm
 
-SPLITS = ("train", "dev", "test")
-CORPORA = {
-    "aishell": {"lang": "cmn", "sample_rate": 16000},
-    "librispeech": {"lang": "en", "sample_rate": 16000},
-}
+AISHELL_SPLITS = ("train", "dev", "test")
+CORPORA = {"aishell": {"lang": "cmn"}, "librispeech": {"lang": "en"}}
 
 
 @dataclass
@@ -50,6 +56,26 @@ class Candidate:
     audio: Path | None
     text: str | None
     speaker: str
+    problem: str = ""  # why the layout already rules it out (e.g. a non-UTF-8 transcript line)
+
+
+def transcript_lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
+    """(line number, utterance id, text) per non-empty line; text is None where the line is not UTF-8.
+
+    Id and text are split at the first run of whitespace, a space or a tab alike."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            parts = raw.split(maxsplit=1)
+            if not parts:
+                continue
+            try:
+                yield n, parts[0].decode("utf-8"), parts[1].decode("utf-8").strip() if len(parts) > 1 else ""
+            except UnicodeDecodeError:
+                yield n, parts[0].decode("utf-8", errors="replace"), None
+
+
+def not_utf8(path: Path, line: int) -> str:
+    return f"transcript line not UTF-8: {path}:{line}"
 
 
 # -- reading the layouts ------------------------------------------------------------------------------------
@@ -62,25 +88,50 @@ def aishell_candidates(corpus_dir: Path) -> list[Candidate]:
         raise FileNotFoundError(
             f"{transcript}: AISHELL-1 transcript not found (is {corpus_dir} the corpus root?)"
         )
+    check_aishell_extracted(root / "wav")
     texts: dict[str, str] = {}
-    for line in transcript.read_text(encoding="utf-8").splitlines():
-        uid, _, text = line.strip().partition(" ")
-        if uid:
+    problems: dict[str, str] = {}
+    for n, uid, text in transcript_lines(transcript):
+        if text is None:
+            problems[uid] = not_utf8(transcript, n)
+        else:
             texts[uid] = text_normalize(text).replace(" ", "").strip()
     candidates, seen = [], set()
-    for split in SPLITS:
+    for split in AISHELL_SPLITS:
         for path in sorted((root / "wav" / split).glob("*/*.wav")):
             uid = path.stem
             seen.add(uid)
-            candidates.append(Candidate(uid, split, path, texts.get(uid), path.parent.name))
+            candidates.append(
+                Candidate(uid, split, path, texts.get(uid), path.parent.name, problems.get(uid, ""))
+            )
     # transcript lines whose audio is in none of the splits
-    candidates += [Candidate(uid, "", None, text, "") for uid, text in texts.items() if uid not in seen]
+    candidates += [
+        Candidate(uid, "", None, texts.get(uid), "", problems.get(uid, ""))
+        for uid in [*texts, *problems]
+        if uid not in seen
+    ]
     return candidates
 
 
+def check_aishell_extracted(wav_dir: Path) -> None:
+    """The release ships wav/<speaker>.tar.gz, each to be unpacked into wav/<split>/<speaker>/."""
+    extracted = {p.name for p in wav_dir.glob("*/*") if p.is_dir()}
+    packed = sorted(p for p in wav_dir.glob("*.tar.gz") if p.name.removesuffix(".tar.gz") not in extracted)
+    if packed:
+        more = f" and {len(packed) - 5} more" if len(packed) > 5 else ""
+        names = ", ".join(p.name for p in packed[:5]) + more
+        raise FileNotFoundError(
+            f"{wav_dir}: {len(packed)} speaker archives not extracted ({names}); unpack them first: "
+            f'for f in {wav_dir}/*.tar.gz; do tar xzf "$f" -C {wav_dir}; done'
+        )
+
+
 def librispeech_split(subset: str) -> str | None:
+    """train for every training part; an evaluation set (dev-clean, test-other, ...) is its own split."""
     prefix = subset.split("-")[0]
-    return prefix if prefix in SPLITS else None
+    if prefix == "train":
+        return "train"
+    return subset if prefix in ("dev", "test") else None
 
 
 def librispeech_candidates(corpus_dir: Path, subsets: list[str] | None = None) -> list[Candidate]:
@@ -89,23 +140,28 @@ def librispeech_candidates(corpus_dir: Path, subsets: list[str] | None = None) -
     subsets = subsets or present
     missing = [s for s in subsets if s not in present]
     if missing or not subsets:
+        archives = sorted(p.name for p in corpus_dir.glob("*.tar.gz"))
         raise FileNotFoundError(
             f"{root}: LibriSpeech subsets {missing or 'none'} not found (present: {present})"
+            + (f"; archives not extracted: {', '.join(archives)}" if archives else "")
         )
     candidates = []
     for subset in subsets:
         split = librispeech_split(subset)
         listed = set()
         for trans in sorted((root / subset).glob("*/*/*.trans.txt")):
-            for line in trans.read_text(encoding="utf-8").splitlines():
-                uid, _, text = line.strip().partition(" ")
-                if not uid:
-                    continue
+            for n, uid, text in transcript_lines(trans):
                 audio = trans.parent / f"{uid}.flac"
                 listed.add(audio)
-                speaker = uid.split("-")[0]
                 candidates.append(
-                    Candidate(uid, split, audio if audio.is_file() else None, text.strip(), speaker)
+                    Candidate(
+                        uid,
+                        split,
+                        audio if audio.is_file() else None,
+                        text,
+                        uid.split("-")[0],
+                        not_utf8(trans, n) if text is None else "",
+                    )
                 )
         for audio in sorted((root / subset).glob("*/*/*.flac")):
             if audio not in listed:
@@ -114,10 +170,12 @@ def librispeech_candidates(corpus_dir: Path, subsets: list[str] | None = None) -
 
 
 # -- checking one utterance ---------------------------------------------------------------------------------
-def probe(c: Candidate, lang: str, sample_rate: int, min_duration: float) -> tuple[dict | None, str]:
+def probe(c: Candidate, lang: str, min_duration: float) -> tuple[dict | None, str]:
     """The manifest line of a candidate, or None and why it is skipped."""
     from lhotse import Recording
 
+    if c.problem:
+        return None, c.problem
     if c.audio is None:
         return None, "transcript line with no audio file"
     if c.text is None:
@@ -132,10 +190,14 @@ def probe(c: Candidate, lang: str, sample_rate: int, min_duration: float) -> tup
         return None, f"unreadable audio: {str(e).splitlines()[0]}"
     if rec.num_samples == 0:
         return None, "zero-length audio"
-    if rec.sampling_rate != sample_rate:
-        return None, f"sample rate {rec.sampling_rate} Hz, expected {sample_rate} Hz"
     if rec.duration < min_duration:
         return None, f"too short: {rec.duration:.3f} s < {min_duration} s"
+    # only float audio can hold NaN or Inf (integer PCM cannot): read those files whole and look
+    if sf.info(str(c.audio)).subtype in ("FLOAT", "DOUBLE"):
+        wav, _ = sf.read(str(c.audio), dtype="float32")
+        bad = int((~np.isfinite(wav)).sum())
+        if bad:
+            return None, f"non-finite samples (NaN or Inf): {bad} of {wav.size}"
     line = {
         "id": c.id,
         "audio": str(c.audio.resolve()),
@@ -208,9 +270,9 @@ def prepare(
         candidates = librispeech_candidates(corpus_dir, subsets)
 
     def check(c: Candidate):
-        return c, *probe(c, info["lang"], info["sample_rate"], min_duration)
+        return c, *probe(c, info["lang"], min_duration)
 
-    kept: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    kept: dict[str, list[dict]] = {c.split: [] for c in candidates if c.split}
     skipped: list[tuple[Candidate, str]] = []
     with ThreadPoolExecutor(jobs) as pool:  # probing is file I/O in libsndfile: threads suffice
         for c, line, reason in tqdm(
@@ -240,22 +302,27 @@ def prepare(
     return report
 
 
-def download(corpus: str, target_dir: Path) -> Path:
-    """lhotse's downloader; returns the corpus root that ``prepare`` reads."""
+def download(corpus: str, target_dir: Path, subsets: list[str] | None = None) -> Path:
+    """lhotse's downloader (LibriSpeech: only ``subsets``, default all seven parts); returns the corpus root
+    that ``prepare`` reads."""
     if corpus == "aishell":
         from lhotse.recipes.aishell import download_aishell
 
         return download_aishell(target_dir)
     from lhotse.recipes.librispeech import download_librispeech
 
-    return download_librispeech(target_dir, dataset_parts="librispeech")
+    return download_librispeech(target_dir, dataset_parts=subsets or "librispeech")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", choices=sorted(CORPORA), required=True)
     parser.add_argument("--corpus-dir", type=Path, required=True, help="corpus root in its release layout")
     parser.add_argument("--out", type=Path, required=True, help="manifest directory")
-    parser.add_argument("--subsets", nargs="+", help="LibriSpeech subsets (default: every one present)")
+    parser.add_argument(
+        "--subsets",
+        nargs="+",
+        help="LibriSpeech parts to prepare (and, with --download, to fetch); default: every one present",
+    )
     parser.add_argument("--min-duration", type=float, default=0.1, help="seconds; shorter audio is skipped")
     parser.add_argument("--jobs", type=int, default=4, help="threads probing audio files")
     parser.add_argument(
@@ -269,7 +336,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> None:
     corpus_dir = args.corpus_dir
     if args.download:
-        corpus_dir = download(args.corpus, corpus_dir)
+        corpus_dir = download(args.corpus, corpus_dir, args.subsets)
     report = prepare(args.corpus, corpus_dir, args.out, args.subsets, args.min_duration, args.jobs)
     for split, r in report["splits"].items():
         print(f"{split}: kept {r['kept']}, skipped {sum(r['skipped'].values())} {r['skipped'] or ''}")

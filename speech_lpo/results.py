@@ -2,9 +2,11 @@
 
 Reads the ``summary-*.json`` of ``score asr`` and ``tts-summary-*.json`` of ``score tts``, and with
 ``--runs`` the training dirs whose log-prob curves make the paper's Figure 1. A system is
-described by the tags given to ``score asr --tag``: ``benchmark``, ``candidates`` (candidate method),
-``method`` (sft, dpo, lpo, ...), ``r2`` and ``epoch``. The SFT baseline of a row is the paired baseline
-scored with it (``--baseline-hyp``), or else the ``method=sft`` system of the same benchmark. Tables
+described by the tags given to ``score asr --tag``: ``benchmark``, ``test_set`` (LibriSpeech's
+test-clean, test-other, ...), ``candidates`` (candidate method), ``method`` (sft, dpo, lpo, ...), ``r2``
+and ``epoch``. Each test set of a benchmark is scored, compared and plotted on its own; the first table
+has one column per test set, as the paper's Table 7. The SFT baseline of a row is the paired baseline
+scored with it (``--baseline-hyp``), or else the ``method=sft`` system of the same test set. Tables
 show each system at its last epoch; the epoch plot shows them all. Below the tables, "Measured" lines
 state what the numbers show, computed from them, including where they differ from the paper.
 """
@@ -48,9 +50,14 @@ def _fmt(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None or math.isnan(x) or math.isinf(x) else f"{x:.{digits}f}"
 
 
+def _bench(summ: dict) -> str:
+    """The benchmark and, where tagged, its test set ("librispeech test-other"): what one score is on."""
+    return " ".join(x for x in (_tag(summ, "benchmark", "?"), _tag(summ, "test_set")) if x)
+
+
 def _key(summ: dict) -> tuple[str, str, str, str]:
     return (
-        _tag(summ, "benchmark", "?"),
+        _bench(summ),
         _tag(summ, "candidates", "-"),
         _tag(summ, "method", summ["system"]),
         _tag(summ, "r2", "-"),
@@ -58,7 +65,7 @@ def _key(summ: dict) -> tuple[str, str, str, str]:
 
 
 def last_epochs(summaries: list[dict]) -> list[dict]:
-    """One summary per (benchmark, candidates, method, r2): the one with the largest epoch tag."""
+    """One summary per (benchmark and test set, candidates, method, r2): the one of the largest epoch."""
     best: dict[tuple, dict] = {}
     for summ in summaries:
         key = _key(summ)
@@ -73,17 +80,41 @@ def _sft_of(summ: dict, sft_by_benchmark: dict[str, dict]) -> tuple[float | None
     """Baseline error rate and P(better than it): the paired baseline if scored, else the SFT system."""
     if "baseline" in summ:
         return summ["baseline"]["error_rate"], summ["baseline"]["p_improvement"]
-    sft = sft_by_benchmark.get(_tag(summ, "benchmark", "?"))
+    sft = sft_by_benchmark.get(_bench(summ))
     return (sft["error_rate"], None) if sft else (None, None)
+
+
+def table_per_test_set(summaries: list[dict]) -> str:
+    """The paper's Table 7 layout: a row per system, a column of error rates per test set."""
+    rows = last_epochs([s for s in summaries if s["kind"] == "asr"])
+    columns = sorted({(_tag(s, "benchmark", "?"), _tag(s, "test_set", "test")) for s in rows})
+    cells: dict[tuple, dict[tuple, dict]] = defaultdict(dict)
+    for s in rows:
+        system = (_tag(s, "benchmark", "?"), _tag(s, "method") != "sft", *_key(s)[1:])
+        cells[system][(_tag(s, "benchmark", "?"), _tag(s, "test_set", "test"))] = s
+    heads = [f"{bench} {test}" if len({b for b, _ in columns}) > 1 else test for bench, test in columns]
+    lines = [
+        "| Candidates | Method | r2 | " + " | ".join(heads) + " |",
+        "|---|---|---|" + "---|" * len(columns),
+    ]
+    for system in sorted(cells, key=lambda k: (k[0], k[1], k[2], k[3], _num(k[4]))):
+        _, _, cand, method, r2 = system
+        shown = [cells[system].get(c) for c in columns]
+        lines.append(
+            f"| {cand} | {method} | {r2} | "
+            + " | ".join(f"{s['metric']} {_fmt(s['error_rate'])}" if s else "" for s in shown)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def asr_table(summaries: list[dict]) -> str:
     rows = last_epochs([s for s in summaries if s["kind"] == "asr"])
-    sft = {_tag(s, "benchmark", "?"): s for s in rows if _tag(s, "method") == "sft"}
+    sft = {_bench(s): s for s in rows if _tag(s, "method") == "sft"}
     lines = [
         "| Benchmark | Candidates | Method | r2 | Error rate (95% CI) | SFT baseline | Δ vs SFT "
-        "| P(better than SFT) | Mean per-utt. rate | Utts | Problems |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| P(better than SFT) | Mean per-utt. rate | Utts | No hypothesis (deletions) | Problems |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = sorted(
         rows, key=lambda s: (_key(s)[0], _tag(s, "method") != "sft", _key(s)[1], _key(s)[2], _num(_key(s)[3]))
@@ -97,13 +128,17 @@ def asr_table(summaries: list[dict]) -> str:
             f"({_fmt(s['ci95']['low'])}–{_fmt(s['ci95']['high'])}) | {_fmt(base)} | "
             f"{'' if delta is None else f'{delta:+.2f}'} | {_fmt(p, 3)} "
             f"| {_fmt(s['mean_utterance_error_rate'])} | {s['utterances']} "
+            f"| {s['missing_hypotheses']} ({s['missing_hypothesis_deletions']}) "
             f"| {format_counts(s['problem_counts'])} |"
         )
     normalizers = sorted({f"{_tag(s, 'benchmark', '?')}: {s['normalizer']}" for s in rows})
     lines += [
         "",
         "Error rate: pooled (all errors / all reference units, as Kaldi), in percent; 95% CI: bootstrap "
-        "(Bisani & Ney); P(better than SFT): paired bootstrap. Normalisers: " + "; ".join(normalizers) + ".",
+        "(Bisani & Ney); P(better than SFT): paired bootstrap; no hypothesis: utterances of the test set "
+        "with no hypothesis line, their reference units counted as deletions. Normalisers: "
+        + "; ".join(normalizers)
+        + ".",
     ]
     return "\n".join(lines) + "\n"
 
@@ -139,8 +174,8 @@ def asr_findings(summaries: list[dict]) -> list[str]:
     system; one line per system decoded at every epoch (Figure 2)."""
     rows = last_epochs([s for s in summaries if s["kind"] == "asr"])
     lines = []
-    for bench in sorted({_tag(s, "benchmark", "?") for s in rows}):
-        in_bench = [s for s in rows if _tag(s, "benchmark", "?") == bench]
+    for bench in sorted({_bench(s) for s in rows}):
+        in_bench = [s for s in rows if _bench(s) == bench]
         sft = next((s for s in in_bench if _tag(s, "method") == "sft"), None)
         for cand in sorted({_tag(s, "candidates") for s in in_bench} - {""}):
             systems = [s for s in in_bench if _tag(s, "candidates") == cand]
@@ -250,10 +285,10 @@ def _baselines(ax, rows: list[dict], skip_method: str | None = None, colors: dic
 def plot_vs_r2(summaries: list[dict], path: str | Path) -> None:
     """The paper's Figure 3: error rate against r2 for LPO, with DPO and SFT as horizontal lines."""
     rows = last_epochs([s for s in summaries if s["kind"] == "asr"])
-    benchmarks = sorted({_tag(s, "benchmark", "?") for s in rows})
+    benchmarks = sorted({_bench(s) for s in rows})
     plt, fig, axes = _axes_per_benchmark(benchmarks)
     for bench, ax in axes.items():
-        in_bench = [s for s in rows if _tag(s, "benchmark", "?") == bench]
+        in_bench = [s for s in rows if _bench(s) == bench]
         lines = defaultdict(list)
         for s in in_bench:
             if not math.isnan(_num(_tag(s, "r2", "nan"))):
@@ -285,10 +320,10 @@ def plot_vs_r2(summaries: list[dict], path: str | Path) -> None:
 def plot_vs_epoch(summaries: list[dict], path: str | Path) -> None:
     """The paper's Figure 2: error rate over epochs for DPO and LPO, SFT as a horizontal line."""
     rows = [s for s in summaries if s["kind"] == "asr"]
-    benchmarks = sorted({_tag(s, "benchmark", "?") for s in rows})
+    benchmarks = sorted({_bench(s) for s in rows})
     plt, fig, axes = _axes_per_benchmark(benchmarks)
     for bench, ax in axes.items():
-        in_bench = [s for s in rows if _tag(s, "benchmark", "?") == bench]
+        in_bench = [s for s in rows if _bench(s) == bench]
         lines = defaultdict(list)
         for s in in_bench:
             if not math.isnan(_num(_tag(s, "epoch", "nan"))):
@@ -325,7 +360,8 @@ def write_results(
 ) -> str:
     parts = []
     if any(s["kind"] == "asr" for s in summaries):
-        parts += ["## ASR", "", asr_table(summaries), "Measured:", *asr_findings(summaries), ""]
+        parts += ["## ASR", "", table_per_test_set(summaries), asr_table(summaries)]
+        parts += ["Measured:", *asr_findings(summaries), ""]
         if plot_dir:
             plot_vs_r2(summaries, Path(plot_dir) / "error_rate_vs_r2.png")
             plot_vs_epoch(summaries, Path(plot_dir) / "error_rate_vs_epoch.png")

@@ -235,6 +235,9 @@ def summary(system: SystemScore, tags: dict[str, str], baseline: SystemScore | N
         "error_rate": system.error_rate,
         **system.totals,
         "utterances": len(system.utts),
+        # references with no hypothesis line: scored, every unit a deletion (e.g. lost in tokenize or decode)
+        "missing_hypotheses": sum(u.hyp_missing for u in system.utts),
+        "missing_hypothesis_deletions": sum(u.dele for u in system.utts if u.hyp_missing),
         "mean_utterance_error_rate": system.mean_utterance_error_rate,
         "problem_counts": dict(sorted(kinds.items())),
         "problems": [vars(p) for p in system.problems],
@@ -288,6 +291,8 @@ def errs_report(system: SystemScore, summ: dict, top: int = 20) -> str:
     lines += [
         f"Normaliser: {n.name}; reference: {system.ref_path}; hypothesis: {system.hyp_path}",
         f"Utterances scored: {len(system.utts)}",
+        f"Missing hypotheses: {summ['missing_hypotheses']} utterances, their "
+        f"{summ['missing_hypothesis_deletions']} reference {unit} counted as deletions",
         "Search below for sections starting with PROBLEMS:, PER-UTT DETAILS:, SUBSTITUTIONS:, DELETIONS:, "
         "INSERTIONS:, PER-UNIT STATS:",
         "",
@@ -396,7 +401,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     sub = parser.add_subparsers(dest="what", metavar="what", required=True)
     asr = sub.add_parser("asr", help="WER/CER of Kaldi-format hypotheses against references")
-    asr.add_argument("--ref", required=True, help="reference Kaldi text file (uttid text...)")
+    asr.add_argument(
+        "--ref",
+        required=True,
+        help="the test set's Kaldi text (uttid text...), as prepare wrote it: <manifests>/kaldi/<set>/text",
+    )
     asr.add_argument("--hyp", required=True, help="hypothesis Kaldi text file")
     asr.add_argument("--benchmark", help=f"benchmark name in {SCORING_CONFIG.name}; picks the normaliser")
     asr.add_argument("--normalizer", choices=sorted(NORMALIZERS), help="overrides the benchmark's normaliser")
@@ -426,7 +435,8 @@ def _main_asr(args: argparse.Namespace) -> None:
         f"{summ['system']}: %{summ['metric']} {summ['error_rate']:.2f} "
         f"[{summ['ci95']['low']:.2f}, {summ['ci95']['high']:.2f}] "
         f"(S {summ['substitutions']} D {summ['deletions']} I {summ['insertions']} / {summ['ref_units']}; "
-        f"normaliser {summ['normalizer']}; problems: {problems}) -> {args.out_dir}"
+        f"{summ['missing_hypotheses']} missing hypotheses, {summ['missing_hypothesis_deletions']} of the "
+        f"deletions; normaliser {summ['normalizer']}; problems: {problems}) -> {args.out_dir}"
     )
 
 

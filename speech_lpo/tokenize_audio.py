@@ -28,6 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pyarrow as pa
 import yaml
 from tqdm import tqdm
@@ -132,6 +133,9 @@ def encode_lines(codec: Codec, lines: list[dict]) -> tuple[dict[str, list], list
             wav, sr = load_audio(line["audio"])
             if wav.size == 0:
                 raise ValueError("zero-length audio")
+            bad = int((~np.isfinite(wav)).sum())  # float audio can hold NaN/Inf; codecs fail or emit noise
+            if bad:
+                raise ValueError(f"non-finite samples (NaN or Inf): {bad} of {wav.size}")
             codes = codec.encode(wav, sr)
             if codes.size == 0:
                 raise ValueError("no codes (audio too short)")

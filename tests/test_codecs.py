@@ -21,7 +21,7 @@ pytest_plugins = ["tests.fixtures_corpus"]  # its fixtures
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
-def english_lines(mini_manifests, split="test"):
+def english_lines(mini_manifests, split="test-clean"):
     return read_manifest(mini_manifests["librispeech"] / f"{split}.jsonl")
 
 
@@ -211,7 +211,7 @@ def test_melvq_round_trip_stays_intelligible(tmp_path):
     def transcribe(wav):
         return asr(wav).upper()
 
-    lines = read_manifest(tmp_path / "data" / "test.jsonl")
+    lines = read_manifest(tmp_path / "data" / "test-clean.jsonl")
     refs = [x["text"] for x in lines]
     audio = [load_audio(x["audio"]) for x in lines]
     original = jiwer.wer(refs, [transcribe(w) for w, _ in audio])

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speech_lpo.prepare import prepare, read_manifest
+from speech_lpo.prepare import librispeech_split, prepare, read_manifest
+from speech_lpo.synth_corpus import LIBRISPEECH_SUBSETS
 from tests.fixtures_corpus import AISHELL_DIR, LIBRISPEECH_DIR, MINI_COUNTS, need
 
 pytest_plugins = ["tests.fixtures_corpus"]  # its fixtures
@@ -19,12 +20,7 @@ MANIFEST_KEYS = ["id", "audio", "text", "speaker", "duration", "sample_rate", "l
 
 
 def all_lines(out: Path) -> list[dict]:
-    return [
-        x
-        for split in ("train", "dev", "test")
-        if (out / f"{split}.jsonl").is_file()
-        for x in read_manifest(out / f"{split}.jsonl")
-    ]
+    return [x for path in sorted(out.glob("*.jsonl")) for x in read_manifest(path)]
 
 
 def aishell_truth(root: Path) -> dict[str, dict]:
@@ -53,7 +49,7 @@ def librispeech_truth(root: Path) -> dict[str, dict]:
             truth[uid] = {
                 "text": text,
                 "speaker": uid.split("-")[0],
-                "split": subset.split("-")[0],
+                "split": "train" if subset.startswith("train-") else subset,
                 "duration": info.frames / info.samplerate,
             }
     return truth
@@ -103,7 +99,7 @@ def test_agrees_with_lhotse_recipe(corpus, tmp_path):
             x = ours[sup.id]
             assert (x["text"], x["speaker"]) == (sup.text, sup.speaker)
             assert x["duration"] == pytest.approx(sup.duration, abs=1e-3)
-            assert x["split"] == part.split("-")[0]
+            assert x["split"] == (librispeech_split(part) if corpus == "librispeech" else part)
             seen += 1
     assert seen == len(ours)
 
@@ -111,7 +107,7 @@ def test_agrees_with_lhotse_recipe(corpus, tmp_path):
 def test_kaldi_dir_is_consistent(tmp_path):
     root = need(LIBRISPEECH_DIR)
     prepare("librispeech", root, tmp_path)
-    for split in ("train", "dev", "test"):
+    for split in ("train", "dev-clean", "test-clean"):
         lines = read_manifest(tmp_path / f"{split}.jsonl")
         kaldi = tmp_path / "kaldi" / split
         table = {
@@ -135,6 +131,8 @@ def test_mini_corpus_prepares_like_the_real_ones(mini_corpus, mini_manifests):
         report = json.loads((out / "report.json").read_text())
         assert report["skipped_total"] == 0
         for split, n in MINI_COUNTS.items():
+            if corpus == "librispeech":  # the mini corpus writes train-clean-100, dev-clean, test-clean
+                split = librispeech_split(LIBRISPEECH_SUBSETS[split])
             lines = read_manifest(out / f"{split}.jsonl")
             assert len(lines) == n and all(x["split"] == split for x in lines)
             assert all(0.5 < x["duration"] < 6 for x in lines)
@@ -154,30 +152,28 @@ def write_flac(path: Path, seconds: float, rate: int = 16000) -> None:
 def test_bad_input_is_counted_and_listed(tmp_path):
     """Each kind of bad utterance is a named, counted skip; the good ones are kept."""
     chapter = tmp_path / "corpus" / "LibriSpeech" / "dev-clean" / "77" / "1"
-    good = ["77-1-0000", "77-1-0001"]
+    good = ["77-1-0000", "77-1-0001", "77-1-0003"]
     for uid in good:
         write_flac(chapter / f"{uid}.flac", 1.0)
     write_flac(chapter / "77-1-0002.flac", 0.02)  # too short
-    write_flac(chapter / "77-1-0003.flac", 1.0, rate=8000)  # wrong sample rate
+    write_flac(chapter / "77-1-0003.flac", 1.0, rate=8000)  # another sample rate: kept, tokenize resamples
     (chapter / "77-1-0004.flac").write_bytes(b"not audio at all")  # unreadable
     (chapter / "77-1-0005.flac").write_bytes(b"")  # empty file
     # zero-length: soundfile writes no FLAC for 0 frames; a WAV header is read by content all the same
     sf.write(chapter / "77-1-0006.flac", np.zeros(0), 16000, format="WAV", subtype="PCM_16")
     write_flac(chapter / "77-1-0007.flac", 1.0)  # no transcript line
-    lines = [
-        f"{u} HELLO WORLD" for u in good + ["77-1-0002", "77-1-0003", "77-1-0004", "77-1-0005", "77-1-0006"]
-    ]
+    lines = [f"{u} HELLO WORLD" for u in good + ["77-1-0002", "77-1-0004", "77-1-0005", "77-1-0006"]]
     lines.append("77-1-0008 NO AUDIO FOR THIS LINE")
     (chapter / "77-1.trans.txt").write_text("\n".join(lines) + "\n")
 
     report = prepare("librispeech", tmp_path / "corpus", tmp_path / "out")
-    kept = read_manifest(tmp_path / "out" / "dev.jsonl")
+    kept = read_manifest(tmp_path / "out" / "dev-clean.jsonl")
     assert [x["id"] for x in kept] == good
-    assert report["skipped_total"] == 7
+    assert [x["sample_rate"] for x in kept] == [16000, 16000, 8000]
+    assert report["skipped_total"] == 6
     rows = (tmp_path / "out" / "skipped.tsv").read_text().splitlines()[1:]
     reasons = {row.split("\t")[1]: row.split("\t")[3] for row in rows}
     assert reasons["77-1-0002"].startswith("too short")
-    assert reasons["77-1-0003"] == "sample rate 8000 Hz, expected 16000 Hz"
     assert reasons["77-1-0004"].startswith("unreadable audio")
     assert reasons["77-1-0005"] == "empty audio file (0 bytes)"
     assert reasons["77-1-0006"] == "zero-length audio"
@@ -224,3 +220,105 @@ def test_cli_prepares_and_reports(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "test: kept 7, skipped 0" in printed
     assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == ["dev.jsonl", "test.jsonl", "train.jsonl"]
+
+
+def librispeech_with_test_other(dst: Path) -> Path:
+    """The real samples in a layout holding every evaluation set kind: test-clean keeps speaker 1089, the
+    other test-clean speakers become test-other (the samples hold no test-other utterance)."""
+    src = need(LIBRISPEECH_DIR) / "LibriSpeech"
+    root = dst / "LibriSpeech"
+    for subset in ("train-clean-100", "dev-clean"):
+        shutil.copytree(src / subset, root / subset)
+    for speaker in (src / "test-clean").iterdir():
+        subset = "test-clean" if speaker.name == "1089" else "test-other"
+        shutil.copytree(speaker, root / subset / speaker.name)
+    return dst
+
+
+def test_librispeech_sets_stay_apart(tmp_path):
+    corpus = librispeech_with_test_other(tmp_path / "corpus")
+    report = prepare("librispeech", corpus, tmp_path / "out")
+    expected = {
+        split: sorted(p.stem for p in (corpus / "LibriSpeech" / split).rglob("*.flac"))
+        for split in ("dev-clean", "test-clean", "test-other")
+    }
+    assert set(report["splits"]) == {"train", "dev-clean", "test-clean", "test-other"}
+    for split, ids in expected.items():
+        lines = read_manifest(tmp_path / "out" / f"{split}.jsonl")
+        assert [x["id"] for x in lines] == ids and {x["split"] for x in lines} == {split}
+        assert (tmp_path / "out" / "kaldi" / split / "text").read_text().count("\n") == len(ids)
+    assert len(expected["test-clean"]) == 4 and len(expected["test-other"]) == 3
+
+    # --subsets picks the parts; train is the union of the training parts asked for
+    report = prepare("librispeech", corpus, tmp_path / "some", subsets=["train-clean-100", "test-other"])
+    assert set(report["splits"]) == {"train", "test-other"}
+    assert sorted(p.name for p in (tmp_path / "some").glob("*.jsonl")) == ["test-other.jsonl", "train.jsonl"]
+
+
+def test_non_finite_audio_is_a_named_skip(tmp_path):
+    """Float WAVs holding NaN or Inf pass every header check; prepare reads them and skips them."""
+    copy = tmp_path / "aishell"
+    shutil.copytree(need(AISHELL_DIR), copy)
+    test_dir = copy / "data_aishell" / "wav" / "test"
+    for uid, bad in [("BAC009S0764W0121", np.nan), ("BAC009S0764W0122", np.inf)]:
+        path = test_dir / "S0764" / f"{uid}.wav"
+        wav, sr = sf.read(path, dtype="float32")
+        wav[len(wav) // 2] = bad
+        sf.write(path, wav, sr, subtype="FLOAT")
+    report = prepare("aishell", copy, tmp_path / "out")
+    assert report["splits"]["test"] == {"kept": 5, "skipped": {"non-finite samples (NaN or Inf)": 2}}
+    rows = (tmp_path / "out" / "skipped.tsv").read_text().splitlines()[1:]
+    assert sorted(row.split("\t")[1] for row in rows) == ["BAC009S0764W0121", "BAC009S0764W0122"]
+    assert all(row.split("\t")[2].endswith(".wav") for row in rows)
+
+
+def test_non_utf8_transcript_line_is_a_named_skip(tmp_path):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(need(LIBRISPEECH_DIR) / "LibriSpeech" / "dev-clean", corpus / "LibriSpeech" / "dev-clean")
+    trans = corpus / "LibriSpeech" / "dev-clean" / "1272" / "128104" / "1272-128104.trans.txt"
+    lines = trans.read_bytes().splitlines()
+    lines[1] = lines[1] + " CAF\xc9".encode("latin-1")  # a Latin-1 byte: not UTF-8
+    trans.write_bytes(b"\n".join(lines) + b"\n")
+    report = prepare("librispeech", corpus, tmp_path / "out")
+    assert report["splits"]["dev-clean"] == {"kept": 1, "skipped": {"transcript line not UTF-8": 1}}
+    row = (tmp_path / "out" / "skipped.tsv").read_text().splitlines()[1].split("\t")
+    assert row[1] == "1272-128104-0001" and row[3] == f"transcript line not UTF-8: {trans}:2"
+
+
+def test_aishell_tab_separated_transcript_is_read(tmp_path):
+    copy = tmp_path / "aishell"
+    shutil.copytree(need(AISHELL_DIR), copy)
+    transcript = copy / "data_aishell" / "transcript" / "aishell_transcript_v0.8.txt"
+    lines = transcript.read_text(encoding="utf-8").splitlines()
+    transcript.write_text("".join(line.replace(" ", "\t", 1) + "\n" for line in lines), encoding="utf-8")
+    assert all("\t" in line for line in transcript.read_text(encoding="utf-8").splitlines())
+    report = prepare("aishell", copy, tmp_path / "out")
+    assert report["skipped_total"] == 0
+    truth = aishell_truth(need(AISHELL_DIR))
+    texts = {x["id"]: x["text"] for x in all_lines(tmp_path / "out")}
+    assert texts == {k: v["text"] for k, v in truth.items()}
+
+
+def test_unextracted_archives_are_named(tmp_path):
+    """The AISHELL-1 release ships wav/<speaker>.tar.gz; left packed, prepare names them."""
+    import tarfile
+
+    copy = tmp_path / "aishell"
+    shutil.copytree(need(AISHELL_DIR), copy)
+    wav = copy / "data_aishell" / "wav"
+    for speaker in ("S0002", "S0724"):
+        split_dir = next(wav.glob(f"*/{speaker}")).parent
+        with tarfile.open(wav / f"{speaker}.tar.gz", "w:gz") as tar:
+            tar.add(split_dir / speaker, arcname=f"{split_dir.name}/{speaker}")
+        shutil.rmtree(split_dir / speaker)
+    with pytest.raises(FileNotFoundError, match=r"2 speaker archives not extracted \(S0002.tar.gz, S0724"):
+        prepare("aishell", copy, tmp_path / "out")
+    for archive in wav.glob("*.tar.gz"):  # extracted as the message says: prepared as the release
+        with tarfile.open(archive) as tar:
+            tar.extractall(wav, filter="data")
+    assert prepare("aishell", copy, tmp_path / "out")["skipped_total"] == 0
+
+    (tmp_path / "libri").mkdir()
+    (tmp_path / "libri" / "test-clean.tar.gz").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="archives not extracted: test-clean.tar.gz"):
+        prepare("librispeech", tmp_path / "libri", tmp_path / "out2")

@@ -8,7 +8,15 @@ import matplotlib.image
 import pytest
 
 from speech_lpo.cli import main as cli_main
-from speech_lpo.results import asr_findings, asr_table, last_epochs, load_summaries, logps_section, tts_table
+from speech_lpo.results import (
+    asr_findings,
+    asr_table,
+    last_epochs,
+    load_summaries,
+    logps_section,
+    table_per_test_set,
+    tts_table,
+)
 
 REFS = {
     f"u{i:02d}": text
@@ -174,3 +182,28 @@ def test_figure_1_section_checks_the_papers_claim(tmp_path, as_in_the_paper):
     else:
         assert "not lower at the end with every larger r2, unlike the paper's Figure 1" in rejected
         assert "not lower at the end with every larger r2, unlike the paper's Figure 1" in chosen
+
+
+def test_one_column_per_test_set(tmp_path):
+    """LibriSpeech's test-clean and test-other: a column each; a system is compared with its set's SFT."""
+    paths = []
+    for test, base in (("test-clean", 0.2), ("test-other", 0.4)):
+        tmp = tmp_path / test
+        tags = {"benchmark": "librispeech", "test_set": test}
+        paths.append(system(tmp, "sft", base, {**tags, "method": "sft"}))
+        tags |= {"candidates": "model", "method": "lpo", "r2": "2.0", "epoch": "1"}
+        paths.append(system(tmp, "lpo", base - 0.1, tags, tmp / "sft" / "text"))
+    loaded = load_summaries(paths)
+    rate = {(s["tags"]["test_set"], s["tags"]["method"]): s["error_rate"] for s in loaded}
+    lines = table_per_test_set(loaded).splitlines()
+    assert lines[0] == "| Candidates | Method | r2 | test-clean | test-other |"
+    for row, method, shown in ((lines[2], "sft", "| - | sft | -"), (lines[3], "lpo", "| model | lpo | 2.0")):
+        assert (
+            row == f"{shown} | WER {rate['test-clean', method]:.2f} | WER {rate['test-other', method]:.2f} |"
+        )
+    rows = asr_table(loaded).splitlines()
+    other = next(row for row in rows if row.startswith("| librispeech test-other | model | lpo |"))
+    sft, lpo = rate["test-other", "sft"], rate["test-other", "lpo"]
+    assert f"| {sft:.2f} | {lpo - sft:+.2f} |" in other
+    findings = [line.split(",")[0] for line in asr_findings(loaded)]
+    assert findings == ["- librispeech test-clean", "- librispeech test-other"]

@@ -208,3 +208,42 @@ def test_paired_bootstrap_against_a_baseline_through_the_cli(tmp_path, capsys):
     assert base["baseline_ci95"]["low"] < base["error_rate"] < base["baseline_ci95"]["high"]
     errs = (tmp_path / "out" / "errs-lpo.txt").read_text()
     assert "P(lpo better than baseline) = " in errs
+
+
+@needs_data
+def test_an_utterance_without_hypothesis_counts_as_deletions(tmp_path, capsys):
+    """Scored against the data dir's Kaldi text, an utterance lost before decoding is all deletions."""
+    from speech_lpo.prepare import prepare
+    from speech_lpo.results import asr_table
+
+    prepare("librispeech", LIBRISPEECH.parent, tmp_path / "data", subsets=["test-clean"])
+    ref = tmp_path / "data" / "kaldi" / "test-clean" / "text"
+    refs = dict(line.split(" ", 1) for line in ref.read_text().splitlines())
+    lost = "1089-134686-0000"
+    hyps = {k: v for k, v in refs.items() if k != lost}
+    hyps["1089-134686-0001"] = " ".join(refs["1089-134686-0001"].split()[2:])  # two words short
+    hyp = write_text(tmp_path / "hyp", hyps)
+    cli_main(
+        ["score", "asr", "--ref", str(ref), "--hyp", str(hyp), "--benchmark", "librispeech"]
+        + ["--out-dir", str(tmp_path / "out"), "--name", "sys"]
+    )
+    printed = capsys.readouterr().out
+    summ = json.loads((tmp_path / "out" / "summary-sys.json").read_text())
+    lost_words = len(refs[lost].split())
+    assert summ["utterances"] == len(refs) == 7
+    assert summ["missing_hypotheses"] == 1 and summ["missing_hypothesis_deletions"] == lost_words == 28
+    assert summ["problem_counts"] == {"missing_hypothesis": 1}
+    # jiwer, given an empty hypothesis for the lost utterance, counts the same deletions and rate
+    norm = get_normalizer("librispeech")
+    out = jiwer.process_words(
+        [norm.normalize(refs[k]) for k in refs], [norm.normalize(hyps.get(k, "")) for k in refs]
+    )
+    assert (summ["deletions"], summ["substitutions"], summ["insertions"]) == (out.deletions, 0, 0)
+    assert summ["deletions"] == lost_words + 2
+    assert summ["error_rate"] == pytest.approx(100 * out.wer, abs=1e-9)
+    assert f"1 missing hypotheses, {lost_words} of the deletions" in printed
+    errs = (tmp_path / "out" / "errs-sys.txt").read_text()
+    assert f"Missing hypotheses: 1 utterances, their {lost_words} reference words counted as" in errs
+    assert f"{lost}:\tS=0 D={lost_words} I=0 N={lost_words} WER=100.00% (hypothesis missing" in errs
+    row = asr_table([summ]).splitlines()[2]
+    assert f"| 7 | 1 ({lost_words}) | missing_hypothesis 1 |" in row

@@ -31,7 +31,7 @@ def tts_models(tmp_path_factory) -> tuple[Path, Path, Path]:
     cli_main(
         ["prepare", "--corpus", "librispeech", "--corpus-dir", str(LIBRISPEECH), "--out", str(tmp / "data")]
     )
-    lines = (tmp / "data" / "test.jsonl").read_text().splitlines()
+    lines = (tmp / "data" / "test-clean.jsonl").read_text().splitlines()
     manifest = tmp / "short.jsonl"
     manifest.write_text("".join(line + "\n" for line in lines if json.loads(line)["id"] in SHORT))
     spec = yaml.safe_load((ROOT / "tokenizers" / "melvq.yaml").read_text()) | {"codebook_size": 32}

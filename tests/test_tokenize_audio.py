@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import yaml
 
 from speech_lpo.codecs import load_audio, load_codec
@@ -24,15 +25,15 @@ COLUMNS = ["id", "text", "speaker", "lang", "split", "duration", "audio", "codes
 def tokenised(mini_manifests, melvq_codec_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("tokens")
     shutil.copytree(melvq_codec_dir, out / "codec")
-    for split in ("train", "test"):
+    for split in ("train", "test-clean"):
         tokenize_manifest(mini_manifests["librispeech"] / f"{split}.jsonl", out, out / "codec", 10, 2)
     return out
 
 
 def test_rows_hold_the_codec_codes(tokenised, mini_manifests):
-    ds = load_tokenized(tokenised / "test")
+    ds = load_tokenized(tokenised / "test-clean")
     assert ds.column_names == COLUMNS
-    lines = read_manifest(mini_manifests["librispeech"] / "test.jsonl")
+    lines = read_manifest(mini_manifests["librispeech"] / "test-clean.jsonl")
     assert ds["id"] == [x["id"] for x in lines]
     codec = load_codec(tokenised / "codec")
     for row, line in zip(ds, lines, strict=True):
@@ -45,7 +46,7 @@ def test_load_tokenized_whole_dir_and_shards(tokenised):
     assert len(list((tokenised / "train").glob("shard-*.arrow"))) == 3  # 24 lines, 10 per shard
     every = load_tokenized(tokenised)
     assert len(every) == MINI_COUNTS["train"] + MINI_COUNTS["test"]
-    assert set(every["split"]) == {"train", "test"}
+    assert set(every["split"]) == {"train", "test-clean"}
     report = json.loads((tokenised / "train" / "report.json").read_text())
     assert report == {
         "manifest": report["manifest"],
@@ -68,28 +69,51 @@ def test_rerun_resumes_from_finished_shards(tokenised, mini_manifests):
     with pytest.raises(ValueError, match="--shard-size 10"):  # another cut would duplicate rows
         tokenize_manifest(mini_manifests["librispeech"] / "train.jsonl", tokenised, tokenised / "codec", 7, 1)
     with pytest.raises(ValueError, match="another version"):
-        dev = mini_manifests["librispeech"] / "dev.jsonl"
-        (split_dir.parent / "dev").mkdir(exist_ok=True)
-        (split_dir.parent / "dev" / "plan.json").write_text(
+        dev = mini_manifests["librispeech"] / "dev-clean.jsonl"
+        (split_dir.parent / "dev-clean").mkdir(exist_ok=True)
+        (split_dir.parent / "dev-clean" / "plan.json").write_text(
             json.dumps({"manifest_sha1": "0", "shard_size": 10})
         )
         tokenize_manifest(dev, tokenised, tokenised / "codec", 10, 1)
 
 
 def test_bad_audio_is_a_counted_skip(mini_manifests, melvq_codec_dir, tmp_path):
-    lines = read_manifest(mini_manifests["librispeech"] / "dev.jsonl")
+    lines = read_manifest(mini_manifests["librispeech"] / "dev-clean.jsonl")
     (tmp_path / "garbage.flac").write_bytes(b"garbage")
     lines[1] = {**lines[1], "id": "bad-1", "audio": str(tmp_path / "garbage.flac")}
     lines[2] = {**lines[2], "id": "bad-2", "audio": str(tmp_path / "missing.flac")}
+    wav, sr = load_audio(lines[3]["audio"])
+    wav[100] = np.nan  # a float WAV passes every header check; melvq's librosa would raise on it
+    sf.write(tmp_path / "nan.wav", wav, sr, subtype="FLOAT")
+    lines.insert(3, {**lines[3], "id": "bad-3", "audio": str(tmp_path / "nan.wav")})
     manifest = tmp_path / "dev.jsonl"
     manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
     shutil.copytree(melvq_codec_dir, tmp_path / "tok" / "codec")
     report = tokenize_manifest(manifest, tmp_path / "tok", tmp_path / "tok" / "codec", 2, 1)
-    assert report["skipped"] == 2
-    assert load_tokenized(tmp_path / "tok" / "dev")["id"] == [lines[0]["id"], lines[3]["id"]]
+    assert report["skipped"] == 3
+    assert load_tokenized(tmp_path / "tok" / "dev")["id"] == [lines[0]["id"], lines[4]["id"]]
     rows = (tmp_path / "tok" / "dev" / "skipped.tsv").read_text().splitlines()[1:]
-    assert [r.split("\t")[0] for r in rows] == ["bad-1", "bad-2"]
+    assert [r.split("\t")[0] for r in rows] == ["bad-1", "bad-2", "bad-3"]
     assert "garbage.flac" in rows[0] and "unreadable" in rows[0] and "missing.flac" in rows[1]
+    assert rows[2].endswith(f"nan.wav\tnon-finite samples (NaN or Inf): 1 of {wav.size}")
+
+
+def test_other_sample_rates_are_resampled(mini_manifests, melvq_codec_dir, tmp_path):
+    """A prepared 8 kHz or 44.1 kHz file is tokenised at the codec's rate: as many frames as at 16 kHz."""
+    import soxr
+
+    line = read_manifest(mini_manifests["librispeech"] / "test-clean.jsonl")[0]
+    wav, sr = load_audio(line["audio"])
+    lines = [line]
+    for rate in (8000, 44100):
+        path = tmp_path / f"{rate}.flac"
+        sf.write(path, soxr.resample(wav, sr, rate), rate)
+        lines.append({**line, "id": f"at-{rate}", "audio": str(path), "sample_rate": rate})
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    report = tokenize_manifest(tmp_path / "m.jsonl", tmp_path / "tok", melvq_codec_dir, 10, 1)
+    assert report["skipped"] == 0
+    lengths = [len(c) for c in load_tokenized(tmp_path / "tok" / "m")["codes"]]
+    assert abs(lengths[1] - lengths[0]) <= 1 and abs(lengths[2] - lengths[0]) <= 1
 
 
 def test_melvq_is_fitted_once_and_checked(mini_manifests, tmp_path):
@@ -116,7 +140,7 @@ def test_neural_codec_checkpoint_through_the_cli(mini_manifests, tmp_path):
     from speech_lpo.cli import main
 
     tiny_neural_model("dac").save_pretrained(tmp_path / "dac")
-    manifest = mini_manifests["librispeech"] / "test.jsonl"
+    manifest = mini_manifests["librispeech"] / "test-clean.jsonl"
     main(
         [
             "tokenize",
@@ -128,7 +152,7 @@ def test_neural_codec_checkpoint_through_the_cli(mini_manifests, tmp_path):
             str(tmp_path / "dac"),
         ]
     )
-    ds = load_tokenized(tmp_path / "tok" / "test")
+    ds = load_tokenized(tmp_path / "tok" / "test-clean")
     codec = load_codec(tmp_path / "tok" / "codec")
     assert codec.name == "dac" and codec.codebook_size == 3 * 64
     assert len(ds) == MINI_COUNTS["test"]

@@ -44,7 +44,8 @@ model_of() { if [[ $1 == sft ]]; then echo "${expdir}/sft"; else echo "${expdir}
 
 sft_stage() {
   train_cmd sft --config "${conf_dir}/sft.yaml" --task tts --data "${dumpdir}/tokens/train" \
-    --eval_data "${dumpdir}/tokens/dev" --model "${expdir}/init" --output_dir "${expdir}/sft"
+    --eval_data "${dumpdir}/tokens/$(prepared_sets dev | head -n 1)" --model "${expdir}/init" \
+    --output_dir "${expdir}/sft"
 }
 
 candidates_stage() {
@@ -72,7 +73,7 @@ train_stage() {
 synthesize_stage() {
   for system in ${systems}; do
     speech-lpo synthesize --config "${conf_dir}/synthesize.yaml" --model "$(model_of "${system}")" \
-      --data "${dumpdir}/tokens/test" --out-dir "${expdir}/synth/${system}"
+      --data "${dumpdir}/tokens/$(prepared_sets test | head -n 1)" --out-dir "${expdir}/synth/${system}"
   done
 }
 
@@ -92,7 +93,7 @@ metrics_stage() {
 listening_test_stage() {
   local pairs=()
   for system in ${systems}; do pairs+=("${system}=${expdir}/synth/${system}"); done
-  speech-lpo mos package --systems "${pairs[@]}" --manifest "${datadir}/manifests/test.jsonl" \
+  speech-lpo mos package --systems "${pairs[@]}" --manifest "${datadir}/manifests/$(prepared_sets test | head -n 1).jsonl" \
     --template ../../eval/mos_tts.yaml --out "${expdir}/mos" -n "${mos_utterances}"
 }
 

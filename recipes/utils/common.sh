@@ -34,8 +34,16 @@ prepare_stage() {
   speech-lpo prepare --corpus "${corpus}" --corpus-dir "${corpus_dir}" --out "${datadir}/manifests" "${extra[@]}"
 }
 
+# Sets of a kind (dev or test) that prepare wrote, one a line: AISHELL-1's dev and test; LibriSpeech's
+# dev-clean, dev-other, test-clean, test-other, those prepared.
+prepared_sets() {
+  local m
+  for m in "${datadir}/manifests/$1"*.jsonl; do [[ -f "${m}" ]] && basename "${m}" .jsonl; done
+  return 0
+}
+
 tokenize_stage() {
-  speech-lpo tokenize --manifests "${datadir}"/manifests/{train,dev,test}.jsonl --out "${dumpdir}/tokens" \
+  speech-lpo tokenize --manifests "${datadir}"/manifests/*.jsonl --out "${dumpdir}/tokens" \
     --codec "${codec}" --fit-manifest "${datadir}/manifests/train.jsonl" --jobs "${nj}"
 }
 
