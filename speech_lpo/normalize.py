@@ -9,8 +9,11 @@ report that names its normaliser says exactly how its numbers were counted.
 - ``whisper_en``: Whisper's English normaliser as transformers ships it (lower case, contractions and
   numbers standardised, filler words dropped). Its British-to-American spelling map comes with Whisper
   checkpoints (normalizer.json), not with transformers, so it is applied with an empty map here.
-- ``chinese``: full-width to half-width (NFKC), traditional to simplified (OpenCC ``t2s``), punctuation
-  and spaces removed, Latin letters upper-cased; characters are the units.
+- ``chinese``: full-width to half-width (NFKC), traditional to simplified (OpenCC ``t2s``), Arabic
+  numerals written in Chinese characters as AISHELL-1's transcripts write them (cn2an's ``an2cn``:
+  "2015年" -> "二零一五年", "123个" -> "一百二十三个", "50%" -> "百分之五十"), punctuation and spaces
+  removed, Latin letters upper-cased; characters are the units. A digit string with no reading in
+  context (a phone number) is read as a number, which may differ from how it was spoken.
 - ``none``: whitespace split only, for inputs that are already normalised.
 """
 
@@ -20,7 +23,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,17 @@ def _t2s():
     return opencc.OpenCC("t2s")
 
 
+@cache
+def _an2cn():
+    import cn2an
+
+    return partial(cn2an.transform, method="an2cn")
+
+
 def normalize_chinese(text: str) -> str:
     text = _t2s().convert(unicodedata.normalize("NFKC", text))
+    if any(c.isascii() and c.isdigit() for c in text):  # before punctuation goes: "3.5", "50%" read whole
+        text = _an2cn()(text)
     return "".join(c for c in text.upper() if not c.isspace() and not _is_punctuation_or_symbol(c))
 
 

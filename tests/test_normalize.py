@@ -82,7 +82,27 @@ def test_chinese_normaliser_undoes_segmentation_punctuation_traditional_and_full
     assert norm.normalize("「" + to_traditional.convert(original) + "」。") == original
     for text in texts.values():
         assert norm.normalize(to_traditional.convert(text) + "，！？") == text
-    assert norm.normalize("总估值已过１２亿元，ＣＥＯ说：ok") == "总估值已过12亿元CEO说OK"
+    assert norm.normalize("总估值已过１２亿元，ＣＥＯ说：ok") == "总估值已过十二亿元CEO说OK"
+
+
+def test_chinese_numerals_are_written_as_aishell_writes_them(tmp_path):
+    """Whisper or Paraformer write digits where AISHELL-1 writes characters; both sides read alike."""
+    from speech_lpo.score import score_asr
+
+    norm = get_normalizer("chinese")
+    assert norm.normalize("2015年") == norm.normalize("二零一五年") == "二零一五年"
+    assert norm.normalize("有123个人，占50%，共3.5亿") == "有一百二十三个人占百分之五十共三点五亿"
+    texts = aishell_texts()
+    hyps = {
+        "BAC009S0002W0124": "自6月底呼和浩特市率先宣布取消限购后",
+        "BAC009S0764W0122": "1、2线城市虽然也处于调整中",
+    }
+    for uttid, hyp in hyps.items():
+        assert norm.normalize(hyp) == texts[uttid]
+    (tmp_path / "ref").write_text("".join(f"{k} {texts[k]}\n" for k in hyps), encoding="utf-8")
+    (tmp_path / "hyp").write_text("".join(f"{k} {v}\n" for k, v in hyps.items()), encoding="utf-8")
+    summ = score_asr(tmp_path / "ref", tmp_path / "hyp", norm, tmp_path / "out", "digits")
+    assert summ["errors"] == 0 and summ["ref_units"] == sum(len(texts[k]) for k in hyps)
 
 
 def test_unknown_normaliser_is_named():
