@@ -2,7 +2,9 @@
 
 The tokenizer gains ``<|audio_start|>``, ``<|audio_end|>``, ``<|audio_0|>`` .. ``<|audio_{K-1}|>`` (K = the
 codec's codebook size) as one contiguous block (speech_lpo.modeling.extend_tokenizer); text tokenises
-exactly as before. New embedding rows start at the mean of the text rows. Two ways to get the model:
+exactly as before. The embedding matrix is padded to a multiple of 64 rows (as Qwen2.5's own is); every
+row past the text tokens starts at the mean of the text rows plus small seeded noise
+(``init_new_rows``). Two ways to get the model:
 
 - ``--model`` (a local dir or hub id of a Qwen2.5 checkpoint): ``from_pretrained``; its tokenizer too,
   unless ``--tokenizer`` names another;
@@ -31,6 +33,8 @@ from speech_lpo.prompts import IM_END, IM_START
 from speech_lpo.vocab import AudioVocab
 
 ENDOFTEXT = "<|endoftext|>"
+PAD_MULTIPLE = 64  # embedding rows: GPU matrix products are fastest on multiples of 64
+NEW_ROW_NOISE = 0.1  # per-dimension std of a new row's noise, relative to the text rows' std
 SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END]  # Qwen's, in Qwen's order
 
 
@@ -65,13 +69,22 @@ def train_bpe(texts: list[str], vocab_size: int) -> Qwen2Tokenizer:
     )
 
 
-def mean_init_new_rows(model, first_new: int, last: int) -> None:
-    """Rows [first_new, last) start at the mean of rows [0, first_new) (input and untied output)."""
+def init_new_rows(model, first_new: int, seed: int) -> None:
+    """Rows from ``first_new`` on (audio tokens, padding) start at the mean of the rows before plus
+    Gaussian noise of NEW_ROW_NOISE times their per-dimension std, drawn from ``seed``: close to the mean
+    but not identical, so the audio tokens do not start symmetric. Input and untied output embeddings.
+
+    Not transformers' ``mean_resizing``: its noise (covariance 1e-9 times the rows') vanishes in bf16, it
+    draws from the global RNG, and it leaves alone the padding rows a Qwen2.5 checkpoint already has,
+    where audio tokens land too."""
+    generator = torch.Generator().manual_seed(seed)
+    embeddings = [e for e in (model.get_input_embeddings(), model.get_output_embeddings()) if e is not None]
+    weights = {e.weight.data_ptr(): e.weight for e in embeddings}  # tied: one matrix, initialised once
     with torch.no_grad():
-        for emb in {
-            id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings()) if e
-        }.values():
-            emb.weight[first_new:last] = emb.weight[:first_new].mean(dim=0, keepdim=True)
+        for weight in weights.values():
+            std, mean = torch.std_mean(weight[:first_new].float(), dim=0)
+            noise = torch.randn(weight.shape[0] - first_new, weight.shape[1], generator=generator)
+            weight[first_new:] = (mean + NEW_ROW_NOISE * std * noise).to(weight.dtype)
 
 
 def build(
@@ -98,13 +111,13 @@ def build(
     else:
         model = tiny_qwen2(text_size, seed=seed, **(tiny_config or {}))
     vocab = extend_tokenizer(tokenizer, codec.codebook_size)
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        # mean_resizing=False: transformers' default samples new rows from a Gaussian fitted to the old
-        # ones; DESIGN.md asks for the plain mean, set below
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    # Qwen2.5 checkpoints pad the embedding past the tokenizer (151,936 rows for 151,665 tokens): audio
-    # tokens that land in those never-trained rows start at the mean of the text rows all the same
-    mean_init_new_rows(model, text_size, len(tokenizer))
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows or rows % PAD_MULTIPLE:
+        # never shrinks: Qwen2.5 checkpoints already pad (151,936 rows for 151,665 tokens)
+        model.resize_token_embeddings(
+            max(len(tokenizer), rows), pad_to_multiple_of=PAD_MULTIPLE, mean_resizing=False
+        )
+    init_new_rows(model, text_size, seed)
     for config in (model.config, model.generation_config):
         config.eos_token_id = tokenizer.convert_tokens_to_ids(IM_END)
         config.pad_token_id = tokenizer.pad_token_id
@@ -133,7 +146,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-layers", type=int, default=4, help="tiny Qwen2")
     parser.add_argument("--num-heads", type=int, default=4, help="tiny Qwen2")
     parser.add_argument("--num-kv-heads", type=int, default=2, help="tiny Qwen2")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="tiny Qwen2's weights and the new rows' noise")
 
 
 def main(args: argparse.Namespace) -> None:

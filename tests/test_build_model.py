@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2TokenizerFast
 
-from speech_lpo.build_model import build, train_bpe
+from speech_lpo.build_model import NEW_ROW_NOISE, build, train_bpe
 from speech_lpo.codecs import load_codec
 from speech_lpo.modeling import tiny_qwen2
 from speech_lpo.prepare import read_manifest
@@ -64,12 +64,22 @@ def test_qwen_tokenizer_extended_text_unchanged(qwen_model_dir):
     assert after.encode("<|audio_0|><|audio_63|>") == [vocab.offset, vocab.offset + 63]
 
 
+def assert_new_rows_near_the_mean(emb: torch.Tensor, first_new: int) -> None:
+    """Rows from first_new on: distinct, centred on the text rows' mean, spread NEW_ROW_NOISE of their std."""
+    std, mean = torch.std_mean(emb[:first_new], dim=0)
+    new = emb[first_new:]
+    assert len(torch.unique(new, dim=0)) == len(new)  # no two rows alike: the audio tokens are not symmetric
+    assert torch.allclose(new.mean(dim=0), mean, atol=4 * NEW_ROW_NOISE * std.max() / len(new) ** 0.5)
+    spread = ((new - mean) / std).std()
+    assert spread == pytest.approx(NEW_ROW_NOISE, rel=0.1)
+
+
 def test_model_rows_and_codec_saved(qwen_model_dir, melvq_codec_dir):
     model = AutoModelForCausalLM.from_pretrained(qwen_model_dir)
-    emb = model.get_input_embeddings().weight
-    assert emb.shape[0] == QWEN_TEXT_TOKENS + 2 + MINI_CODEBOOK
-    mean = emb[:QWEN_TEXT_TOKENS].mean(dim=0)
-    assert torch.allclose(emb[QWEN_TEXT_TOKENS:], mean.expand(2 + MINI_CODEBOOK, -1), atol=1e-6)
+    emb = model.get_input_embeddings().weight.detach()
+    tokens = QWEN_TEXT_TOKENS + 2 + MINI_CODEBOOK  # 151,731
+    assert emb.shape[0] == 151_744 and emb.shape[0] % 64 == 0 and 0 <= emb.shape[0] - tokens < 64
+    assert_new_rows_near_the_mean(emb, QWEN_TEXT_TOKENS)
     assert model.generation_config.eos_token_id == AutoTokenizer.from_pretrained(
         qwen_model_dir
     ).convert_tokens_to_ids("<|im_end|>")
@@ -77,19 +87,37 @@ def test_model_rows_and_codec_saved(qwen_model_dir, melvq_codec_dir):
     assert np.array_equal(codec.codebook, load_codec(melvq_codec_dir).codebook)
 
 
-def test_padded_checkpoint_mean_initialises_padding_rows(melvq_codec_dir, tmp_path):
+def test_new_rows_are_deterministic_for_a_seed(melvq_codec_dir, tmp_path):
+    """The same seed gives the same new rows (and text rows); another seed other new rows, same text rows."""
+    need(QWEN_TOKENIZER_DIR)
+    checkpoint = tmp_path / "checkpoint"
+    tiny_qwen2(QWEN_TEXT_TOKENS, **tiny(hidden_size=16, num_heads=2)).save_pretrained(checkpoint)
+    rows = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        build(
+            str(melvq_codec_dir),
+            tmp_path / name,
+            model_name=str(checkpoint),
+            tokenizer_name=str(QWEN_TOKENIZER_DIR),
+            seed=seed,
+        )
+        rows[name] = AutoModelForCausalLM.from_pretrained(tmp_path / name).get_input_embeddings().weight
+    text = slice(0, QWEN_TEXT_TOKENS)
+    assert torch.equal(rows["a"], rows["b"])
+    assert torch.equal(rows["a"][text], rows["c"][text])
+    assert not torch.isclose(rows["a"][QWEN_TEXT_TOKENS:], rows["c"][QWEN_TEXT_TOKENS:]).any()
+
+
+def test_padded_checkpoint_initialises_padding_rows(melvq_codec_dir, tmp_path):
     """Qwen2.5 checkpoints have 151,936 rows for 151,665 tokens: audio tokens land in the padding."""
     need(QWEN_TOKENIZER_DIR)
     checkpoint = tmp_path / "padded"
     tiny_qwen2(151_936, **tiny(hidden_size=16, num_heads=2)).save_pretrained(checkpoint)
     out = tmp_path / "model"
     build(str(melvq_codec_dir), out, model_name=str(checkpoint), tokenizer_name=str(QWEN_TOKENIZER_DIR))
-    emb = AutoModelForCausalLM.from_pretrained(out).get_input_embeddings().weight
-    assert emb.shape[0] == 151_936  # no shrink
-    new = slice(QWEN_TEXT_TOKENS, QWEN_TEXT_TOKENS + 2 + MINI_CODEBOOK)
-    assert torch.allclose(
-        emb[new], emb[:QWEN_TEXT_TOKENS].mean(dim=0).expand(2 + MINI_CODEBOOK, -1), atol=1e-6
-    )
+    emb = AutoModelForCausalLM.from_pretrained(out).get_input_embeddings().weight.detach()
+    assert emb.shape[0] == 151_936  # no shrink, already a multiple of 64
+    assert_new_rows_near_the_mean(emb, QWEN_TEXT_TOKENS)
 
 
 def test_embedded_bpe_handles_both_languages(mini_manifests, melvq_codec_dir, tmp_path):
@@ -106,8 +134,8 @@ def test_embedded_bpe_handles_both_languages(mini_manifests, melvq_codec_dir, tm
         assert tok.encode(text) == in_memory.encode(text)  # reloading changes nothing
     # BPE merges: corpus words are a few tokens, not a byte each
     assert np.mean([len(tok.encode(t)) / len(t.encode()) for t in texts]) < 0.35
-    model = AutoModelForCausalLM.from_pretrained(out)
-    assert model.get_input_embeddings().weight.shape[0] == len(tok)
+    rows = AutoModelForCausalLM.from_pretrained(out).get_input_embeddings().weight.shape[0]
+    assert rows % 64 == 0 and 0 <= rows - len(tok) < 64
 
 
 def test_embedded_default_needs_text(melvq_codec_dir, tmp_path):
@@ -163,4 +191,4 @@ def test_cli_builds_the_embedded_default(mini_manifests, melvq_codec_dir, tmp_pa
     assert f"audio tokens [{vocab.offset}, {vocab.end})" in capsys.readouterr().out
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.hidden_size == 32 and model.config.num_hidden_layers == 1
-    assert model.get_input_embeddings().weight.shape[0] == vocab.end
+    assert model.get_input_embeddings().weight.shape[0] == 576  # 566 tokens, padded to a multiple of 64
