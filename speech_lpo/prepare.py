@@ -107,7 +107,7 @@ def aishell_candidates(corpus_dir: Path) -> list[Candidate]:
     # transcript lines whose audio is in none of the splits
     candidates += [
         Candidate(uid, "", None, texts.get(uid), "", problems.get(uid, ""))
-        for uid in [*texts, *problems]
+        for uid in dict.fromkeys([*texts, *problems])
         if uid not in seen
     ]
     return candidates
