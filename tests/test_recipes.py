@@ -99,3 +99,22 @@ gen_backend
     assert out[15] == "--backend vllm --tensor-parallel-size 4"
     assert out[16:19] == ["speech-lpo", "train", "--config"]
     assert out[20] == "--backend transformers"
+
+
+def test_prepared_sets_are_the_splits_prepare_wrote(tmp_path):
+    """The ASR recipes decode every test set prepare wrote; SFT validates on the first dev set."""
+    for corpus, splits in {
+        "aishell": ["train", "dev", "test"],
+        "librispeech": ["train", "dev-clean", "dev-other", "test-clean", "test-other"],
+    }.items():
+        manifests = tmp_path / corpus / "manifests"
+        manifests.mkdir(parents=True)
+        for split in splits:
+            (manifests / f"{split}.jsonl").touch()
+        (manifests / "report.json").touch()
+        script = f"datadir={tmp_path / corpus}\n. {RECIPES}/utils/common.sh\n"
+        script += "echo $(prepared_sets test); prepared_sets dev | head -n 1; "
+        script += 'echo "[$(prepared_sets eval)]"'
+        out = bash(script, tmp_path).stdout.splitlines()
+        tests = [s for s in splits if s.startswith("test")]
+        assert out == [" ".join(tests), splits[1], "[]"]
