@@ -48,8 +48,8 @@ class NeuralCodec(Codec):
             codes = self._model_encode(torch.from_numpy(wav)[None, None, :])  # (Q, T)
         return flatten_codes(codes.cpu().numpy(), self.per_codebook)
 
-    def decode(self, codes: np.ndarray | list[int]) -> np.ndarray:
-        grid = unflatten_codes(codes, self.num_quantizers, self.per_codebook)
+    def decode(self, codes: np.ndarray | list[int], utterance: str = "") -> np.ndarray:
+        grid = unflatten_codes(codes, self.num_quantizers, self.per_codebook, utterance)
         if grid.shape[1] == 0:
             return np.zeros(0, dtype=np.float32)
         with torch.inference_mode():
