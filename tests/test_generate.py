@@ -58,7 +58,8 @@ def make_model_dir(path: Path) -> Path:
     tokenizer.save_pretrained(path)
     vocab.save(path)
     # its codec: a melvq at 25 frames/s (hop 640), the rate of corpus_columns' durations
-    MelVQ(np.zeros((CODEBOOK, 80), np.float32), hop_length=640, synthesis_hop=160).save(path / MODEL_CODEC_DIR)
+    codec = MelVQ(np.zeros((CODEBOOK, 80), np.float32), hop_length=640, synthesis_hop=160)
+    codec.save(path / MODEL_CODEC_DIR)
     return path
 
 
