@@ -149,9 +149,14 @@ def test_asr_and_text_groups_compare_normalised_text(model_dir, tokenizer, tmp_p
 
 
 def test_asr_model_based_groups_from_real_generation(model_dir, data_dir, tokenizer, tmp_path):
-    cli(generate_args(model_dir, data_dir, tmp_path / "cand", "asr"))
+    cli(generate_args(model_dir, data_dir, tmp_path / "cand", "asr"))  # a random model, cut at 12 tokens
+    argv = ["make-pairs", "--model", str(model_dir), "--candidates", str(tmp_path / "cand"), "--out"]
+    cli(argv + [str(tmp_path / "default.jsonl")])
+    cut = json.loads((tmp_path / "cand" / "report.json").read_text())["hit_max_new_tokens"]
+    dropped = read_report(tmp_path / "default.jsonl")["dropped_responses"]
+    assert cut > 0 and dropped["hit max_new_tokens"] == cut
     out = tmp_path / "groups.jsonl"
-    cli(["make-pairs", "--model", str(model_dir), "--candidates", str(tmp_path / "cand"), "--out", str(out)])
+    cli(argv + [str(out), "--keep-cut-candidates"])
     groups = load_valid_groups(out)
     report = read_report(out)
     assert report["prompts"] == len(groups) + 4 and len(groups) > 0

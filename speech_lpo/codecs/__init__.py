@@ -12,12 +12,14 @@ codebook than its position's, or a partial frame. Folding such a slip back into 
 later frame and make garbage audio without an error; generation avoids them under
 speech_lpo.codecs.constrain.CodebookOrder.
 
-``load_codec(path_or_name)`` accepts
+``load_codec(path_or_name, num_quantizers)`` accepts
 - a directory written by ``Codec.save`` (it holds ``codec.json``), or a model directory from
-  ``speech-lpo build-model`` (the codec lives in its ``codec/`` subdirectory);
+  ``speech-lpo build-model`` (the codec lives in its ``codec/`` subdirectory); a neural codec's
+  ``codec.json`` refers to its weights (speech_lpo.codecs.neural), melvq's small codebook is in the dir;
 - a tokenizer spec, ``tokenizers/<name>.yaml``: neural codecs load their ``pretrained`` model; melvq has
   no weights until fitted, see ``speech_lpo.codecs.melvq.MelVQ.fit``;
-- a transformers EnCodec / Mimi / DAC checkpoint: a local directory or a hub id.
+- a transformers EnCodec / Mimi / DAC checkpoint: a local directory or a hub id, with ``num_quantizers``
+  (a checkpoint without a count is refused: all 32 codebooks is rarely what anyone wants).
 """
 
 from __future__ import annotations
@@ -56,6 +58,15 @@ class Codec(ABC):
     @abstractmethod
     def decode(self, codes: np.ndarray | list[int], utterance: str = "") -> np.ndarray:
         """Waveform (float32, ``sample_rate``) of a code sequence; ``MalformedCodes`` names ``utterance``."""
+
+    def encode_batch(self, audio: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
+        """Codes of several (waveform, sample rate) utterances; neural codecs run them as one padded batch."""
+        return [self.encode(wav, sr) for wav, sr in audio]
+
+    def decode_batch(self, sequences: list, utterances: list[str] | None = None) -> list[np.ndarray]:
+        """Waveforms of several code sequences; neural codecs run them as one padded batch."""
+        utterances = utterances or [""] * len(sequences)
+        return [self.decode(c, u) for c, u in zip(sequences, utterances, strict=True)]
 
     @abstractmethod
     def save(self, directory: str | Path) -> None: ...
@@ -157,21 +168,28 @@ def _codec_class(name: str) -> type[Codec]:
     return classes[name]
 
 
-def load_codec(path_or_name: str | Path) -> Codec:
-    """A codec from a saved codec dir, a model dir, a tokenizer YAML, or a transformers checkpoint."""
+def load_codec(path_or_name: str | Path, num_quantizers: int | None = None) -> Codec:
+    """A codec from a saved codec dir, a model dir, a tokenizer YAML, or a transformers checkpoint;
+    ``num_quantizers`` (``--num-quantizers``) must agree with a saved codec or spec, and is required
+    for a checkpoint."""
     path = Path(path_or_name)
     if (path / MODEL_CODEC_DIR / CODEC_FILE).is_file():
         path = path / MODEL_CODEC_DIR
     if (path / CODEC_FILE).is_file():
         meta = json.loads((path / CODEC_FILE).read_text())
+        saved = meta.get("num_quantizers", 1)
+        if num_quantizers and num_quantizers != saved:
+            raise ValueError(
+                f"{path} holds a codec with {saved} codebooks, not --num-quantizers {num_quantizers}"
+            )
         return _codec_class(meta["codec"]).load(path, meta)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such tokenizer spec")
         spec = yaml.safe_load(path.read_text())
-        return _codec_class(spec["codec"]).from_spec(spec, path)
+        return _codec_class(spec["codec"]).from_spec(spec, path, num_quantizers)
     if path.exists() and not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: neither a saved codec ({CODEC_FILE}) nor a transformers checkpoint")
     from speech_lpo.codecs.neural import NeuralCodec
 
-    return NeuralCodec.from_pretrained(str(path_or_name))
+    return NeuralCodec.from_pretrained(str(path_or_name), num_quantizers)

@@ -162,7 +162,7 @@ class MelVQ(Codec):
         return ("sample_rate", "n_fft", "hop_length", "n_mels", "synthesis_hop", "griffin_lim_iters")
 
     @classmethod
-    def from_spec(cls, spec: dict, path: Path) -> MelVQ:
+    def from_spec(cls, spec: dict, path: Path, num_quantizers: int | None = None) -> MelVQ:
         raise ValueError(
             f"{path}: melvq has no codebook until it is fitted on a training split; "
             "`speech-lpo tokenize --codec <this yaml>` fits it and saves it under the output dir"
