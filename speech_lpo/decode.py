@@ -107,7 +107,7 @@ def batches(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def load_rows(data: str | Path, split: str | None, limit: int | None) -> list[dict]:
+def load_rows(data: str | Path, split: str | None) -> list[dict]:
     """Rows of a tokenised dataset (``speech-lpo tokenize``), optionally one split, sorted by id."""
     from speech_lpo.tokenize_audio import load_tokenized
 
@@ -120,7 +120,7 @@ def load_rows(data: str | Path, split: str | None, limit: int | None) -> list[di
     repeated = sorted(k for k, n in Counter(r["id"] for r in rows).items() if n > 1)
     if repeated:
         raise ValueError(f"{data}: {len(repeated)} utterance ids occur more than once, e.g. {repeated[:5]}")
-    return rows[:limit] if limit else rows
+    return rows
 
 
 def decode(
@@ -142,9 +142,10 @@ def decode(
     end_id = im_end_id(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_id
     max_len = getattr(model.config, "max_position_embeddings", None)
-    rows = load_rows(data, split, limit)
-    if max_new_tokens is None:
-        max_new_tokens = length_limit(len(asr_response_ids(tokenizer, r["text"] or "")) for r in rows)
+    every = load_rows(data, split)
+    rows = every[:limit] if limit else every
+    if max_new_tokens is None:  # from the whole split, so that a run with --limit continues as the whole
+        max_new_tokens = length_limit(len(asr_response_ids(tokenizer, r["text"] or "")) for r in every)
     hyps_path = out_dir / HYPS_FILE
     settings = {
         "model": str(model_dir),

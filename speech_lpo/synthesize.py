@@ -117,10 +117,11 @@ def synthesize(
     codec = load_codec(model_dir)
     end_id = im_end_id(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_id
-    rows = load_rows(data, split, limit)
-    if max_new_tokens is None:
+    every = load_rows(data, split)
+    rows = every[:limit] if limit else every
+    if max_new_tokens is None:  # from the whole split, so that a run with --limit continues as the whole
         tps = read_codec_meta(model_dir)["tokens_per_second"]
-        max_new_tokens = length_limit(tts_answer_tokens(r["duration"], tps) for r in rows)
+        max_new_tokens = length_limit(tts_answer_tokens(r["duration"], tps) for r in every)
     constraint = LogitsProcessorList([CodebookOrder.for_model(model_dir, vocab, end_id)])
     stops = [vocab.audio_end_id, end_id]
     list_path = out_dir / SYNTH_LIST
