@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 from concurrent.futures import ProcessPoolExecutor
@@ -203,6 +204,8 @@ def check_plan(split_dir: Path, manifest: Path, shard_size: int) -> None:
 
 
 def tokenize_manifest(manifest: Path, out: Path, codec_dir: Path, shard_size: int, jobs: int) -> dict:
+    import torch
+
     lines = read_manifest(manifest)
     split_dir = out / manifest.name.removesuffix(".jsonl")
     check_plan(split_dir, manifest, shard_size)
@@ -214,7 +217,11 @@ def tokenize_manifest(manifest: Path, out: Path, codec_dir: Path, shard_size: in
     bar = tqdm(
         total=len(lines), initial=len(lines) - sum(len(t[1]) for t in todo), desc=f"tokenize {manifest.name}"
     )
-    with ProcessPoolExecutor(jobs, initializer=_init_worker, initargs=(str(codec_dir),)) as pool:
+    # a forked child cannot use CUDA once the parent has: with a GPU the workers are spawned
+    context = multiprocessing.get_context("spawn" if torch.cuda.is_available() else None)
+    with ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_init_worker, initargs=(str(codec_dir),)
+    ) as pool:
         for n in pool.map(_encode_shard, todo):
             bar.update(n)
     bar.close()
