@@ -173,28 +173,32 @@ class VLLMBackend:
         self.llm.llm_engine.engine_core.shutdown()
 
     def generate(self, prompts: list[list[int]], cfg: SamplingConfig, seed: int) -> list[list[Candidate]]:
+        if cfg.codebook_order is not None and cfg.codebook_order.num_quantizers > 1:
+            log.warning(
+                "vllm: the codebook-order constraint is not applied to TTS candidates (a code of the "
+                "wrong codebook shifts every later frame); --backend transformers applies it"
+            )
+        return self.generate_seeded(prompts, cfg, request_seeds(seed, len(prompts), cfg))
+
+    def generate_seeded(
+        self, prompts: list[list[int]], cfg: SamplingConfig, seeds: list[int]
+    ) -> list[list[Candidate]]:
+        """Candidates with one seed per prompt (speech_lpo.generate.request_seeds)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if cfg.codebook_order is not None and cfg.codebook_order.num_quantizers > 1:
-            log.warning(
-                "vllm: the codebook-order constraint is not applied; malformed TTS answers are counted "
-                "by synthesize and make-pairs, use --backend transformers to avoid them"
-            )
         greedy = cfg.temperature == 0
-        per_prompt = 1 if greedy else cfg.n  # vLLM refuses n > 1 when greedy; its n samples are one, repeated
         params = [
             SamplingParams(
-                n=per_prompt,
+                n=samples_per_request(cfg),
                 temperature=cfg.temperature,
                 top_p=cfg.top_p,
                 max_tokens=cfg.max_new_tokens,
                 stop_token_ids=list(cfg.stop_ids),
-                # vLLM seeds the j-th of n samples with seed + j: requests' seeds must be n apart
-                seed=seed + i * per_prompt,
+                seed=seed,
                 detokenize=False,
             )
-            for i in range(len(prompts))
+            for seed in seeds
         ]
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
@@ -203,6 +207,88 @@ class VLLMBackend:
             [cut_at_stop(list(out.outputs[0 if greedy else j].token_ids), cfg.stop_ids) for j in range(cfg.n)]
             for out in outputs
         ]
+
+
+def samples_per_request(cfg: SamplingConfig) -> int:
+    """vLLM refuses n > 1 when greedy: its n samples are one, repeated."""
+    return 1 if cfg.temperature == 0 else cfg.n
+
+
+def request_seeds(seed: int, n_prompts: int, cfg: SamplingConfig) -> list[int]:
+    """One seed per prompt of a batch, by its place in the batch: the same whichever engine samples it.
+    vLLM seeds the j-th of n samples with seed + j, so requests' seeds are n apart."""
+    return [seed + i * samples_per_request(cfg) for i in range(n_prompts)]
+
+
+def vllm_engines(config, ngpu: int, tensor_parallel_size: int = 1) -> list[str]:
+    """``CUDA_VISIBLE_DEVICES`` of each vLLM engine: ``ngpu // tensor_parallel_size`` data-parallel
+    engines. Tensor parallelism (for a model that does not fit one GPU) must divide the attention heads,
+    and the KV heads must split evenly or be replicated evenly; anything else is refused naming them."""
+    tp = tensor_parallel_size
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    if tp < 1 or ngpu < tp or ngpu % tp:
+        raise ValueError(f"--ngpu {ngpu} is not a multiple of --tensor-parallel-size {tp}")
+    if heads % tp or (kv_heads % tp and tp % kv_heads):
+        fits = [d for d in range(1, heads + 1) if heads % d == 0 and (kv_heads % d == 0 or d % kv_heads == 0)]
+        raise ValueError(
+            f"--tensor-parallel-size {tp} does not split the model's {heads} attention heads and "
+            f"{kv_heads} KV heads; sizes that do: {fits}"
+        )
+    return [",".join(str(g) for g in range(first, first + tp)) for first in range(0, ngpu, tp)]
+
+
+_ENGINE: VLLMBackend | None = None
+
+
+def _start_engine(devices: str, model_dir: str, engine_kwargs: dict) -> None:
+    global _ENGINE
+    os.environ["CUDA_VISIBLE_DEVICES"] = devices  # before vLLM initialises CUDA in this process
+    _ENGINE = VLLMBackend(model_dir, **engine_kwargs)
+
+
+def _engine_generate(
+    prompts: list[list[int]], cfg: SamplingConfig, seeds: list[int]
+) -> list[list[Candidate]]:
+    return _ENGINE.generate_seeded(prompts, cfg, seeds)
+
+
+def _engine_close() -> None:
+    _ENGINE.close()
+
+
+class DataParallelVLLM:
+    """One vLLM engine per GPU group (``vllm_engines``), each in its own process: a batch of prompts is
+    cut into contiguous shares, each engine samples its share with the seeds the prompts would have on
+    one engine, and the outputs are joined in prompt order, so results do not depend on the GPU count."""
+
+    name = "vllm"
+    batch_size = None
+
+    def __init__(self, model_dir: str | Path, engines: list[str], **engine_kwargs):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+        self.pools = [
+            ProcessPoolExecutor(
+                1, mp_context=context, initializer=_start_engine, initargs=(d, str(model_dir), engine_kwargs)
+            )
+            for d in engines
+        ]
+
+    def generate(self, prompts: list[list[int]], cfg: SamplingConfig, seed: int) -> list[list[Candidate]]:
+        seeds = request_seeds(seed, len(prompts), cfg)
+        share = -(-len(prompts) // len(self.pools))
+        futures = [
+            pool.submit(_engine_generate, prompts[a : a + share], cfg, seeds[a : a + share])
+            for pool, a in zip(self.pools, range(0, len(prompts), share), strict=False)
+        ]
+        return [candidates for f in futures for candidates in f.result()]
+
+    def close(self) -> None:
+        for pool in self.pools:
+            pool.submit(_engine_close).result()
+            pool.shutdown()
 
 
 def load_dataset_items(
@@ -504,7 +590,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-size", type=int, default=256, help="prompts per output shard")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", help="transformers device (default: cuda if available)")
-    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per model")
+    parser.add_argument(
+        "--ngpu", type=int, default=1, help="vllm: GPUs; one engine per --tensor-parallel-size of them"
+    )
+    parser.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=1,
+        help="vllm: GPUs per engine, only for a model that does not fit one (must divide its heads)",
+    )
     parser.add_argument(
         "--gpu-memory-utilization",
         type=float,
@@ -522,9 +616,17 @@ def stop_ids_for(task: str, tokenizer, vocab: AudioVocab) -> tuple[int, ...]:
 
 def make_backend(args: argparse.Namespace):
     if args.backend == "vllm":
-        return VLLMBackend(
-            args.model, args.tensor_parallel_size, args.gpu_memory_utilization, args.enforce_eager
-        )
+        from transformers import AutoConfig
+
+        engines = vllm_engines(AutoConfig.from_pretrained(args.model), args.ngpu, args.tensor_parallel_size)
+        engine_kwargs = {
+            "tensor_parallel_size": args.tensor_parallel_size,
+            "gpu_memory_utilization": args.gpu_memory_utilization,
+            "enforce_eager": args.enforce_eager,
+        }
+        if len(engines) == 1:
+            return VLLMBackend(args.model, **engine_kwargs)
+        return DataParallelVLLM(args.model, engines, **engine_kwargs)
     return TransformersBackend(args.model, args.batch_size, args.device)
 
 

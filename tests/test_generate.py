@@ -30,10 +30,12 @@ from speech_lpo.generate import (
     item_answer_lengths,
     iter_rows,
     length_limit,
+    request_seeds,
     run,
     skip_too_long,
     stop_ids_for,
     tts_answer_tokens,
+    vllm_engines,
 )
 from speech_lpo.modeling import extend_tokenizer, tiny_qwen2
 from speech_lpo.prompts import im_end_id
@@ -330,3 +332,50 @@ def test_cut_candidates_are_reported_by_id_and_the_default_limit_comes_from_the_
         for c in row["candidates"]:
             assert len(c["ids"]) <= settings["max_new_tokens"]
             assert c["hit_max_new_tokens"] == (len(c["ids"]) == settings["max_new_tokens"])
+
+
+@pytest.mark.parametrize(
+    ("name", "ngpu", "tp", "engines"),
+    [
+        ("Qwen2.5-0.5B", 4, 1, ["0", "1", "2", "3"]),  # data parallel: one engine per GPU
+        ("Qwen2.5-0.5B", 4, 2, ["0,1", "2,3"]),
+        ("Qwen2.5-7B", 8, 4, ["0,1,2,3", "4,5,6,7"]),
+        ("Qwen2.5-7B", 1, 1, ["0"]),
+    ],
+)
+def test_vllm_engines_for_the_qwen25_configs(name, ngpu, tp, engines):
+    from transformers import Qwen2Config
+
+    path = DATA / "qwen2.5_configs" / f"{name}.config.json"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    assert vllm_engines(Qwen2Config.from_json_file(path), ngpu, tp) == engines
+
+
+def test_vllm_tensor_parallel_sizes_that_do_not_split_the_heads_are_refused():
+    from transformers import Qwen2Config
+
+    configs = DATA / "qwen2.5_configs"
+    if not configs.is_dir():
+        pytest.skip(f"{configs} not found")
+    small = Qwen2Config.from_json_file(configs / "Qwen2.5-0.5B.config.json")  # 14 heads, 2 KV heads
+    big = Qwen2Config.from_json_file(configs / "Qwen2.5-7B.config.json")  # 28 heads, 4 KV heads
+    with pytest.raises(ValueError, match=r"14 attention heads and 2 KV heads; sizes that do: \[1, 2, 14\]"):
+        vllm_engines(small, 4, 4)
+    with pytest.raises(ValueError, match=r"14 attention heads and 2 KV heads"):
+        vllm_engines(small, 7, 7)  # divides the heads, not the KV heads
+    with pytest.raises(
+        ValueError, match=r"28 attention heads and 4 KV heads; sizes that do: \[1, 2, 4, 28\]"
+    ):
+        vllm_engines(big, 3, 3)
+    with pytest.raises(ValueError, match="--ngpu 3 is not a multiple of --tensor-parallel-size 2"):
+        vllm_engines(big, 3, 2)
+
+
+def test_request_seeds_do_not_depend_on_how_prompts_are_shared_between_engines():
+    cfg = SamplingConfig(n=3, temperature=1.0)
+    whole = request_seeds(7, 10, cfg)
+    assert len(set(whole)) == 10 and whole[1] - whole[0] == 3  # n samples of a request: seed + j
+    share = 4  # DataParallelVLLM's contiguous shares of 10 prompts over 3 engines
+    assert [whole[a : a + share] for a in range(0, 10, share)] == [whole[:4], whole[4:8], whole[8:]]
+    assert request_seeds(7, 10, SamplingConfig(n=3, temperature=0))[:2] == [7, 8]  # greedy: one sample
