@@ -22,11 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from speech_lpo.codecs import MalformedCodes
+from speech_lpo.codecs import MalformedCodes, unflatten_codes
 from speech_lpo.decode import batches, check_settings, generate_batch, load_model, load_rows, read_done
 from speech_lpo.generate import length_limit, tts_answer_tokens
 from speech_lpo.prompts import im_end_id, tts_prompt_ids
@@ -46,50 +47,79 @@ def answer_codes(vocab: AudioVocab, ids: list[int], stop_ids: list[int]) -> tupl
     return np.asarray(body, dtype=np.int64) - vocab.offset, closed
 
 
-def write_wav(
-    path: Path, codec, codes: np.ndarray, utterance: str = ""
-) -> tuple[str | None, float | None, str | None]:
-    """Decode codes to ``path``: (relative path, duration in seconds, error). A malformed sequence raises
-    MalformedCodes: the caller counts it apart from codec failures."""
+@dataclass
+class Written:
+    """What became of one code sequence: its wav (relative path) and duration, or why there is none."""
+
+    wav: str | None = None
+    duration: float | None = None
+    error: str | None = None
+    malformed: bool = False  # not whole frames in codebook order (speech_lpo.codecs.unflatten_codes)
+
+
+def write_wavs(directory: Path, codec, sequences: list[np.ndarray], utterances: list[str]) -> list[Written]:
+    """Decode code sequences to ``directory/<utterance>.wav``, the well-formed ones as one codec batch
+    (a neural codec pads them and cuts each result to its length). Empty and malformed sequences are
+    named and left out; if the batch fails, each is decoded alone, so that the failure is named."""
     import soundfile as sf
 
-    if len(codes) == 0:
-        return None, None, "no audio codes"
+    per_codebook = codec.codebook_size // codec.num_quantizers
+    out, todo = [Written() for _ in sequences], []
+    for k, (codes, utt) in enumerate(zip(sequences, utterances, strict=True)):
+        try:
+            if len(codes) == 0:
+                out[k].error = "no audio codes"
+                continue
+            unflatten_codes(codes, codec.num_quantizers, per_codebook, utt)
+            todo.append(k)
+        except MalformedCodes as e:
+            out[k] = Written(error=str(e), malformed=True)
     try:
-        wav = np.asarray(codec.decode(codes, utterance), dtype=np.float32)
-        if wav.size == 0 or not np.isfinite(wav).all():
-            raise ValueError(f"codec returned {wav.size} samples, empty or not finite")
-    except MalformedCodes:
-        raise
-    except Exception as e:  # any codec failure is this utterance's, named in its row
-        return None, None, f"codec cannot decode {len(codes)} codes: {type(e).__name__}: {e}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.wav")
-    sf.write(tmp, wav, codec.sample_rate)
-    tmp.replace(path)
-    return f"{path.parent.name}/{path.name}", len(wav) / codec.sample_rate, None
+        wavs = codec.decode_batch([sequences[k] for k in todo], [utterances[k] for k in todo])
+    except Exception:  # named below, one at a time
+        wavs = None
+    for n, k in enumerate(todo):
+        try:
+            wav = np.asarray(wavs[n] if wavs is not None else codec.decode(sequences[k]), dtype=np.float32)
+            if wav.size == 0 or not np.isfinite(wav).all():
+                raise ValueError(f"codec returned {wav.size} samples, empty or not finite")
+        except Exception as e:  # any codec failure is this utterance's, named in its row
+            out[k].error = f"codec cannot decode {len(sequences[k])} codes: {type(e).__name__}: {e}"
+            continue
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{utterances[k]}.wav"
+        tmp = path.with_name(f".{path.name}.tmp.wav")
+        sf.write(tmp, wav, codec.sample_rate)
+        tmp.replace(path)
+        out[k] = Written(f"{directory.name}/{path.name}", len(wav) / codec.sample_rate)
+    return out
 
 
-def synthesized_row(
-    out_dir: Path, codec, vocab: AudioVocab, row: dict, ids: list[int], stops: list[int]
-) -> dict:
-    """The ``synth.jsonl`` row of one generated answer, its wav and round-trip wav written."""
-    codes, closed = answer_codes(vocab, ids, stops)
-    rec = {"id": row["id"], "text": row["text"]}
-    try:
-        wav, duration, error = write_wav(out_dir / "wav" / f"{row['id']}.wav", codec, codes, row["id"])
-    except MalformedCodes as e:
-        wav, duration, error = None, None, str(e)
-        rec["malformed"] = str(e)
-    rt, _, rt_error = write_wav(
-        out_dir / "roundtrip" / f"{row['id']}.wav", codec, np.asarray(row["codes"]), row["id"]
-    )
-    rec |= {"wav": wav, "roundtrip_wav": rt, "audio_end": closed}
-    rec |= {"hit_max_new_tokens": not any(t in stops for t in ids)}
-    rec |= {"n_codes": len(codes), "duration": duration, "ref_duration": row["duration"]}
-    rec |= {"codes": codes.tolist()}
-    rec |= {k: v for k, v in (("wav_error", error), ("roundtrip_wav_error", rt_error)) if v}
-    return rec
+def synthesized_rows(
+    out_dir: Path, codec, vocab: AudioVocab, rows: list[dict], answers: list[list[int]], stops: list[int]
+) -> list[dict]:
+    """The ``synth.jsonl`` rows of a batch of generated answers, their wavs and round-trip wavs written."""
+    parsed = [answer_codes(vocab, ids, stops) for ids in answers]
+    ids = [row["id"] for row in rows]
+    synth = write_wavs(out_dir / "wav", codec, [codes for codes, _ in parsed], ids)
+    roundtrip = write_wavs(out_dir / "roundtrip", codec, [np.asarray(row["codes"]) for row in rows], ids)
+    recs = []
+    for row, answer, (codes, closed), s, rt in zip(rows, answers, parsed, synth, roundtrip, strict=True):
+        rec = {
+            "id": row["id"],
+            "text": row["text"],
+            "wav": s.wav,
+            "roundtrip_wav": rt.wav,
+            "audio_end": closed,
+        }
+        rec |= {"hit_max_new_tokens": not any(t in stops for t in answer)}
+        rec |= {"n_codes": len(codes), "duration": s.duration, "ref_duration": row["duration"]}
+        rec |= {"codes": codes.tolist()}
+        rec |= {k: v for k, v in (("wav_error", s.error), ("roundtrip_wav_error", rt.error)) if v}
+        if s.malformed:
+            rec["malformed"] = s.error
+        recs.append(rec)
+    return recs
 
 
 def synthesize(
@@ -153,9 +183,8 @@ def synthesize(
                 logits_processor=constraint,
                 **sampling,
             )
-            for row, ids in zip(batch, new, strict=True):
-                rec = synthesized_row(out_dir, codec, vocab, row, ids, stops)
-                done[row["id"]] = rec
+            for rec in synthesized_rows(out_dir, codec, vocab, batch, new, stops):
+                done[rec["id"]] = rec
                 out.write(json.dumps(rec, ensure_ascii=False) + "\n")
             out.flush()
             bar.update(len(batch))
