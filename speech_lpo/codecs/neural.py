@@ -185,7 +185,11 @@ class NeuralCodec(Codec):
     ) -> NeuralCodec:
         """A transformers codec checkpoint (local dir or hub id) keeping ``num_quantizers`` codebooks."""
         from transformers import AutoConfig
+        from transformers.utils.hub import resolve_revision
 
+        local = Path(name_or_path)
+        if not local.exists():  # a hub id: pinned to the commit its revision points to now, and recorded
+            revision = getattr(resolve_revision(name_or_path, revision), "resolved", None) or revision
         config = AutoConfig.from_pretrained(name_or_path, revision=revision)
         if config.model_type not in NEURAL_CODECS:
             raise ValueError(
@@ -198,10 +202,8 @@ class NeuralCodec(Codec):
                 "codebooks; say how many to keep with --num-quantizers (or use a tokenizers/*.yaml spec)"
             )
         model = codec_cls.model_class().from_pretrained(name_or_path, revision=revision)
-        local = Path(name_or_path)
-        # a local checkpoint is referred to by its absolute path; a hub id by the commit it resolved to
+        # a local checkpoint is referred to by its absolute path, a hub id by its id and commit
         source = str(local.resolve()) if local.exists() else name_or_path
-        revision = None if local.exists() else (revision or getattr(model.config, "_commit_hash", None))
         return codec_cls(model, num_quantizers, source, revision)
 
     @staticmethod
