@@ -174,3 +174,21 @@ def test_model_dirs_refer_to_the_codec_and_synthesize_counts_malformed_answers(m
         assert report["no_audio"][utt] == reason
     rows = [json.loads(line) for line in (out / "synth.jsonl").read_text().splitlines()]
     assert all(r["wav"] is None and r["roundtrip_wav"] for r in rows)
+
+
+def test_a_spec_caps_the_codebooks_and_the_option_must_agree_with_it(tmp_path):
+    import yaml
+
+    tiny_neural_model("dac", codebooks=12).save_pretrained(tmp_path / "dac")
+    spec = {"codec": "dac", "pretrained": str(tmp_path / "dac")}
+    (tmp_path / "bare.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match="no num_quantizers in the spec; pass --num-quantizers"):
+        load_codec(tmp_path / "bare.yaml")
+    assert load_codec(tmp_path / "bare.yaml", 8).num_quantizers == 8
+    (tmp_path / "eight.yaml").write_text(yaml.safe_dump({**spec, "num_quantizers": 8}))
+    assert (
+        load_codec(tmp_path / "eight.yaml").num_quantizers
+        == load_codec(tmp_path / "eight.yaml", 8).num_quantizers
+    )
+    with pytest.raises(ValueError, match="keeps 8 codebooks; --num-quantizers 4 contradicts it"):
+        load_codec(tmp_path / "eight.yaml", 4)
