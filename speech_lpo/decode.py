@@ -3,13 +3,15 @@
 Output directory:
 
 - ``hyps.jsonl``: one row per utterance, ``{id, text, ref, n_tokens, finished}``; ``finished`` is false
-  when ``<|im_end|>`` did not come within ``--max-new-tokens``. An utterance that cannot be decoded (no
-  audio codes, a prompt longer than the model's context) is a row with ``error`` and no ``text``.
+  when ``<|im_end|>`` did not come within ``--max-new-tokens`` (by default derived from the data: the
+  longest reference transcript in tokens, with a margin; speech_lpo.generate.length_limit). An
+  utterance that cannot be decoded (no audio codes, a prompt longer than the model's context) is a row
+  with ``error`` and no ``text``.
   Rows are appended batch by batch, so a killed run continues where it stopped.
 - ``text``: the hypotheses in Kaldi ``text`` format, for ``speech-lpo score asr``; utterances with an
   error have no line there, so scoring counts them as missing (all deletions) and names them.
 - ``ref_text``: the references from the same dataset, in the same format.
-- ``decode.json``: the settings, counts, and the ids that were unfinished or failed.
+- ``decode.json``: the settings, counts, and the ids that were cut by the limit (``unfinished``) or failed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from speech_lpo.prompts import asr_prompt_ids, im_end_id, response_text
+from speech_lpo.generate import length_limit
+from speech_lpo.prompts import asr_prompt_ids, asr_response_ids, im_end_id, response_text
 from speech_lpo.score import write_atomic
 from speech_lpo.vocab import AudioVocab
 
@@ -104,7 +107,7 @@ def batches(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def load_rows(data: str | Path, split: str | None, limit: int | None) -> list[dict]:
+def load_rows(data: str | Path, split: str | None) -> list[dict]:
     """Rows of a tokenised dataset (``speech-lpo tokenize``), optionally one split, sorted by id."""
     from speech_lpo.tokenize_audio import load_tokenized
 
@@ -117,7 +120,7 @@ def load_rows(data: str | Path, split: str | None, limit: int | None) -> list[di
     repeated = sorted(k for k, n in Counter(r["id"] for r in rows).items() if n > 1)
     if repeated:
         raise ValueError(f"{data}: {len(repeated)} utterance ids occur more than once, e.g. {repeated[:5]}")
-    return rows[:limit] if limit else rows
+    return rows
 
 
 def decode(
@@ -127,9 +130,10 @@ def decode(
     split: str | None = None,
     batch_size: int = 8,
     beam_size: int = 1,
-    max_new_tokens: int = 128,
+    max_new_tokens: int | None = None,
     limit: int | None = None,
 ) -> dict:
+    """Decode ``data`` into ``out_dir``; ``max_new_tokens`` None derives it from the reference transcripts."""
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
@@ -138,7 +142,10 @@ def decode(
     end_id = im_end_id(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_id
     max_len = getattr(model.config, "max_position_embeddings", None)
-    rows = load_rows(data, split, limit)
+    every = load_rows(data, split)
+    rows = every[:limit] if limit else every
+    if max_new_tokens is None:  # from the whole split, so that a run with --limit continues as the whole
+        max_new_tokens = length_limit(len(asr_response_ids(tokenizer, r["text"] or "")) for r in every)
     hyps_path = out_dir / HYPS_FILE
     settings = {
         "model": str(model_dir),
@@ -218,7 +225,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--beam-size", type=int, default=1, help="1: greedy search")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument(
+        "--max-new-tokens", type=int, help="default: from the data, the longest reference plus a margin"
+    )
     parser.add_argument("--limit", type=int, help="decode only the first N utterances (by id)")
 
 
@@ -235,5 +244,6 @@ def main(args: argparse.Namespace) -> None:
     )
     print(
         f"decoded {report['decoded']}/{report['utterances']} ({report['search']}); "
-        f"unfinished {len(report['unfinished'])}, failed {len(report['failed'])} -> {args.out_dir}/text"
+        f"cut by max_new_tokens {report['max_new_tokens']}: {len(report['unfinished'])}, "
+        f"failed {len(report['failed'])} -> {args.out_dir}/text"
     )

@@ -10,8 +10,12 @@ the candidates into preference groups. Output directory:
   Each shard is written to a temporary file and renamed into place when complete, so a killed run
   leaves only whole shards, and a re-run generates just the missing ones. Seeds depend on the shard
   and batch, not on the run, so a resumed run gives the same files as an uninterrupted one.
-- ``report.json``: prompts, skips by reason, candidates, how many hit max_new_tokens or are empty,
-  failed shards, throughput.
+- ``report.json``: prompts, skips by reason, candidates, how many hit max_new_tokens (and the ids of
+  their prompts) or are empty, failed shards, throughput.
+
+Without ``--max-new-tokens`` the limit comes from the data (``length_limit``): the longest reference
+answer in tokens (ASR and text: the tokenised transcript; TTS: the reference duration times the codec's
+tokens per second), with a margin, so that no answer as long as a reference is cut.
 
 Candidate ids run up to and including the first stop token (``<|im_end|>``; TTS also ``<|audio_end|>``).
 """
@@ -21,16 +25,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
+from transformers import LogitsProcessorList
 
+from speech_lpo.codecs import read_codec_meta
+from speech_lpo.codecs.constrain import CodebookOrder
 from speech_lpo.prompts import (
     asr_prompt_ids,
     asr_response_ids,
@@ -58,6 +66,7 @@ class Item:
     prompt_ids: list[int]
     reference_ids: list[int]
     skipped: str | None = None  # why no candidates are sampled for it
+    duration: float | None = None  # seconds of the reference audio (asr, tts)
 
 
 @dataclass
@@ -67,6 +76,7 @@ class SamplingConfig:
     top_p: float = 1.0
     max_new_tokens: int = 256
     stop_ids: tuple[int, ...] = ()
+    codebook_order: CodebookOrder | None = None  # TTS: keeps answers in codebook order, whole frames
 
 
 @dataclass
@@ -110,6 +120,8 @@ class TransformersBackend:
             attention_mask[i, width - len(p) :] = 1
         greedy = cfg.temperature == 0
         sampling = {} if greedy else {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0}
+        if cfg.codebook_order is not None:
+            sampling["logits_processor"] = LogitsProcessorList([cfg.codebook_order])
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=input_ids.to(self.device),
@@ -161,23 +173,32 @@ class VLLMBackend:
         self.llm.llm_engine.engine_core.shutdown()
 
     def generate(self, prompts: list[list[int]], cfg: SamplingConfig, seed: int) -> list[list[Candidate]]:
+        if cfg.codebook_order is not None and cfg.codebook_order.num_quantizers > 1:
+            log.warning(
+                "vllm: the codebook-order constraint is not applied to TTS candidates (a code of the "
+                "wrong codebook shifts every later frame); --backend transformers applies it"
+            )
+        return self.generate_seeded(prompts, cfg, request_seeds(seed, len(prompts), cfg))
+
+    def generate_seeded(
+        self, prompts: list[list[int]], cfg: SamplingConfig, seeds: list[int]
+    ) -> list[list[Candidate]]:
+        """Candidates with one seed per prompt (speech_lpo.generate.request_seeds)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         greedy = cfg.temperature == 0
-        per_prompt = 1 if greedy else cfg.n  # vLLM refuses n > 1 when greedy; its n samples are one, repeated
         params = [
             SamplingParams(
-                n=per_prompt,
+                n=samples_per_request(cfg),
                 temperature=cfg.temperature,
                 top_p=cfg.top_p,
                 max_tokens=cfg.max_new_tokens,
                 stop_token_ids=list(cfg.stop_ids),
-                # vLLM seeds the j-th of n samples with seed + j: requests' seeds must be n apart
-                seed=seed + i * per_prompt,
+                seed=seed,
                 detokenize=False,
             )
-            for i in range(len(prompts))
+            for seed in seeds
         ]
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
@@ -186,6 +207,88 @@ class VLLMBackend:
             [cut_at_stop(list(out.outputs[0 if greedy else j].token_ids), cfg.stop_ids) for j in range(cfg.n)]
             for out in outputs
         ]
+
+
+def samples_per_request(cfg: SamplingConfig) -> int:
+    """vLLM refuses n > 1 when greedy: its n samples are one, repeated."""
+    return 1 if cfg.temperature == 0 else cfg.n
+
+
+def request_seeds(seed: int, n_prompts: int, cfg: SamplingConfig) -> list[int]:
+    """One seed per prompt of a batch, by its place in the batch: the same whichever engine samples it.
+    vLLM seeds the j-th of n samples with seed + j, so requests' seeds are n apart."""
+    return [seed + i * samples_per_request(cfg) for i in range(n_prompts)]
+
+
+def vllm_engines(config, ngpu: int, tensor_parallel_size: int = 1) -> list[str]:
+    """``CUDA_VISIBLE_DEVICES`` of each vLLM engine: ``ngpu // tensor_parallel_size`` data-parallel
+    engines. Tensor parallelism (for a model that does not fit one GPU) must divide the attention heads,
+    and the KV heads must split evenly or be replicated evenly; anything else is refused naming them."""
+    tp = tensor_parallel_size
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    if tp < 1 or ngpu < tp or ngpu % tp:
+        raise ValueError(f"--ngpu {ngpu} is not a multiple of --tensor-parallel-size {tp}")
+    if heads % tp or (kv_heads % tp and tp % kv_heads):
+        fits = [d for d in range(1, heads + 1) if heads % d == 0 and (kv_heads % d == 0 or d % kv_heads == 0)]
+        raise ValueError(
+            f"--tensor-parallel-size {tp} does not split the model's {heads} attention heads and "
+            f"{kv_heads} KV heads; sizes that do: {fits}"
+        )
+    return [",".join(str(g) for g in range(first, first + tp)) for first in range(0, ngpu, tp)]
+
+
+_ENGINE: VLLMBackend | None = None
+
+
+def _start_engine(devices: str, model_dir: str, engine_kwargs: dict) -> None:
+    global _ENGINE
+    os.environ["CUDA_VISIBLE_DEVICES"] = devices  # before vLLM initialises CUDA in this process
+    _ENGINE = VLLMBackend(model_dir, **engine_kwargs)
+
+
+def _engine_generate(
+    prompts: list[list[int]], cfg: SamplingConfig, seeds: list[int]
+) -> list[list[Candidate]]:
+    return _ENGINE.generate_seeded(prompts, cfg, seeds)
+
+
+def _engine_close() -> None:
+    _ENGINE.close()
+
+
+class DataParallelVLLM:
+    """One vLLM engine per GPU group (``vllm_engines``), each in its own process: a batch of prompts is
+    cut into contiguous shares, each engine samples its share with the seeds the prompts would have on
+    one engine, and the outputs are joined in prompt order, so results do not depend on the GPU count."""
+
+    name = "vllm"
+    batch_size = None
+
+    def __init__(self, model_dir: str | Path, engines: list[str], **engine_kwargs):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+        self.pools = [
+            ProcessPoolExecutor(
+                1, mp_context=context, initializer=_start_engine, initargs=(d, str(model_dir), engine_kwargs)
+            )
+            for d in engines
+        ]
+
+    def generate(self, prompts: list[list[int]], cfg: SamplingConfig, seed: int) -> list[list[Candidate]]:
+        seeds = request_seeds(seed, len(prompts), cfg)
+        share = -(-len(prompts) // len(self.pools))
+        futures = [
+            pool.submit(_engine_generate, prompts[a : a + share], cfg, seeds[a : a + share])
+            for pool, a in zip(self.pools, range(0, len(prompts), share), strict=False)
+        ]
+        return [candidates for f in futures for candidates in f.result()]
+
+    def close(self) -> None:
+        for pool in self.pools:
+            pool.submit(_engine_close).result()
+            pool.shutdown()
 
 
 def load_dataset_items(
@@ -218,7 +321,7 @@ def dataset_items(ds, task: str, tokenizer, vocab: AudioVocab, where: str = "dat
     for row in ds:
         text = (row["text"] or "").strip()
         codes = row["codes"] or []
-        item = Item(row["id"], task, row["lang"] or "", text, [], [])
+        item = Item(row["id"], task, row["lang"] or "", text, [], [], duration=row.get("duration"))
         if not text:
             item.skipped = "empty or missing transcript"
         elif not codes:
@@ -264,6 +367,36 @@ def load_text_items(path: str | Path, tokenizer) -> list[Item]:
                 item.reference_ids = asr_response_ids(tokenizer, response)
             items.append(item)
     return items
+
+
+# the derived limit: longest reference x ratio + extra; room for an answer somewhat longer than any
+# reference, while one that rambles on stops soon after
+LENGTH_RATIO = 1.5
+LENGTH_EXTRA = 16
+TTS_FRAME_TOKENS = 3  # <|audio_start|>, <|audio_end|>, <|im_end|> around the audio tokens
+
+
+def length_limit(reference_lengths: Iterable[int]) -> int:
+    """``max_new_tokens`` derived from the longest reference answer (in tokens)."""
+    longest = max(reference_lengths, default=0)
+    return math.ceil(longest * LENGTH_RATIO) + LENGTH_EXTRA
+
+
+def tts_answer_tokens(duration: float, tokens_per_second: float) -> int:
+    """Tokens of a TTS answer as long as ``duration`` seconds of audio."""
+    return math.ceil(duration * tokens_per_second) + TTS_FRAME_TOKENS
+
+
+def item_answer_lengths(items: list[Item], tokens_per_second: float | None) -> list[int]:
+    """Reference answer lengths in tokens: the tokenised reference (ASR, text) or, for TTS, the reference
+    duration through the codec's tokens per second."""
+    return [
+        tts_answer_tokens(i.duration, tokens_per_second)
+        if i.task == "tts" and i.duration
+        else len(i.reference_ids)
+        for i in items
+        if i.skipped is None
+    ]
 
 
 def skip_too_long(items: list[Item], max_new_tokens: int, max_length: int) -> None:
@@ -405,6 +538,7 @@ class _Counts:
     prompts: int = 0
     candidates: int = 0
     hit_max_new_tokens: int = 0
+    hit_max_new_tokens_ids: list[str] = field(default_factory=list)  # prompts with a cut candidate
     empty_candidates: int = 0
     skipped: Counter = field(default_factory=Counter)
 
@@ -421,7 +555,10 @@ def summarize(out_dir: Path, n_shards: int) -> dict:
                 if row["skipped"]:
                     counts.skipped[row["skipped"]] += 1
                 counts.candidates += len(row["candidates"])
-                counts.hit_max_new_tokens += sum(c["hit_max_new_tokens"] for c in row["candidates"])
+                cut = sum(c["hit_max_new_tokens"] for c in row["candidates"])
+                counts.hit_max_new_tokens += cut
+                if cut:
+                    counts.hit_max_new_tokens_ids.append(row["id"])
                 counts.empty_candidates += sum(
                     len(c["ids"]) <= 1 and not c["hit_max_new_tokens"] for c in row["candidates"]
                 )
@@ -446,12 +583,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=3, help="candidates per prompt")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 means greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument(
+        "--max-new-tokens", type=int, help="default: from the data, the longest reference plus a margin"
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per transformers batch")
     parser.add_argument("--shard-size", type=int, default=256, help="prompts per output shard")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", help="transformers device (default: cuda if available)")
-    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per model")
+    parser.add_argument(
+        "--ngpu", type=int, default=1, help="vllm: GPUs; one engine per --tensor-parallel-size of them"
+    )
+    parser.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=1,
+        help="vllm: GPUs per engine, only for a model that does not fit one (must divide its heads)",
+    )
     parser.add_argument(
         "--gpu-memory-utilization",
         type=float,
@@ -469,9 +616,17 @@ def stop_ids_for(task: str, tokenizer, vocab: AudioVocab) -> tuple[int, ...]:
 
 def make_backend(args: argparse.Namespace):
     if args.backend == "vllm":
-        return VLLMBackend(
-            args.model, args.tensor_parallel_size, args.gpu_memory_utilization, args.enforce_eager
-        )
+        from transformers import AutoConfig
+
+        engines = vllm_engines(AutoConfig.from_pretrained(args.model), args.ngpu, args.tensor_parallel_size)
+        engine_kwargs = {
+            "tensor_parallel_size": args.tensor_parallel_size,
+            "gpu_memory_utilization": args.gpu_memory_utilization,
+            "enforce_eager": args.enforce_eager,
+        }
+        if len(engines) == 1:
+            return VLLMBackend(args.model, **engine_kwargs)
+        return DataParallelVLLM(args.model, engines, **engine_kwargs)
     return TransformersBackend(args.model, args.batch_size, args.device)
 
 
@@ -485,10 +640,17 @@ def main(args: argparse.Namespace) -> None:
         items = load_text_items(args.data, tokenizer)
     else:
         items = load_dataset_items(args.data, args.task, tokenizer, vocab, args.split, args.max_prompts)
-    skip_too_long(items, args.max_new_tokens, AutoConfig.from_pretrained(args.model).max_position_embeddings)
+    max_new_tokens = args.max_new_tokens
+    if max_new_tokens is None:
+        tps = read_codec_meta(args.model)["tokens_per_second"] if args.task == "tts" else None
+        max_new_tokens = length_limit(item_answer_lengths(items, tps))
+        log.info("max_new_tokens %d, derived from the longest reference answer", max_new_tokens)
+    skip_too_long(items, max_new_tokens, AutoConfig.from_pretrained(args.model).max_position_embeddings)
     cfg = SamplingConfig(
-        args.n, args.temperature, args.top_p, args.max_new_tokens, stop_ids_for(args.task, tokenizer, vocab)
+        args.n, args.temperature, args.top_p, max_new_tokens, stop_ids_for(args.task, tokenizer, vocab)
     )
+    if args.task == "tts":
+        cfg.codebook_order = CodebookOrder.for_model(args.model, vocab, im_end_id(tokenizer))
     settings = {
         "model": str(Path(args.model).resolve()),
         "data": str(Path(args.data).resolve()),
@@ -502,9 +664,9 @@ def main(args: argparse.Namespace) -> None:
                 "n",
                 "temperature",
                 "top_p",
-                "max_new_tokens",
             )
         },
+        "max_new_tokens": max_new_tokens,
     }
     if args.backend == "transformers":
         settings["batch_size"] = args.batch_size  # padding changes the numbers, so the samples

@@ -4,9 +4,11 @@ The chosen response is always the ground truth. ``--method model`` reads `speech
 and makes one group per prompt whose rejected responses are the model's own samples:
 
 - TTS: every candidate (three by default) against the reference audio; a candidate identical to the
-  reference or without audio codes is dropped; one that hit max_new_tokens is kept and flagged.
+  reference or without audio codes is dropped.
 - ASR and text tasks: the candidates whose text differs from the reference after normalisation
   (characters for Chinese, words for English: speech_lpo.normalize), each kept as the model's token ids.
+- A candidate cut by max_new_tokens is dropped and counted: its missing end, not its content, would make
+  it the rejected one. ``--keep-cut-candidates`` keeps them, flagged in the report and the group's meta.
 
 ``--method perturb`` (ASR) corrupts each reference transcript by insertion, deletion and repetition at
 noise ratio eta (speech_lpo.perturb); no model samples are needed.
@@ -140,8 +142,25 @@ def make_group(
     return group
 
 
+CUT = "hit max_new_tokens"
+
+
+def keep_candidate(candidate: dict, report: PairReport, keep_cut: bool) -> bool:
+    """False for a candidate cut by max_new_tokens (counted as dropped) unless ``keep_cut``, when it is
+    kept and counted as flagged."""
+    if not candidate["hit_max_new_tokens"]:
+        return True
+    (report.flagged if keep_cut else report.dropped_responses)[CUT] += 1
+    return keep_cut
+
+
 def tts_group(
-    row: dict, tokenizer, vocab: AudioVocab, report: PairReport, max_length: int | None = None
+    row: dict,
+    tokenizer,
+    vocab: AudioVocab,
+    report: PairReport,
+    max_length: int | None = None,
+    keep_cut: bool = False,
 ) -> PreferenceGroup | None:
     ref_codes, _ = response_codes(vocab, row["reference_ids"])
     report.units.add("audio codes")
@@ -156,9 +175,7 @@ def tts_group(
             report.dropped_responses["decodes to no audio codes"] += 1
         elif ids == row["reference_ids"]:
             report.dropped_responses["identical to the reference"] += 1
-        else:
-            if c["hit_max_new_tokens"]:
-                report.flagged["hit max_new_tokens"] += 1
+        elif keep_candidate(c, report, keep_cut):
             info = {
                 "hit_max_new_tokens": c["hit_max_new_tokens"],
                 "edit_distance": distance(ref_codes, codes),
@@ -168,7 +185,12 @@ def tts_group(
 
 
 def text_group(
-    row: dict, tokenizer, normalizer: Normalizer, report: PairReport, max_length: int | None = None
+    row: dict,
+    tokenizer,
+    normalizer: Normalizer,
+    report: PairReport,
+    max_length: int | None = None,
+    keep_cut: bool = False,
 ) -> PreferenceGroup | None:
     """ASR and text tasks: the candidates whose normalised text differs from the reference's."""
     ref_units = normalizer.units(row["text"])
@@ -180,9 +202,7 @@ def text_group(
             report.dropped_responses["decodes to empty text"] += 1
         elif units == ref_units:
             report.dropped_responses["same as the reference after normalisation"] += 1
-        else:
-            if c["hit_max_new_tokens"]:
-                report.flagged["hit max_new_tokens"] += 1
+        elif keep_candidate(c, report, keep_cut):
             info = {
                 "hit_max_new_tokens": c["hit_max_new_tokens"],
                 "edit_distance": distance(ref_units, units),
@@ -199,6 +219,7 @@ def model_groups(
     normalizer_name: str | None,
     report: PairReport,
     max_length: int | None = None,
+    keep_cut: bool = False,
 ) -> list[PreferenceGroup]:
     groups = []
     for row in iter_rows(candidates_dir):
@@ -207,10 +228,10 @@ def model_groups(
             report.dropped_groups[f"skipped by generate: {row['skipped']}"] += 1
             continue
         if row["task"] == "tts":
-            group = tts_group(row, tokenizer, vocab, report, max_length)
+            group = tts_group(row, tokenizer, vocab, report, max_length, keep_cut)
         else:
             normalizer = normalizer_for(row["task"], row["lang"], normalizer_name)
-            group = text_group(row, tokenizer, normalizer, report, max_length)
+            group = text_group(row, tokenizer, normalizer, report, max_length, keep_cut)
         if group is not None:
             groups.append(group)
     return groups
@@ -313,6 +334,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mix", default="insertion=1,deletion=1,repetition=1", help="perturb: operator weights"
     )
     parser.add_argument("--num-perturbations", type=int, default=3, help="perturb: rejected per transcript")
+    parser.add_argument(
+        "--keep-cut-candidates",
+        action="store_true",
+        help="model: keep candidates cut by max_new_tokens as rejected (flagged); default: drop them",
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -327,7 +353,9 @@ def main(args: argparse.Namespace) -> None:
     if args.method == "model":
         if not args.candidates:
             raise SystemExit("--method model needs --candidates (a `speech-lpo generate` output directory)")
-        groups = model_groups(args.candidates, tokenizer, vocab, args.normalizer, report, max_length)
+        groups = model_groups(
+            args.candidates, tokenizer, vocab, args.normalizer, report, max_length, args.keep_cut_candidates
+        )
     else:
         if not args.data:
             raise SystemExit("--method perturb needs --data (a tokenised dataset)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 from concurrent.futures import ProcessPoolExecutor
@@ -37,6 +38,7 @@ from speech_lpo.codecs import CODEC_FILE, Codec, load_audio, load_codec
 from speech_lpo.prepare import read_manifest
 
 CODEC_DIR = "codec"
+ENCODE_BATCH = 16  # utterances per codec batch
 PLAN_FILE = "plan.json"  # manifest hash and shard size the shards were cut with
 SCHEMA = pa.schema(
     [
@@ -84,12 +86,15 @@ def fit_melvq(spec: dict, manifest: Path) -> Codec:
     )
 
 
-def prepare_codec(codec_arg: str, out: Path, fit_manifest: Path | None) -> Codec:
-    """The codec in ``out/codec``: made from ``codec_arg`` the first time, reused (and checked) after."""
+def prepare_codec(
+    codec_arg: str, out: Path, fit_manifest: Path | None, num_quantizers: int | None = None
+) -> Codec:
+    """The codec in ``out/codec``: made from ``codec_arg`` the first time, reused (and checked) after.
+    ``num_quantizers`` is required for a bare checkpoint or hub id (speech_lpo.codecs.load_codec)."""
     saved = out / CODEC_DIR
     spec = yaml.safe_load(Path(codec_arg).read_text()) if codec_arg.endswith((".yaml", ".yml")) else None
     if (saved / CODEC_FILE).is_file():
-        codec = load_codec(saved)
+        codec = load_codec(saved, num_quantizers)
         if spec:
             for key in ("codec", "codebook_size", "sample_rate"):
                 if key in spec and spec[key] != codec.spec()[key]:
@@ -103,7 +108,7 @@ def prepare_codec(codec_arg: str, out: Path, fit_manifest: Path | None) -> Codec
             raise ValueError("melvq must be fitted: pass --fit-manifest (the train manifest)")
         codec = fit_melvq(spec, fit_manifest)
     else:
-        codec = load_codec(codec_arg)
+        codec = load_codec(codec_arg, num_quantizers)
     codec.save(saved)
     return codec
 
@@ -118,17 +123,23 @@ def _init_worker(codec_dir: str) -> None:
     from threadpoolctl import threadpool_limits
 
     # one process per core: BLAS or torch threads on top would fight them (on a loaded 2-core machine
-    # melvq's matrix products ran 5x slower with 2 BLAS threads than with 1)
+    # melvq's matrix products ran 5x slower with 2 BLAS threads than with 1). A neural codec runs on the
+    # GPU when there is one (speech_lpo.codecs.neural).
     torch.set_num_threads(1)
     threadpool_limits(1)
     _CODEC = load_codec(codec_dir)
 
 
-def encode_lines(codec: Codec, lines: list[dict]) -> tuple[dict[str, list], list[str]]:
-    """Columns of the utterances that encode, and a ``id, file, reason`` row for each that does not."""
-    columns: dict[str, list] = {name: [] for name in SCHEMA.names}
-    skipped = []
-    for line in lines:
+def encode_lines(
+    codec: Codec, lines: list[dict], batch_size: int = ENCODE_BATCH
+) -> tuple[dict[str, list], list[str]]:
+    """Columns of the utterances that encode, and a ``id, file, reason`` row for each that does not.
+    Utterances are encoded ``batch_size`` at a time (one padded batch for a neural codec); a batch that
+    fails is encoded one at a time, so that the failure is named."""
+    codes: dict[int, list[int]] = {}
+    reasons: dict[int, str] = {}
+    audio = []
+    for i, line in enumerate(lines):
         try:
             wav, sr = load_audio(line["audio"])
             if wav.size == 0:
@@ -136,14 +147,29 @@ def encode_lines(codec: Codec, lines: list[dict]) -> tuple[dict[str, list], list
             bad = int((~np.isfinite(wav)).sum())  # float audio can hold NaN/Inf; codecs fail or emit noise
             if bad:
                 raise ValueError(f"non-finite samples (NaN or Inf): {bad} of {wav.size}")
-            codes = codec.encode(wav, sr)
-            if codes.size == 0:
-                raise ValueError("no codes (audio too short)")
-        except (ValueError, RuntimeError) as e:
-            skipped.append(f"{line['id']}\t{line['audio']}\t{e}")
-            continue
-        for name in SCHEMA.names:
-            columns[name].append(codes.tolist() if name == "codes" else line[name])
+            audio.append((i, wav, sr))
+        except ValueError as e:
+            reasons[i] = str(e)
+    for start in range(0, len(audio), batch_size):
+        batch = audio[start : start + batch_size]
+        try:
+            encoded = codec.encode_batch([(wav, sr) for _, wav, sr in batch])
+        except (ValueError, RuntimeError):
+            encoded = None
+        for k, (i, wav, sr) in enumerate(batch):
+            try:
+                c = encoded[k] if encoded is not None else codec.encode(wav, sr)
+                if c.size == 0:
+                    raise ValueError("no codes (audio too short)")
+                codes[i] = c.tolist()
+            except (ValueError, RuntimeError) as e:
+                reasons[i] = str(e)
+    columns: dict[str, list] = {name: [] for name in SCHEMA.names}
+    for i, line in enumerate(lines):
+        if i in codes:
+            for name in SCHEMA.names:
+                columns[name].append(codes[i] if name == "codes" else line[name])
+    skipped = [f"{lines[i]['id']}\t{lines[i]['audio']}\t{reasons[i]}" for i in sorted(reasons)]
     return columns, skipped
 
 
@@ -182,6 +208,8 @@ def check_plan(split_dir: Path, manifest: Path, shard_size: int) -> None:
 
 
 def tokenize_manifest(manifest: Path, out: Path, codec_dir: Path, shard_size: int, jobs: int) -> dict:
+    import torch
+
     lines = read_manifest(manifest)
     split_dir = out / manifest.name.removesuffix(".jsonl")
     check_plan(split_dir, manifest, shard_size)
@@ -193,7 +221,11 @@ def tokenize_manifest(manifest: Path, out: Path, codec_dir: Path, shard_size: in
     bar = tqdm(
         total=len(lines), initial=len(lines) - sum(len(t[1]) for t in todo), desc=f"tokenize {manifest.name}"
     )
-    with ProcessPoolExecutor(jobs, initializer=_init_worker, initargs=(str(codec_dir),)) as pool:
+    # a forked child cannot use CUDA once the parent has: with a GPU the workers are spawned
+    context = multiprocessing.get_context("spawn" if torch.cuda.is_available() else None)
+    with ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_init_worker, initargs=(str(codec_dir),)
+    ) as pool:
         for n in pool.map(_encode_shard, todo):
             bar.update(n)
     bar.close()
@@ -227,6 +259,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tokenizer YAML, saved codec dir, model dir, or transformers codec checkpoint / hub id",
     )
     parser.add_argument(
+        "--num-quantizers",
+        type=int,
+        help="codebooks a neural codec keeps (fewer: shorter sequences); required for a bare checkpoint or "
+        "hub id, which holds up to 32; must agree with a tokenizer spec's num_quantizers",
+    )
+    parser.add_argument(
         "--fit-manifest", type=Path, help="manifest melvq is fitted on (default: the one named train.jsonl)"
     )
     parser.add_argument("--shard-size", type=int, default=200, help="utterances per shard")
@@ -235,7 +273,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     fit = args.fit_manifest or next((m for m in args.manifests if m.name == "train.jsonl"), None)
-    codec = prepare_codec(str(args.codec), args.out, fit)
+    codec = prepare_codec(str(args.codec), args.out, fit, args.num_quantizers)
     print(f"codec: {codec.spec()}")
     for manifest in args.manifests:
         report = tokenize_manifest(manifest, args.out, args.out / CODEC_DIR, args.shard_size, args.jobs)

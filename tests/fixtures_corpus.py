@@ -60,8 +60,9 @@ def melvq_codec_dir(mini_manifests, tmp_path_factory) -> Path:
     return out
 
 
-def tiny_neural_model(name: str):
-    """A small randomly initialised EnCodec / Mimi / DAC (the real classes, no download), 16 kHz.
+def tiny_neural_model(name: str, codebooks: int | None = None):
+    """A small randomly initialised EnCodec / Mimi / DAC (the real classes, no download), 16 kHz, with
+    ``codebooks`` residual codebooks (default: EnCodec 2, Mimi 4, DAC 3).
 
     EnCodec and Mimi initialise their codebooks to zeros, which would give code 0 everywhere; random
     codebooks make every code reachable, so the tests can see codes move.
@@ -77,7 +78,7 @@ def tiny_neural_model(name: str):
             upsampling_ratios=[8, 8],
             codebook_size=64,
             num_lstm_layers=1,
-            target_bandwidths=[1.5, 3.0],  # 1 and 2 codebooks at 250 Hz x 6 bits
+            target_bandwidths=[1.5, 1.5 * (codebooks or 2)],  # 1 and 2 codebooks at 250 Hz x 6 bits
             sampling_rate=16000,
         )
         model = EncodecModel(config)
@@ -89,7 +90,7 @@ def tiny_neural_model(name: str):
             codebook_size=64,
             codebook_dim=16,
             vector_quantization_hidden_dimension=16,
-            num_quantizers=4,
+            num_quantizers=codebooks or 4,
             num_semantic_quantizers=1,
             num_hidden_layers=1,
             num_attention_heads=2,
@@ -106,7 +107,7 @@ def tiny_neural_model(name: str):
             encoder_hidden_size=4,
             downsampling_ratios=[4, 8],
             decoder_hidden_size=16,
-            n_codebooks=3,
+            n_codebooks=codebooks or 3,
             codebook_size=64,
             codebook_dim=4,
             hidden_size=16,

@@ -9,7 +9,14 @@ import pytest
 import soundfile as sf
 import yaml
 
-from speech_lpo.codecs import CODEC_FILE, flatten_codes, load_audio, load_codec, unflatten_codes
+from speech_lpo.codecs import (
+    CODEC_FILE,
+    MalformedCodes,
+    flatten_codes,
+    load_audio,
+    load_codec,
+    unflatten_codes,
+)
 from speech_lpo.codecs.melvq import MelVQ
 from speech_lpo.codecs.neural import NEURAL_CODECS
 from speech_lpo.prepare import read_manifest
@@ -30,8 +37,13 @@ def test_flatten_is_frame_major_with_offsets():
     flat = flatten_codes(codes, 10)
     assert flat.tolist() == [1, 14, 2, 15, 3, 16]
     assert unflatten_codes(flat, 2, 10).tolist() == codes.tolist()
-    # a trailing partial frame is dropped, a code in the wrong band is folded into the right one
-    assert unflatten_codes([1, 14, 2, 5, 3], 2, 10).tolist() == [[1, 2], [4, 5]]
+    # malformed: a partial frame, a code in another codebook's band, a text token (outside the codes)
+    with pytest.raises(MalformedCodes, match="utterance 'a': 5 codes are not whole frames of 2"):
+        unflatten_codes([1, 14, 2, 15, 3], 2, 10, "a")
+    with pytest.raises(MalformedCodes, match="'b': 1 code.* position 3: codebook 0 where codebook 1"):
+        unflatten_codes([1, 14, 2, 5], 2, 10, "b")
+    with pytest.raises(MalformedCodes, match="'c': 1 token.*outside the audio codes \\[0, 20\\)"):
+        unflatten_codes([1, 14, 2, 151643], 2, 10, "c")
 
 
 def test_melvq_shapes_range_and_determinism(melvq_codec_dir, mini_manifests):
@@ -91,8 +103,9 @@ def test_melvq_bad_input(melvq_codec_dir):
     with pytest.raises(ValueError, match="mono"):
         codec.encode(np.zeros((2, 3, 4), np.float32), 16000)
     assert codec.decode([]).size == 0
-    # codes from an undertrained model may be anything: they decode, folded into range
-    assert codec.decode([codec.codebook_size + 3, -1, 5]).size > 0
+    # a token outside the codes (a text token among the audio tokens) is an error naming the utterance
+    with pytest.raises(MalformedCodes, match="utterance 'u1': 2 token"):
+        codec.decode([codec.codebook_size + 3, -1, 5], "u1")
 
 
 def test_melvq_fit_needs_enough_frames():
@@ -157,9 +170,11 @@ def test_neural_codec_round_trips(name, tmp_path, mini_manifests):
     codec.save(tmp_path / "saved")
     assert np.array_equal(load_codec(tmp_path / "saved").encode(wav, sr), codes)
     model.save_pretrained(tmp_path / "checkpoint")
-    from_checkpoint = load_codec(tmp_path / "checkpoint")  # the from_pretrained path, max codebooks
+    with pytest.raises(ValueError, match="--num-quantizers"):  # all of a checkpoint's codebooks: refused
+        load_codec(tmp_path / "checkpoint")
+    from_checkpoint = load_codec(tmp_path / "checkpoint", n_q)  # the from_pretrained path
     assert type(from_checkpoint) is type(codec)
-    assert np.array_equal(from_checkpoint.encode(wav, sr).reshape(frames, -1)[:, :n_q], grid)
+    assert np.array_equal(from_checkpoint.encode(wav, sr), codes)
 
 
 def test_encodec_bandwidth_follows_num_quantizers():

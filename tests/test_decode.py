@@ -9,9 +9,11 @@ import jiwer
 import pytest
 import torch
 import yaml
+from transformers import AutoTokenizer
 
 from speech_lpo.cli import main as cli_main
 from speech_lpo.decode import generate_batch, load_model, read_done
+from speech_lpo.generate import length_limit
 from speech_lpo.modeling import tiny_qwen2
 from speech_lpo.normalize import get_normalizer
 from speech_lpo.prompts import asr_prompt_ids, asr_response_ids, tts_prompt_ids, tts_response_ids
@@ -137,6 +139,16 @@ def test_decode_and_score_a_trained_tiny_model(asr_model, tmp_path, capsys):
     kaldi = dict(line.split(" ", 1) for line in (out / "text").read_text().splitlines())
     assert kaldi == {h["id"]: h["text"] for h in hyps}
     assert report["unfinished"] == [h["id"] for h in sorted(hyps, key=lambda h: h["id"]) if not h["finished"]]
+    # the limit came from the references (longest plus a margin); an explicit small one cuts, by id
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    refs = [len(asr_response_ids(tokenizer, r["text"])) for r in rows.values()]
+    assert report["max_new_tokens"] == length_limit(refs) > max(refs)
+    cli_main(["decode", "--model", str(model_dir), "--data", str(tokens), "--out-dir", str(tmp_path / "cut")]
+             + ["--max-new-tokens", "4"])  # fmt: skip
+    cut = json.loads((tmp_path / "cut" / "decode.json").read_text())
+    cut_hyps = [json.loads(line) for line in (tmp_path / "cut" / "hyps.jsonl").read_text().splitlines()]
+    assert cut["unfinished"] == sorted(h["id"] for h in cut_hyps if h["n_tokens"] == 4 and not h["finished"])
+    assert len(cut["unfinished"]) >= 5  # AISHELL sentences are longer than 4 tokens
 
     argv = [
         "score",

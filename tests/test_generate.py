@@ -15,18 +15,27 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 from datasets import Dataset
 
 from speech_lpo.cli import main as cli
+from speech_lpo.codecs import MODEL_CODEC_DIR
+from speech_lpo.codecs.melvq import MelVQ
 from speech_lpo.generate import (
     SamplingConfig,
     TransformersBackend,
     dataset_items,
+    item_answer_lengths,
     iter_rows,
+    length_limit,
+    request_seeds,
     run,
     skip_too_long,
     stop_ids_for,
+    tts_answer_tokens,
+    vllm_engines,
 )
 from speech_lpo.modeling import extend_tokenizer, tiny_qwen2
 from speech_lpo.prompts import im_end_id
@@ -50,6 +59,9 @@ def make_model_dir(path: Path) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     vocab.save(path)
+    # its codec: a melvq at 25 frames/s (hop 640), the rate of corpus_columns' durations
+    codec = MelVQ(np.zeros((CODEBOOK, 80), np.float32), hop_length=640, synthesis_hop=160)
+    codec.save(path / MODEL_CODEC_DIR)
     return path
 
 
@@ -272,3 +284,98 @@ def test_max_prompts_takes_one_fixed_subset_for_generate_and_perturb(model_dir, 
         + ["--max-prompts", "5", "--out", str(tmp_path / "perturb.jsonl")])  # fmt: skip
     groups = [json.loads(line) for line in (tmp_path / "perturb.jsonl").read_text().splitlines()]
     assert groups and {g["id"] for g in groups} <= set(some)
+
+
+def test_derived_limits_cut_no_real_reference():
+    """ASR: the real Qwen2.5 tokenizer on every real AISHELL-1 and LibriSpeech transcript; TTS: the real
+    audio durations through Mimi at 8 codebooks (100 tokens/s). The old fixed caps (48, 150) cut some."""
+    from transformers import Qwen2TokenizerFast
+
+    if not TOKENIZER.is_dir():
+        pytest.skip(f"Qwen2.5 tokenizer files not found at {TOKENIZER}")
+    tokenizer = Qwen2TokenizerFast.from_pretrained(TOKENIZER)
+    vocab = extend_tokenizer(tokenizer, CODEBOOK)
+    items = dataset_items(Dataset.from_dict(corpus_columns()), "asr", tokenizer, vocab)
+    asr = {i.id: len(i.reference_ids) for i in items}
+    limit = length_limit(item_answer_lengths(items, None))
+    assert max(asr.values()) <= limit
+    assert 53 <= asr["1089-134686-0000"] <= limit  # 28 words: the old cap of 48 cut it
+    assert sum(n > 48 for n in asr.values()) >= 1
+
+    audio = sorted(DATA.glob("librispeech/**/*.flac")) + sorted(DATA.glob("aishell1/**/*.wav"))
+    durations = [sf.info(str(p)).duration for p in audio]
+    assert len(durations) >= 15
+    tts = [tts_answer_tokens(d, 12.5 * 8) for d in durations]
+    assert max(tts) <= length_limit(tts) and max(tts) > 150  # 150 tokens is 1.5 s of Mimi at 8 codebooks
+    for item, d in zip(items, durations, strict=False):
+        item.task, item.duration = "tts", d
+    assert item_answer_lengths(items[: len(durations)], 100.0) == tts[: len(items)]
+
+
+def test_cut_candidates_are_reported_by_id_and_the_default_limit_comes_from_the_data(
+    model_dir, data_dir, tmp_path
+):
+    cli(generate_args(model_dir, data_dir, tmp_path / "cut"))  # --max-new-tokens 12: cuts
+    rows = list(iter_rows(tmp_path / "cut"))
+    report = json.loads((tmp_path / "cut" / "report.json").read_text())
+    cut = [r["id"] for r in rows if any(c["hit_max_new_tokens"] for c in r["candidates"])]
+    assert cut and report["hit_max_new_tokens_ids"] == cut
+    assert report["hit_max_new_tokens"] == sum(c["hit_max_new_tokens"] for r in rows for c in r["candidates"])
+
+    argv = generate_args(model_dir, data_dir, tmp_path / "derived", "asr", "--max-prompts", "4", "--n", "1")
+    i = argv.index("--max-new-tokens")
+    cli(argv[:i] + argv[i + 2 :])
+    settings = json.loads((tmp_path / "derived" / "generate.json").read_text())
+    refs = [len(r["reference_ids"]) for r in iter_rows(tmp_path / "derived") if not r["skipped"]]
+    assert settings["max_new_tokens"] == length_limit(refs) > max(refs)
+    for row in iter_rows(tmp_path / "derived"):
+        for c in row["candidates"]:
+            assert len(c["ids"]) <= settings["max_new_tokens"]
+            assert c["hit_max_new_tokens"] == (len(c["ids"]) == settings["max_new_tokens"])
+
+
+@pytest.mark.parametrize(
+    ("name", "ngpu", "tp", "engines"),
+    [
+        ("Qwen2.5-0.5B", 4, 1, ["0", "1", "2", "3"]),  # data parallel: one engine per GPU
+        ("Qwen2.5-0.5B", 4, 2, ["0,1", "2,3"]),
+        ("Qwen2.5-7B", 8, 4, ["0,1,2,3", "4,5,6,7"]),
+        ("Qwen2.5-7B", 1, 1, ["0"]),
+    ],
+)
+def test_vllm_engines_for_the_qwen25_configs(name, ngpu, tp, engines):
+    from transformers import Qwen2Config
+
+    path = DATA / "qwen2.5_configs" / f"{name}.config.json"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    assert vllm_engines(Qwen2Config.from_json_file(path), ngpu, tp) == engines
+
+
+def test_vllm_tensor_parallel_sizes_that_do_not_split_the_heads_are_refused():
+    from transformers import Qwen2Config
+
+    configs = DATA / "qwen2.5_configs"
+    if not configs.is_dir():
+        pytest.skip(f"{configs} not found")
+    small = Qwen2Config.from_json_file(configs / "Qwen2.5-0.5B.config.json")  # 14 heads, 2 KV heads
+    big = Qwen2Config.from_json_file(configs / "Qwen2.5-7B.config.json")  # 28 heads, 4 KV heads
+    with pytest.raises(ValueError, match=r"14 attention heads and 2 KV heads; sizes that do: \[1, 2, 14\]"):
+        vllm_engines(small, 4, 4)
+    with pytest.raises(ValueError, match=r"14 attention heads and 2 KV heads"):
+        vllm_engines(small, 7, 7)  # divides the heads, not the KV heads
+    with pytest.raises(
+        ValueError, match=r"28 attention heads and 4 KV heads; sizes that do: \[1, 2, 4, 28\]"
+    ):
+        vllm_engines(big, 3, 3)
+    with pytest.raises(ValueError, match="--ngpu 3 is not a multiple of --tensor-parallel-size 2"):
+        vllm_engines(big, 3, 2)
+
+
+def test_request_seeds_do_not_depend_on_how_prompts_are_shared_between_engines():
+    cfg = SamplingConfig(n=3, temperature=1.0)
+    whole = request_seeds(7, 10, cfg)
+    assert len(set(whole)) == 10 and whole[1] - whole[0] == 3  # n samples of a request: seed + j
+    share = 4  # DataParallelVLLM's contiguous shares of 10 prompts over 3 engines
+    assert [whole[a : a + share] for a in range(0, 10, share)] == [whole[:4], whole[4:8], whole[8:]]
+    assert request_seeds(7, 10, SamplingConfig(n=3, temperature=0))[:2] == [7, 8]  # greedy: one sample

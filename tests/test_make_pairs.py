@@ -68,36 +68,35 @@ def test_tts_group_is_one_chosen_against_the_candidates(model_dir, tokenizer, tm
     }
     row["candidates"] = [
         cand(ref),  # identical to the reference: dropped
-        cand(ref[:6], hit_max=True),  # ran out of tokens mid-audio: kept, flagged
+        cand(ref[:6], hit_max=True),  # ran out of tokens mid-audio: dropped by default, or kept and flagged
         cand(other[:-1]),  # stopped at <|audio_end|>: kept, closed with <|im_end|>
         cand([vocab.audio_start_id, 11, 12, end]),  # text tokens only: no audio codes, dropped
     ]
     empty = {**row, "id": "u2", "candidates": [cand([end]), cand(ref)]}
     skipped = {**row, "id": "u3", "candidates": [], "skipped": "empty or missing transcript"}
     row["skipped"] = empty["skipped"] = None
+    candidates = write_candidates(tmp_path / "c", [row, empty, skipped])
+    argv = ["make-pairs", "--model", str(model_dir), "--candidates", str(candidates), "--out"]
+    dropped = {"identical to the reference": 2, "decodes to no audio codes": 2}
+    dropped_groups = {
+        "no usable rejected response": 1,
+        "skipped by generate: empty or missing transcript": 1,
+    }
+    cli(argv + [str(tmp_path / "default.jsonl")])  # the cut candidate is dropped, counted
+    (group,) = load_valid_groups(tmp_path / "default.jsonl")
+    assert group.rejected_ids == [other] and group.meta["hit_max_new_tokens"] == [False]
+    report = read_report(tmp_path / "default.jsonl")
+    assert report["dropped_responses"] == {**dropped, "hit max_new_tokens": 1} and report["flagged"] == {}
+
     out = tmp_path / "groups.jsonl"
-    cli(
-        [
-            "make-pairs",
-            "--model",
-            str(model_dir),
-            "--candidates",
-            str(write_candidates(tmp_path / "c", [row, empty, skipped])),
-            "--out",
-            str(out),
-        ]
-    )
+    cli(argv + [str(out), "--keep-cut-candidates"])
     (group,) = load_valid_groups(out)
     assert group.chosen_ids == ref and group.rejected_ids == [ref[:6], other]
     assert group.meta["hit_max_new_tokens"] == [True, False]
     assert group.meta["edit_distance"] == [3, 1]  # in audio codes: 3 cut off; 1 missing
     report = read_report(out)
     assert report["groups"] == 1 and report["rejected"] == 2 and report["prompts"] == 3
-    assert report["dropped_responses"] == {"identical to the reference": 2, "decodes to no audio codes": 2}
-    assert report["dropped_groups"] == {
-        "no usable rejected response": 1,
-        "skipped by generate: empty or missing transcript": 1,
-    }
+    assert report["dropped_responses"] == dropped and report["dropped_groups"] == dropped_groups
     assert report["flagged"] == {"hit max_new_tokens": 1}
 
 
@@ -135,24 +134,29 @@ def test_asr_and_text_groups_compare_normalised_text(model_dir, tokenizer, tmp_p
     )
     g_asr, g_zh, g_text = load_valid_groups(out)
     assert [response_text(tokenizer, r) for r in g_asr.rejected_ids] == [
-        "MISTER QUILTER IS THE APOSTLE OF THE MIDDLE GLASSES",
-        "MISTER QUILTER IS THE APOSTLE",
+        "MISTER QUILTER IS THE APOSTLE OF THE MIDDLE GLASSES",  # the cut one is dropped
     ]
-    assert g_asr.meta["edit_distance"] == [1, 4] and g_asr.meta["normalizer"] == "librispeech"
+    assert g_asr.meta["edit_distance"] == [1] and g_asr.meta["normalizer"] == "librispeech"
     assert g_zh.meta["edit_distance"] == [2] and g_zh.meta["normalizer"] == "chinese"  # characters
     assert [response_text(tokenizer, r) for r in g_text.rejected_ids] == ["6"]
     report = read_report(out)
     assert report["dropped_responses"] == {
         "same as the reference after normalisation": 3,
         "decodes to empty text": 1,
+        "hit max_new_tokens": 1,
     }
-    assert report["edit_distance"]["count"] == 4 and report["edit_distance"]["max"] == 4
+    assert report["edit_distance"]["count"] == 3 and report["edit_distance"]["max"] == 2
 
 
 def test_asr_model_based_groups_from_real_generation(model_dir, data_dir, tokenizer, tmp_path):
-    cli(generate_args(model_dir, data_dir, tmp_path / "cand", "asr"))
+    cli(generate_args(model_dir, data_dir, tmp_path / "cand", "asr"))  # a random model, cut at 12 tokens
+    argv = ["make-pairs", "--model", str(model_dir), "--candidates", str(tmp_path / "cand"), "--out"]
+    cli(argv + [str(tmp_path / "default.jsonl")])
+    cut = json.loads((tmp_path / "cand" / "report.json").read_text())["hit_max_new_tokens"]
+    dropped = read_report(tmp_path / "default.jsonl")["dropped_responses"]
+    assert cut > 0 and dropped["hit max_new_tokens"] == cut
     out = tmp_path / "groups.jsonl"
-    cli(["make-pairs", "--model", str(model_dir), "--candidates", str(tmp_path / "cand"), "--out", str(out)])
+    cli(argv + [str(out), "--keep-cut-candidates"])
     groups = load_valid_groups(out)
     report = read_report(out)
     assert report["prompts"] == len(groups) + 4 and len(groups) > 0

@@ -96,7 +96,7 @@ gen_backend
         "--config",
     ]
     assert out[10:15] == ["conf/lpo.yaml", "--r2", "2.0", "--deepspeed", "conf/ds_zero2.json"]
-    assert out[15] == "--backend vllm --tensor-parallel-size 4"
+    assert out[15] == "--backend vllm --ngpu 4"  # data parallel: one vLLM engine per GPU
     assert out[16:19] == ["speech-lpo", "train", "--config"]
     assert out[20] == "--backend transformers"
 

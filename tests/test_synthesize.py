@@ -13,7 +13,7 @@ import yaml
 from speech_lpo.cli import main as cli_main
 from speech_lpo.codecs import load_codec
 from speech_lpo.codecs.neural import EncodecCodec
-from speech_lpo.synthesize import write_wav
+from speech_lpo.synthesize import write_wavs
 from speech_lpo.tokenize_audio import SCHEMA, load_tokenized, write_shard
 from tests.fixtures_corpus import tiny_neural_model
 from tests.test_decode import ROOT, train
@@ -135,10 +135,18 @@ def test_outputs_that_never_close_are_recorded(tts_models, tmp_path):
 def test_codes_the_codec_cannot_decode_are_named(tts_models, tmp_path):
     _, _, tokens = tts_models
     codec = EncodecCodec(tiny_neural_model("encodec"))  # two codebooks: one code is less than a frame
-    wav, duration, error = write_wav(tmp_path / "wav" / "x.wav", codec, np.array([5]))
-    assert wav is None and duration is None and "codec cannot decode 1 codes" in error
-    wav, duration, error = write_wav(tmp_path / "wav" / "y.wav", codec, np.arange(40) % 64)
-    assert error is None and wav == "wav/y.wav" and duration == pytest.approx(20 / codec.frame_rate, rel=0.1)
+    codes = np.arange(40) % 2 * 64 + np.arange(40) // 2  # 20 frames, codebook q of each in band q
+    x, y, z = write_wavs(
+        tmp_path / "wav", codec, [np.array([5]), codes, np.array([], np.int64)], ["x", "y", "z"]
+    )
+    assert x.wav is None and x.malformed and "utterance 'x': 1 codes are not whole frames of 2" in x.error
+    assert not (tmp_path / "wav" / "x.wav").exists()
+    assert (
+        y.error is None
+        and y.wav == "wav/y.wav"
+        and y.duration == pytest.approx(20 / codec.frame_rate, rel=0.1)
+    )
+    assert z.wav is None and not z.malformed and z.error == "no audio codes"
     # a tokenised utterance without codes: its round trip is named, its synthesis still runs
     bad = tmp_path / "tokens"
     shutil.copytree(tokens, bad)

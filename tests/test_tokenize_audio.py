@@ -150,6 +150,8 @@ def test_neural_codec_checkpoint_through_the_cli(mini_manifests, tmp_path):
             str(tmp_path / "tok"),
             "--codec",
             str(tmp_path / "dac"),
+            "--num-quantizers",
+            "3",
         ]
     )
     ds = load_tokenized(tmp_path / "tok" / "test-clean")

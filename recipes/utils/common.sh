@@ -16,9 +16,9 @@ train_cmd() {
   fi
 }
 
-# Generation backend: transformers on CPU, vLLM with tensor parallelism over the GPUs.
+# Generation backend: transformers on CPU, vLLM with one engine per GPU (data parallel) on GPUs.
 gen_backend() {
-  if (( ngpu > 0 )); then echo "--backend vllm --tensor-parallel-size ${ngpu}"; else echo "--backend transformers"; fi
+  if (( ngpu > 0 )); then echo "--backend vllm --ngpu ${ngpu}"; else echo "--backend transformers"; fi
 }
 
 corpus_stage() {

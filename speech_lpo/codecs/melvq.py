@@ -19,7 +19,7 @@ from pathlib import Path
 import librosa
 import numpy as np
 
-from speech_lpo.codecs import CODEC_FILE, Codec
+from speech_lpo.codecs import CODEC_FILE, Codec, unflatten_codes
 
 CODEBOOK_FILE = "codebook.npy"
 LOG_FLOOR = 1e-5  # mel power floor before the log: about 80 dB below loud speech bins
@@ -90,8 +90,8 @@ class MelVQ(Codec):
         return self.quantize(self.features(wav))
 
     # synthesis ----------------------------------------------------------------------------------------
-    def decode(self, codes: np.ndarray | list[int]) -> np.ndarray:
-        codes = np.asarray(codes, dtype=np.int64).reshape(-1) % self.codebook_size
+    def decode(self, codes: np.ndarray | list[int], utterance: str = "") -> np.ndarray:
+        codes = unflatten_codes(codes, 1, self.codebook_size, utterance)[0]
         return self.mel_to_audio(self.codebook[codes])
 
     def mel_to_audio(self, frames: np.ndarray) -> np.ndarray:
@@ -162,7 +162,7 @@ class MelVQ(Codec):
         return ("sample_rate", "n_fft", "hop_length", "n_mels", "synthesis_hop", "griffin_lim_iters")
 
     @classmethod
-    def from_spec(cls, spec: dict, path: Path) -> MelVQ:
+    def from_spec(cls, spec: dict, path: Path, num_quantizers: int | None = None) -> MelVQ:
         raise ValueError(
             f"{path}: melvq has no codebook until it is fitted on a training split; "
             "`speech-lpo tokenize --codec <this yaml>` fits it and saves it under the output dir"
