@@ -54,12 +54,13 @@ def make_test(
     dimensions: Sequence[str | dict] = ("fidelity", "stability", "naturalness", "emotional_expressiveness"),
     items_per_rater: int | None = None,
     invitations: str = "required",
+    seconds: float = SECONDS,
 ) -> Path:
     """Write audio and a definition YAML into ``folder``; return the YAML's path."""
     root = folder / "audio"
     for utt in UTTERANCES[:n_utts]:
         audio, sr = sf.read(find_flac(utt), dtype="float32")
-        audio = audio[: int(SECONDS * sr)]
+        audio = audio[: int(seconds * sr)]
         for name, wav in [(f"reference/{utt}", audio), (f"anchors/{utt}", degrade(audio, sr))] + [
             (f"{s}/{utt}", render(s, audio, sr)) for s in systems
         ]:
@@ -96,6 +97,26 @@ def make_test(
     path = folder / "mos_test.yaml"
     path.write_text(yaml.safe_dump(definition, sort_keys=False), encoding="utf-8")
     return path
+
+
+class Clock:
+    """A clock the test moves by hand, for the store's listening gate (real time: test_mos_browser)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def listen(store, token: str, browser: str, item: str) -> None:
+    """Play ``item`` through on ``store``'s hand-moved clock, as a rater who hears it all."""
+    store.play(token, browser, item)
+    store.clock.advance(store.defn.items[item].duration)
+    assert store.heard(token, browser, item)[0]
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ from scipy import stats
 from speech_lpo.mos.definition import load_definition
 from speech_lpo.mos.report import screen, summarize, t_interval
 from speech_lpo.mos.store import Store
-from tests.test_mos_kit import REPO, make_test
+from tests.test_mos_kit import REPO, Clock, listen, make_test
 
 BASE = {"original": 4.0, "telephone": 3.0, "noisy": 2.0}  # true MOS of each system
 DIM_SHIFT = {"fidelity": 0.0, "stability": 0.5, "naturalness": -0.5, "emotional_expressiveness": 0.0}
@@ -31,8 +31,7 @@ def rate_all(store: Store, token: str, answer) -> None:
         item, *_ = store.next_item(token, browser)
         if item is None:
             return
-        store.play(token, browser, item)
-        store.play(token, browser, item, to_end=True)
+        listen(store, token, browser, item)
         store.submit(
             token, browser, item, {d: answer(store.defn.items[item], d) for d in store.defn.dimension_names()}
         )
@@ -45,7 +44,7 @@ def rated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict, d
     tmp_path = tmp_path_factory.mktemp("rated")
     definition = make_test(tmp_path, n_utts=4)
     db = tmp_path / "ratings.sqlite"
-    store = Store(db, load_definition(definition))
+    store = Store(db, load_definition(definition), clock=Clock())
     tokens = store.invite(10, expires=None)
     expected = defaultdict(list)
     for k, token in enumerate(tokens[:8]):  # attentive raters: noise around the true MOS

@@ -1,30 +1,80 @@
 """The listening panel (Gradio) and its admin page (FastAPI), served together by uvicorn.
 
 Raters see no system names: each sample is copied into Gradio's cache under a keyed hash and a
-neutral file name, and nothing outside the test's root directory is ever read. Answers are enabled
-only after the sample has been played to its end (Audio's ``stop`` event reached the server; the
-store refuses answers otherwise too).
-The rater's token and a browser id live in the browser's localStorage (``gr.BrowserState``, its
-key and secret kept in the database), so a reload, or a server restart, resumes at the first
-unrated item.
+neutral file name, and nothing outside the test's root directory is ever read. The questions open
+only after the sample was heard through: the player's play, pause and end events reach the store,
+which measures the time heard on its own clock (store.py, the listening gate).
+
+Everything a page needs to go on lives in the browser: the rater's token and a browser id in
+localStorage (``gr.BrowserState``, its key and secret kept in the database), the sample on screen in
+a hidden JSON component. So a reload, a second tab or a server restart resumes where it was, and
+every call is checked by the store. A refused action never raises ``gr.Error`` (that would turn
+every output into an error box): it answers with a message and changes nothing else.
 """
 
 from __future__ import annotations
 
 import hashlib
 import html
+import logging
+import os
 import secrets
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
 import gradio as gr
 import uvicorn
-from fastapi import FastAPI, HTTPException, Query
-from fastapi.responses import HTMLResponse, Response
+from fastapi import FastAPI, Form, HTTPException, Query
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from gradio.utils import get_upload_folder
 
 from speech_lpo.mos.definition import Definition
-from speech_lpo.mos.store import Refused, Store
+from speech_lpo.mos.store import AlreadyRated, Refused, Store, Unanswered
+
+log = logging.getLogger("speech_lpo.mos")
+
+# Polls the server; shows a banner while it cannot be reached and, once it is back, asks the panel
+# to hand the player its audio again (a restarted server serves the audio from a new folder).
+CONNECTION_WATCH = """
+<script>
+(() => {
+  let lost = false;
+  async function watch() {
+    let ok = false;
+    try { ok = (await fetch("healthz", {cache: "no-store"})).ok; } catch (e) {}
+    let bar = document.getElementById("mos-offline");
+    if (!bar && document.body) {
+      bar = document.createElement("div");
+      bar.id = "mos-offline";
+      bar.setAttribute("role", "alert");
+      bar.style.cssText = "position:sticky;top:0;z-index:1000;padding:8px 12px;background:#b91c1c;" +
+        "color:#fff;font-weight:600";
+      document.body.prepend(bar);
+    }
+    if (!bar) return;
+    bar.hidden = ok;
+    bar.textContent = ok ? "" : "Connection to the server lost. Your answers on this page are kept; " +
+      "it reconnects by itself.";
+    if (ok && lost) document.querySelector("#mos-reconnect")?.click();
+    lost = !ok;
+  }
+  setInterval(watch, 2000);
+})();
+</script>
+"""
+# after Submit: to the first question left unanswered, else to the next sample's player
+SCROLL_AFTER_SUBMIT = """() => {
+  setTimeout(() => {
+    const missing = [...document.querySelectorAll(".mos-missing")].find((n) => n.innerText.trim());
+    (missing || document.getElementById("mos-sample"))?.scrollIntoView({block: "center"});
+  }, 100);
+}"""
+CSS = """
+#mos-sample button[aria-label*="speed" i], #mos-sample .playback { display: none !important; }
+.mos-missing { color: #b91c1c; font-weight: 600; }
+"""
 
 
 class AudioCopies:
@@ -64,15 +114,17 @@ def _progress_html(done: int, total: int) -> str:
 
 def build_panel(store: Store, defn: Definition) -> gr.Blocks:
     served = AudioCopies(defn.root, store.secret("audio_name_key"))
+    boot = uuid.uuid4().hex  # a page made by an earlier server process carries another one
     scale = defn.scale
     choices = [(f"{v:g}", v) for v in scale.choices()]
     ends = f"{scale.min:g} = {scale.min_label}, {scale.max:g} = {scale.max_label}"
+    dims = defn.dimension_names()
 
     with gr.Blocks(title=defn.title) as panel:
-        session = gr.State(None)  # {"token", "browser", "item"}: who is rating what, kept on the server
         saved = gr.BrowserState(
             None, storage_key=f"speech_lpo_mos_{defn.name}", secret=store.secret("browser_state_secret")
-        )
+        )  # {"token", "browser"}
+        shown = gr.JSON(None, visible="hidden", elem_id="mos-page")  # {"item", "revise", "boot"}
         gr.Markdown(f"# {defn.title}\n\n{defn.instructions}")
         with gr.Column(visible=True) as entry_page:
             code = gr.Textbox(label="Invitation code", placeholder="the code from your invitation link")
@@ -82,135 +134,203 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
         with gr.Column(visible=False) as rating_page:
             reference = gr.Audio(label="Reference recording", interactive=False, buttons=[], visible=False)
             sample = gr.Audio(label="Sample to rate", interactive=False, buttons=[], elem_id="mos-sample")
-            radios = [
-                gr.Radio(
-                    choices,
-                    label=d.label,
-                    info=f"{d.question} ({ends})",
-                    interactive=False,
-                    elem_id=f"mos-{d.name}",
+            radios, notes = [], []
+            for d in defn.dimensions:
+                radios.append(
+                    gr.Radio(
+                        choices, label=d.label, info=f"{d.question} ({ends})", interactive=False, elem_id=f"mos-{d.name}"
+                    )
                 )
-                for d in defn.dimensions
-            ]
+                notes.append(gr.Markdown("", elem_id=f"mos-{d.name}-missing", elem_classes="mos-missing"))
             with gr.Row():
-                back = gr.Button("Previous sample", elem_id="mos-back", scale=0, min_width=220)
+                back = gr.Button("Previous sample", elem_id="mos-back", scale=0, min_width=220, interactive=False)
                 submit = gr.Button(
                     "Submit and continue", variant="primary", interactive=False, elem_id="mos-submit"
                 )
+            reconnect = gr.Button("Reload the player", visible="hidden", elem_id="mos-reconnect")
         with gr.Column(visible=False) as done_page:
             gr.Markdown(
                 "## Thank you!\n\nAll samples are rated. You can close this page.", elem_id="mos-done"
             )
 
-        outputs = [session, saved, entry_page, rating_page, done_page, message, progress, reference, sample]
-        outputs += [*radios, submit]
+        outputs = [saved, shown, entry_page, rating_page, done_page, message, progress, reference, sample]
+        outputs += [*radios, *notes, back, submit]
+        cleared = {note: "" for note in notes}
 
-        def entry_view(note: str, browser: str) -> list:
-            keep = [gr.update()] * (len(outputs) - 6)
-            pages = [gr.update(visible=True), gr.update(visible=False), gr.update(visible=False)]
-            return [None, {"token": None, "browser": browser}, *pages, note, *keep]
+        def pages(entry: bool, rating: bool, done: bool) -> dict:
+            return {
+                entry_page: gr.update(visible=entry),
+                rating_page: gr.update(visible=rating),
+                done_page: gr.update(visible=done),
+            }
 
-        def rating_view(token: str, browser: str) -> list:
-            """The first sample not rated yet, or the thank-you page."""
-            item_id, done, total, heard = store.next_item(token, browser)
-            state = {"token": token, "browser": browser, "item": item_id}
-            kept = {"token": token, "browser": browser}
-            progress_now = _progress_html(done, total)
-            if item_id is None:
-                pages = [gr.update(visible=False), gr.update(visible=False), gr.update(visible=True)]
-                rest = [gr.update()] * (2 + len(radios) + 1)
-                return [state, kept, *pages, "", progress_now, *rest]
-            note = "" if heard else "Listen to the whole sample to enable the questions."
-            return [state, kept, *sample_view(item_id, {}, heard > 0, note, progress_now)]
+        def entry_view(note: str, browser: str) -> dict:
+            return {saved: {"token": None, "browser": browser}, shown: None, **pages(True, False, False), message: note}
 
-        def sample_view(
-            item_id: str, answers: dict, ready: bool, note: str, progress_now: str | dict
-        ) -> list:
+        def sample_view(item_id: str, answers: dict, at: int, ready: bool, revise: bool, note: str) -> dict:
             item = defn.items[item_id]
-            pages = [gr.update(visible=False), gr.update(visible=True), gr.update(visible=False)]
             ref = served(item.reference, "reference") if item.reference else None
-            return [
-                *pages,
-                note,
-                progress_now,
-                gr.update(value=ref, visible=ref is not None),
-                served(item.audio, "sample"),
-                *[gr.update(value=answers.get(d), interactive=ready) for d in defn.dimension_names()],
-                gr.update(interactive=ready),
-            ]
+            return {
+                shown: {"item": item_id, "revise": revise, "boot": boot},
+                **pages(False, True, False),
+                message: note,
+                reference: gr.update(value=ref, visible=ref is not None),
+                sample: served(item.audio, "sample"),
+                **{r: gr.update(value=answers.get(d), interactive=ready) for r, d in zip(radios, dims, strict=True)},
+                **cleared,
+                back: gr.update(interactive=at > 0),
+                submit: gr.update(interactive=ready),
+            }
 
-        def enter(token: str | None, kept: dict | None) -> list:
+        def rating_view(token: str, browser: str, note: str = "") -> dict:
+            """The first sample not rated yet, or the thank-you page."""
+            item_id, done, total, heard, at = store.next_item(token, browser)
+            view = {saved: {"token": token, "browser": browser}, progress: _progress_html(done, total)}
+            if item_id is None:
+                return {**view, shown: None, **pages(False, False, True), message: note}
+            if not heard:
+                note = note or "Listen to the whole sample to enable the questions."
+            return {**view, **sample_view(item_id, {}, at, heard > 0, False, note)}
+
+        def refused(action: str, e: Refused) -> dict:
+            log.info("refused %s: %s", action, str(e)[:200])  # routine: one line, no traceback
+            return {message: f"**{e}**"}
+
+        def enter(token: str | None, kept: dict | None, takeover: bool) -> dict:
             browser = (kept or {}).get("browser") or str(uuid.uuid4())
             token = (token or "").strip() or (kept or {}).get("token")
             if not token and defn.invitations == "required":
                 return entry_view("Please enter the invitation code you were sent.", browser)
             try:
-                return rating_view(store.enter(token, browser), browser)
+                return rating_view(store.enter(token, browser, takeover=takeover), browser)
             except Refused as e:
+                log.info("refused entry: %s", str(e)[:200])
                 return entry_view(f"**{e}**", browser)
 
-        def on_load(kept: dict | None, request: gr.Request) -> list:
-            return enter(request.query_params.get("token"), kept)
+        def on_enter(code: str | None, kept: dict | None) -> dict:
+            return enter(code, kept, takeover=bool((code or "").strip()))
 
-        def count_play(state: dict | None, to_end: bool) -> None:
-            if not state or not state.get("item"):
-                raise gr.Error("No sample is open.")
+        def on_load(kept: dict | None, request: gr.Request) -> dict:
+            token = request.query_params.get("token")
+            return enter(token, kept, takeover=bool(token))
+
+        def current(kept: dict | None, page: dict | None) -> tuple[str, str, str]:
+            if not kept or not kept.get("token") or not page or not page.get("item"):
+                raise Refused("No sample is open: reload the page.")
+            return kept["token"], kept["browser"], page["item"]
+
+        def restarted(page: dict | None) -> str:
+            if page and page.get("boot") not in (None, boot):
+                return "The server was restarted meanwhile; nothing you entered was lost. "
+            return ""
+
+        def on_play(kept: dict | None, page: dict | None) -> dict:
             try:
-                store.play(state["token"], state["browser"], state["item"], to_end)
+                store.play(*current(kept, page))
             except Refused as e:
-                raise gr.Error(str(e)) from e
+                return refused("play", e)
+            return {message: gr.update()}
 
-        def on_play(state: dict | None) -> None:
-            count_play(state, to_end=False)
-
-        def on_heard(state: dict | None) -> list:
-            count_play(state, to_end=True)
-            return ["", *[gr.update(interactive=True) for _ in radios], gr.update(interactive=True)]
-
-        def on_submit(state: dict | None, *scores: float | None) -> list:
-            if not state or not state.get("item"):
-                raise gr.Error("No sample is open.")
+        def on_pause(kept: dict | None, page: dict | None) -> dict:
             try:
+                store.pause(*current(kept, page))
+            except Refused as e:
+                return refused("pause", e)
+            return {message: gr.update()}
+
+        def on_heard(kept: dict | None, page: dict | None) -> dict:
+            try:
+                token, browser, item = current(kept, page)
+                through, heard_s = store.heard(token, browser, item)
+            except Refused as e:
+                return refused("heard", e)
+            if not through:
+                duration = defn.items[item].duration
+                return {
+                    message: f"**Part of the sample was skipped ({heard_s:.1f} s of {duration:.1f} s heard).** "
+                    "Play it through at normal speed to enable the questions."
+                }
+            return {message: "", **{r: gr.update(interactive=True) for r in radios}, submit: gr.update(interactive=True)}
+
+        def on_submit(kept: dict | None, page: dict | None, *scores: float | None) -> dict:
+            note = restarted(page)
+            try:
+                token, browser, item = current(kept, page)
                 store.submit(
-                    state["token"],
-                    state["browser"],
-                    state["item"],
-                    dict(zip(defn.dimension_names(), scores, strict=True)),
+                    token, browser, item, dict(zip(dims, scores, strict=True)), revise=bool(page.get("revise"))
                 )
+            except Unanswered as e:
+                log.info("refused submit: unanswered %s", ", ".join(e.missing))
+                labels = {d.name: d.label for d in defn.dimensions}
+                return {
+                    message: note,
+                    shown: {**page, "boot": boot},
+                    **{n: f"Please answer “{labels[d]}”." if d in e.missing else "" for n, d in zip(notes, dims, strict=True)},
+                }
+            except AlreadyRated as e:
+                log.info("refused submit: %s", str(e)[:200])
+                return rating_view(token, browser, f"**{e}**")
             except Refused as e:
-                raise gr.Error(str(e)) from e
-            return rating_view(state["token"], state["browser"])
+                return refused("submit", e)
+            return rating_view(token, browser, note + ("Saved. " if note else ""))
 
-        def on_back(state: dict | None) -> list:
-            if not state:
-                raise gr.Error("Enter the test first.")
+        def on_back(kept: dict | None, page: dict | None) -> dict:
             try:
-                previous = store.previous(state["token"], state["browser"], state["item"])
+                token, browser, item = current(kept, page)
+                previous = store.previous(token, browser, item)
             except Refused as e:
-                raise gr.Error(str(e)) from e
+                return refused("back", e)
             if previous is None:
-                raise gr.Error("This is the first sample.")
-            item_id, answers = previous
-            state = {**state, "item": item_id}
+                return {message: "**This is the first sample; there is none before it.**", back: gr.update(interactive=False)}
+            item_id, answers, at = previous
             note = "You are changing an earlier answer; submit to go on where you were."
-            return [state, gr.update(), *sample_view(item_id, answers, True, note, gr.update())]
+            return sample_view(item_id, answers, at, True, True, restarted(page) + note)
 
-        panel.load(on_load, inputs=[saved], outputs=outputs, api_name=False)
-        start.click(enter, inputs=[code, saved], outputs=outputs, api_name="enter")
-        code.submit(enter, inputs=[code, saved], outputs=outputs, api_name=False)
-        sample.play(on_play, inputs=[session], outputs=None, api_name="play")
+        def on_reconnect(kept: dict | None, page: dict | None) -> dict:
+            """The server is reachable again: hand the players their audio anew, change nothing else."""
+            try:
+                item = defn.items[current(kept, page)[2]]
+            except (Refused, KeyError):
+                return {message: gr.update()}
+            ref = served(item.reference, "reference") if item.reference else None
+            return {
+                message: "Connection restored.",
+                reference: gr.update(value=ref, visible=ref is not None),
+                sample: served(item.audio, "sample"),
+            }
+
+        private = {"api_visibility": "undocumented"}
+        # the gate measures time between these events: let them run at once, not queue behind others
+        timing = {**private, "concurrency_limit": None, "trigger_mode": "multiple"}
+        panel.load(on_load, inputs=[saved], outputs=outputs, api_visibility="private")
+        start.click(on_enter, inputs=[code, saved], outputs=outputs, api_name="enter", **private)
+        code.submit(on_enter, inputs=[code, saved], outputs=outputs, api_visibility="private")
+        sample.play(on_play, inputs=[saved, shown], outputs=[message], api_name="play", **timing)
+        sample.pause(on_pause, inputs=[saved, shown], outputs=[message], api_name="pause", **timing)
         # Audio's "stop" event fires when playback reaches the end
-        sample.stop(on_heard, inputs=[session], outputs=[message, *radios, submit], api_name="heard")
-        submit.click(on_submit, inputs=[session, *radios], outputs=outputs, api_name="submit")
-        back.click(on_back, inputs=[session], outputs=outputs, api_name="back")
+        sample.stop(on_heard, inputs=[saved, shown], outputs=[message, *radios, submit], api_name="heard", **timing)
+        submit.click(
+            on_submit, inputs=[saved, shown, *radios], outputs=outputs, api_name="submit", **private
+        ).then(None, js=SCROLL_AFTER_SUBMIT)
+        back.click(on_back, inputs=[saved, shown], outputs=outputs, api_name="back", **private)
+        reconnect.click(
+            on_reconnect, inputs=[saved, shown], outputs=[message, reference, sample], api_visibility="private"
+        )
     return panel
 
 
 def _admin_html(defn: Definition, progress: list[dict], token: str) -> str:
+    def release_form(rater: str) -> str:
+        return (
+            f"<form method='post' action='/admin/release?token={html.escape(token)}'>"
+            f"<input type='hidden' name='rater' value='{html.escape(rater)}'>"
+            "<button type='submit'>release</button></form>"
+        )
+
     rows = "".join(
         "<tr>"
         + "".join(f"<td>{html.escape(str(r[k]))}</td>" for k in ("rater", "kind", "created", "expires"))
-        + f"<td>{r['done']} / {r['total']}</td><td>{r['last']}</td></tr>"
+        + f"<td>{r['done']} / {r['total']}</td><td>{r['last']}</td><td>{release_form(r['rater'])}</td></tr>"
         for r in progress
     )
     finished = sum(r["total"] > 0 and r["done"] == r["total"] for r in progress)
@@ -220,23 +340,37 @@ def _admin_html(defn: Definition, progress: list[dict], token: str) -> str:
         f"<body><h1>{html.escape(defn.title)}: progress</h1>"
         f"<p>{len(progress)} raters, {finished} finished. "
         f"<a href='/admin/ratings.csv?token={html.escape(token)}'>Download all ratings (CSV)</a></p>"
+        "<p>Release frees an invitation from the browser that holds it, so that the rater can go on "
+        "in another one.</p>"
         "<table border='1' cellpadding='4'><tr><th>rater</th><th>kind</th><th>created</th><th>expires</th>"
-        f"<th>rated</th><th>last answer</th></tr>{rows}</table></body></html>"
+        f"<th>rated</th><th>last answer</th><th></th></tr>{rows}</table></body></html>"
     )
 
 
 def build_app(store: Store, defn: Definition) -> FastAPI:
-    app = FastAPI()
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)  # no API docs for raters to find
     admin_token = store.secret("admin_token")
 
     def check(token: str) -> None:
         if not secrets.compare_digest(token.encode(), admin_token.encode()):
             raise HTTPException(status_code=403, detail="wrong or missing admin token")
 
+    @app.get("/healthz", response_class=PlainTextResponse)
+    def healthz() -> str:
+        return "ok"
+
     @app.get("/admin", response_class=HTMLResponse)
     def admin(token: str = Query("")) -> str:
         check(token)
         return _admin_html(defn, store.progress(), token)
+
+    @app.post("/admin/release")
+    def release(token: str = Query(""), rater: str = Form(...)) -> RedirectResponse:
+        check(token)
+        if not store.release(rater):
+            raise HTTPException(status_code=404, detail="unknown rater")
+        log.info("released %s from its browser", rater)
+        return RedirectResponse(f"/admin?token={token}", status_code=303)
 
     @app.get("/admin/ratings.csv")
     def export(token: str = Query("")) -> Response:
@@ -247,13 +381,29 @@ def build_app(store: Store, defn: Definition) -> FastAPI:
             headers={"Content-Disposition": f'attachment; filename="{defn.name}_ratings.csv"'},
         )
 
-    return gr.mount_gradio_app(app, build_panel(store, defn), path="/")
+    return gr.mount_gradio_app(
+        app,
+        build_panel(store, defn),
+        path="/",
+        footer_links=[],  # no "Use via API", "Settings" or run history for raters
+        run_history=False,
+        head=CONNECTION_WATCH,
+        css=CSS,
+    )
 
 
 def serve(store: Store, defn: Definition, host: str, port: int) -> None:
+    # audio copies go to a folder of this server's own, removed when it stops
+    cache = Path(tempfile.mkdtemp(prefix="speech_lpo_mos_"))
+    os.environ["GRADIO_TEMP_DIR"] = str(cache)
+    logging.basicConfig(format="%(asctime)s %(name)s %(message)s")
+    log.setLevel(logging.INFO)
     url = f"http://{host}:{port}"
     print(f"panel: {url}/  admin: {url}/admin?token={store.secret('admin_token')}", flush=True)
-    # open event streams never end by themselves: give them 3 s on Ctrl-C / SIGTERM, not forever
-    uvicorn.run(
-        build_app(store, defn), host=host, port=port, log_level="warning", timeout_graceful_shutdown=3
-    )
+    try:
+        # open event streams never end by themselves: give them 3 s on Ctrl-C / SIGTERM, not forever
+        uvicorn.run(
+            build_app(store, defn), host=host, port=port, log_level="warning", timeout_graceful_shutdown=3
+        )
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)

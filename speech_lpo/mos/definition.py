@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import soundfile as sf
 import yaml
 
 # the paper's Table 6 dimensions, in its column order
@@ -82,6 +83,7 @@ class Item:
 
     id: str
     audio: Path
+    duration: float  # seconds; the listening gate asks for this much listening time
     system: str | None = None  # None for attention checks
     utterance: str | None = None
     reference: Path | None = None
@@ -162,6 +164,12 @@ def _parse(path: Path, raw: object) -> Definition:
             raise fail(key, f"{full} does not exist")
         return full
 
+    def seconds(key: str, path: Path) -> float:
+        try:
+            return sf.info(path).duration
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise fail(key, f"{path}: cannot read the audio: {e}") from e
+
     scale_raw = raw.get("scale", {})
     if not isinstance(scale_raw, dict):
         raise fail("scale", "expected a mapping with min, max, step, min_label, max_label")
@@ -224,7 +232,8 @@ def _parse(path: Path, raw: object) -> Definition:
             except (KeyError, IndexError) as e:
                 raise fail("audio_pattern", f"only {{system}} and {{utt}} may appear, not {e}") from e
             item_id = f"{utt}@{system}"
-            items[item_id] = Item(item_id, audio("audio_pattern", rel), system, utt, ref)
+            path = audio("audio_pattern", rel)
+            items[item_id] = Item(item_id, path, seconds("audio_pattern", path), system, utt, ref)
 
     checks = raw.get("attention_checks", [])
     if not isinstance(checks, list):
@@ -239,9 +248,9 @@ def _parse(path: Path, raw: object) -> Definition:
         if item_id in items:
             raise fail(f"{key}.id", f"repeated attention check id {check['id']!r}")
         ref = audio(f"{key}.reference", check["reference"]) if "reference" in check else None
-        items[item_id] = Item(
-            item_id, audio(f"{key}.audio", check.get("audio")), reference=ref, expect=check["expect"]
-        )
+        path = audio(f"{key}.audio", check.get("audio"))
+        duration = seconds(f"{key}.audio", path)
+        items[item_id] = Item(item_id, path, duration, reference=ref, expect=check["expect"])
 
     attention = raw.get("attention", {})
     if not isinstance(attention, dict) or set(attention) - {"high_min", "low_max"}:
