@@ -1,9 +1,12 @@
 """The rating panel in a real browser: headless Chromium (Debian's ``chromium``) driven by playwright.
 
-Rates a small test completely; half-way it closes the page, restarts the server, comes back without
-the invitation link and must resume where it stopped; then it goes back one sample and changes an
-answer. The database must then hold exactly the answers that were clicked, the changed one updated
-in place.
+Rates a small test completely and goes down every refusal on the way, each of which must leave the
+page usable with the answers kept: Previous on the first sample (disabled), seeking to the end and
+playing the rest (questions stay locked), Submit with a question unanswered (one note beside it),
+the server stopped (a banner) and restarted under the open page (Submit goes through and says so),
+a second tab submitting a sample already rated (a warning, nothing overwritten), the invitation
+opened in another browser (the old page ends). Then it goes back one sample and changes an answer.
+The database must hold exactly the answers that were clicked, the changed one updated in place.
 """
 
 from __future__ import annotations
@@ -38,7 +41,32 @@ def answers_for(step: int, dims: list[str]) -> dict[str, float]:
     return {d: [4.5, 3.0, 1.5, 0.5, 5.0, 2.0][(step + j) % 6] for j, d in enumerate(dims)}
 
 
-def test_rate_reload_restart_resume(tmp_path: Path) -> None:
+def radio(page, dim: str, score: float):
+    return page.locator(f'#mos-{dim} [data-testid="{score:g}-radio-label"]')
+
+
+def play_through(page, expect, dims: list[str]) -> None:
+    """Press Play and wait for the end to open the questions (retried: a click while the clip loads
+    plays nothing)."""
+    first = page.locator(f"#mos-{dims[0]} input[type=radio]").first
+    page.wait_for_timeout(1000)  # let the player fetch and decode the new clip
+    for attempt in range(3):
+        page.locator('#mos-sample button[aria-label="Play"]').click()
+        assert attempt or first.is_disabled()  # playing is not enough: they open at the clip's end
+        try:
+            expect(first).to_be_enabled(timeout=8_000)
+            return
+        except AssertionError:
+            if attempt == 2:
+                raise
+
+
+def answer(page, answers: dict[str, float]) -> None:
+    for d, score in answers.items():
+        radio(page, d, score).click()
+
+
+def test_rate_through_every_refusal(tmp_path: Path) -> None:
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="pip install playwright (no `playwright install`)"
     )
@@ -63,47 +91,84 @@ def test_rate_reload_restart_resume(tmp_path: Path) -> None:
             context.set_default_timeout(30_000)
             page = context.new_page()
             page.goto(f"{base}?token={token}")
+            message, submit = page.locator("#mos-message"), page.locator("#mos-submit")
             for step in range(total):
-                if step == 2:  # leave half-way, restart the server, come back without the link
-                    page.close()
-                    stop_server(server)
-                    server = start_server(definition, db, port, tmp_path / "server.log")
-                    page = context.new_page()
-                    page.goto(base)
                 expect(page.locator("#mos-progress")).to_contain_text(f"{step} of {total} samples rated")
-                if step == 3:  # go back, change one answer of the previous sample, come forward again
-                    page.locator("#mos-back").click()
-                    expect(page.locator("#mos-message")).to_contain_text("changing an earlier answer")
-                    changed = page.locator(
-                        f'#mos-{dims[0]} [data-testid="{clicked[2][dims[0]]:g}-radio-label"] input'
-                    )
-                    expect(changed).to_be_checked()
-                    clicked[2] = {**clicked[2], dims[0]: 0.0}
-                    page.locator(f'#mos-{dims[0]} [data-testid="0-radio-label"]').click()
-                    page.locator("#mos-submit").click()
-                    expect(page.locator("#mos-message")).to_contain_text("Listen to the whole sample")
                 html = page.content()
                 assert not any(f"{s}/" in html or f"@{s}" in html for s in defn.systems)  # names hidden
-                first = page.locator(f"#mos-{dims[0]} input[type=radio]").first
-                expect(first).to_be_disabled()  # nothing can be answered before the sample is heard
-                page.wait_for_timeout(1000)  # let the player fetch and decode the new clip
-                for attempt in range(3):  # a click that lands while the new clip still loads plays nothing
-                    page.locator('#mos-sample button[aria-label="Play"]').click()
-                    assert (
-                        attempt or first.is_disabled()
-                    )  # playing is not enough: they open at the clip's end
-                    try:
-                        expect(first).to_be_enabled(timeout=8_000)
-                        break
-                    except AssertionError:
-                        if attempt == 2:
-                            raise
                 answers = answers_for(step, dims)
-                for d, score in answers.items():
-                    page.locator(f'#mos-{d} [data-testid="{score:g}-radio-label"]').click()
-                if step == 1:
+                if step == 0:
+                    expect(page.locator("#mos-back")).to_be_disabled()  # nothing before the first sample
+                    # seek to 97% and play the rest: the end comes, the questions stay locked
+                    page.wait_for_timeout(1000)
+                    wave = page.locator("#mos-sample #waveform")
+                    box = wave.bounding_box()
+                    wave.click(position={"x": box["width"] * 0.97, "y": box["height"] / 2})
+                    page.locator('#mos-sample button[aria-label="Play"]').click()
+                    expect(message).to_contain_text("Part of the sample was skipped")
+                    expect(page.locator(f"#mos-{dims[0]} input[type=radio]").first).to_be_disabled()
+                    play_through(page, expect, dims)
+                    # one question left out: a note beside it, the other answers kept, nothing else
+                    answer(page, {d: s for d, s in answers.items() if d != dims[1]})
+                    submit.click()
+                    label = defn.dimensions[1].label
+                    expect(page.locator(f"#mos-{dims[1]}-missing")).to_have_text(f"Please answer “{label}”.")
+                    for d, score in answers.items():
+                        if d != dims[1]:
+                            expect(radio(page, d, score).locator("input")).to_be_checked()
+                    expect(submit).to_be_enabled()
+                    expect(page.locator("#mos-progress")).to_contain_text(f"0 of {total} samples rated")
+                    assert page.locator(".error").count() == 0  # no component turned into an error box
+                    answer(page, {dims[1]: answers[dims[1]]})
+                elif step == 1:
+                    play_through(page, expect, dims)
+                    answer(page, answers)
+                    stop_server(server)  # the page stays open
+                    expect(page.locator("#mos-offline")).to_contain_text("Connection to the server lost")
+                    server = start_server(definition, db, port, tmp_path / "server.log")
+                    expect(page.locator("#mos-offline")).to_be_hidden()
+                    expect(message).to_contain_text("Connection restored")
+                    for d, score in answers.items():
+                        expect(radio(page, d, score).locator("input")).to_be_checked()
+                elif step == 2:  # a second tab on the same sample submits after the first one did
+                    play_through(page, expect, dims)
+                    other = context.new_page()
+                    other.goto(base)  # no link: the token comes from localStorage, no takeover
+                    expect(other.locator("#mos-progress")).to_contain_text(f"2 of {total} samples rated")
+                    answer(page, answers)
+                    submit.click()
+                    clicked.append(answers)
+                    answer(other, answers_for(7, dims))
+                    other.locator("#mos-submit").click()
+                    expect(other.locator("#mos-message")).to_contain_text("rated already, in another tab")
+                    expect(other.locator("#mos-progress")).to_contain_text(f"3 of {total} samples rated")
+                    other.close()
+                    continue
+                elif step == 3:  # go back, change one answer of the previous sample, come forward again
+                    page.locator("#mos-back").click()
+                    expect(message).to_contain_text("changing an earlier answer")
+                    expect(radio(page, dims[0], clicked[2][dims[0]]).locator("input")).to_be_checked()
+                    clicked[2] = {**clicked[2], dims[0]: 0.0}
+                    radio(page, dims[0], 0.0).click()
+                    submit.click()
+                    expect(message).to_contain_text("Listen to the whole sample")
+                    play_through(page, expect, dims)
+                    answer(page, answers)
                     page.screenshot(path=str(tmp_path / "mos_panel.png"), full_page=True)
-                page.locator("#mos-submit").click()
+                else:  # the rater moves to another browser with the link: this page ends
+                    moved = browser.new_context(viewport={"width": 1000, "height": 1400})
+                    new_page = moved.new_page()
+                    new_page.goto(f"{base}?token={token}")
+                    expect(new_page.locator("#mos-progress")).to_contain_text(f"{step} of {total}")
+                    page.locator("#mos-back").click()
+                    expect(message).to_contain_text("this page has ended")
+                    page = new_page
+                    message, submit = page.locator("#mos-message"), page.locator("#mos-submit")
+                    play_through(page, expect, dims)
+                    answer(page, answers)
+                submit.click()
+                if step == 1:
+                    expect(message).to_contain_text("The server was restarted meanwhile")
                 clicked.append(answers)
             expect(page.locator("#mos-done")).to_be_visible()
             expect(page.locator("#mos-progress")).to_contain_text(f"{total} of {total} samples rated")
@@ -111,11 +176,13 @@ def test_rate_reload_restart_resume(tmp_path: Path) -> None:
     finally:
         stop_server(server)
     assert (tmp_path / "mos_panel.png").stat().st_size > 10_000  # docs/mos_panel.png is such a screenshot
+    log = (tmp_path / "server.log").read_text()
+    assert "refused submit: unanswered" in log and "Traceback" not in log  # one line per refusal
 
     with sqlite3.connect(db) as con:
         (order,) = con.execute("SELECT items FROM raters WHERE token = ?", (token,)).fetchone()
         rows = con.execute(
-            "SELECT rater, item, dimension, score, plays, heard, revisions FROM ratings"
+            "SELECT rater, item, dimension, score, plays, heard, heard_s, revisions FROM ratings"
         ).fetchall()
     order = json.loads(order)
     expected = {
@@ -125,8 +192,7 @@ def test_rate_reload_restart_resume(tmp_path: Path) -> None:
     }
     assert {r[:4] for r in rows} == expected
     assert len(rows) == total * len(dims)
-    assert all(plays >= 1 and heard >= 1 for *_, plays, heard, _ in rows)
-    assert sorted(r[6] for r in rows) == [0] * (len(rows) - len(dims)) + [1] * len(
-        dims
-    )  # one update, no copy
-    assert {r[1] for r in rows if r[6] == 1} == {order[2]}
+    durations = {item: defn.items[item].duration for item in order}
+    assert all(plays >= heard >= 1 and heard_s >= durations[item] - 0.3 for _, item, _, _, plays, heard, heard_s, _ in rows)
+    assert sorted(r[7] for r in rows) == [0] * (len(rows) - len(dims)) + [1] * len(dims)  # one update, no copy
+    assert {r[1] for r in rows if r[7] == 1} == {order[2]}

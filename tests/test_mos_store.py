@@ -249,7 +249,7 @@ def test_refusals_through_the_panel(tmp_path: Path) -> None:
         assert "0 of 8 samples rated" in out[MESSAGE + 1]
         kept, page, sample = out[0], out[1], out[MESSAGE + 3]["url"]
         assert all(s not in sample for s in ("original", "telephone", "noisy", "@"))  # names hidden
-        duration = store.defn.items[page["item"]].duration
+        duration = store.defn.items[store.order(token, "b")[page["at"]]].duration
 
         def submit(*scores: float | None) -> str:
             return client.predict(kept, page, *scores, api_name="/submit")[MESSAGE]

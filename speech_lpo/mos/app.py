@@ -7,7 +7,7 @@ which measures the time heard on its own clock (store.py, the listening gate).
 
 Everything a page needs to go on lives in the browser: the rater's token and a browser id in
 localStorage (``gr.BrowserState``, its key and secret kept in the database), the sample on screen in
-a hidden JSON component. So a reload, a second tab or a server restart resumes where it was, and
+a hidden JSON component (its place in the rater's order: the item id would name the system). So a reload, a second tab or a server restart resumes where it was, and
 every call is checked by the store. A refused action never raises ``gr.Error`` (that would turn
 every output into an error box): it answers with a message and changes nothing else.
 """
@@ -124,7 +124,7 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
         saved = gr.BrowserState(
             None, storage_key=f"speech_lpo_mos_{defn.name}", secret=store.secret("browser_state_secret")
         )  # {"token", "browser"}
-        shown = gr.JSON(None, visible="hidden", elem_id="mos-page")  # {"item", "revise", "boot"}
+        shown = gr.JSON(None, visible="hidden", elem_id="mos-page")  # {"at", "revise", "boot"}
         gr.Markdown(f"# {defn.title}\n\n{defn.instructions}")
         with gr.Column(visible=True) as entry_page:
             code = gr.Textbox(label="Invitation code", placeholder="the code from your invitation link")
@@ -171,7 +171,7 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
             item = defn.items[item_id]
             ref = served(item.reference, "reference") if item.reference else None
             return {
-                shown: {"item": item_id, "revise": revise, "boot": boot},
+                shown: {"at": at, "revise": revise, "boot": boot},
                 **pages(False, True, False),
                 message: note,
                 reference: gr.update(value=ref, visible=ref is not None),
@@ -215,9 +215,12 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
             return enter(token, kept, takeover=bool(token))
 
         def current(kept: dict | None, page: dict | None) -> tuple[str, str, str]:
-            if not kept or not kept.get("token") or not page or not page.get("item"):
+            if not kept or not kept.get("token") or not page or not isinstance(page.get("at"), int):
                 raise Refused("No sample is open: reload the page.")
-            return kept["token"], kept["browser"], page["item"]
+            order = store.order(kept["token"], kept["browser"])
+            if not 0 <= page["at"] < len(order):
+                raise Refused("No such sample: reload the page.")
+            return kept["token"], kept["browser"], order[page["at"]]
 
         def restarted(page: dict | None) -> str:
             if page and page.get("boot") not in (None, boot):

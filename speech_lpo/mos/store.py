@@ -268,6 +268,13 @@ class Store:
             ).fetchone()
             return todo[0], len(items) - len(todo), len(items), heard, items.index(todo[0])
 
+    def order(self, token: str, browser: str) -> list[str]:
+        """The item ids of rater ``token`` in the order they are heard."""
+        _, items = self._rater(self._connection(), token, browser)
+        if items is None:
+            raise Refused("Enter the test first.")
+        return items
+
     def _assigned(self, db: sqlite3.Connection, token: str, browser: str, item: str) -> None:
         _, items = self._rater(db, token, browser)
         if item not in self.defn.items:
