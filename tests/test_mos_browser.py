@@ -193,6 +193,11 @@ def test_rate_through_every_refusal(tmp_path: Path) -> None:
     assert {r[:4] for r in rows} == expected
     assert len(rows) == total * len(dims)
     durations = {item: defn.items[item].duration for item in order}
-    assert all(plays >= heard >= 1 and heard_s >= durations[item] - 0.3 for _, item, _, _, plays, heard, heard_s, _ in rows)
-    assert sorted(r[7] for r in rows) == [0] * (len(rows) - len(dims)) + [1] * len(dims)  # one update, no copy
+    assert all(
+        plays >= heard >= 1 and heard_s >= durations[item] - 0.3
+        for _, item, _, _, plays, heard, heard_s, _ in rows
+    )
+    assert sorted(r[7] for r in rows) == [0] * (len(rows) - len(dims)) + [1] * len(
+        dims
+    )  # one update, no copy
     assert {r[1] for r in rows if r[7] == 1} == {order[2]}

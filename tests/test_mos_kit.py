@@ -125,9 +125,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(definition: Path, db: Path, port: int, log: Path) -> subprocess.Popen:
-    """``speech-lpo mos serve`` on loopback in its own process; waits until it answers."""
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
+def start_server(
+    definition: Path, db: Path, port: int, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """``speech-lpo mos serve`` on loopback in its own process (``env`` added to its environment);
+    waits until it answers."""
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1", **(env or {})}
     cmd = [sys.executable, "-m", "speech_lpo.cli", "mos", "serve", "--definition", str(definition)]
     cmd += ["--db", str(db), "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=REPO)

@@ -7,9 +7,10 @@ which measures the time heard on its own clock (store.py, the listening gate).
 
 Everything a page needs to go on lives in the browser: the rater's token and a browser id in
 localStorage (``gr.BrowserState``, its key and secret kept in the database), the sample on screen in
-a hidden JSON component (its place in the rater's order: the item id would name the system). So a reload, a second tab or a server restart resumes where it was, and
-every call is checked by the store. A refused action never raises ``gr.Error`` (that would turn
-every output into an error box): it answers with a message and changes nothing else.
+a hidden JSON component (its place in the rater's order: the item id would name the system). So a
+reload, a second tab or a server restart resumes where it was, and every call is checked by the
+store. A refused action never raises ``gr.Error`` (that would turn every output into an error box):
+it answers with a message and changes nothing else.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import logging
 import os
 import secrets
 import shutil
+import signal
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -138,12 +141,18 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
             for d in defn.dimensions:
                 radios.append(
                     gr.Radio(
-                        choices, label=d.label, info=f"{d.question} ({ends})", interactive=False, elem_id=f"mos-{d.name}"
+                        choices,
+                        label=d.label,
+                        info=f"{d.question} ({ends})",
+                        interactive=False,
+                        elem_id=f"mos-{d.name}",
                     )
                 )
                 notes.append(gr.Markdown("", elem_id=f"mos-{d.name}-missing", elem_classes="mos-missing"))
             with gr.Row():
-                back = gr.Button("Previous sample", elem_id="mos-back", scale=0, min_width=220, interactive=False)
+                back = gr.Button(
+                    "Previous sample", elem_id="mos-back", scale=0, min_width=220, interactive=False
+                )
                 submit = gr.Button(
                     "Submit and continue", variant="primary", interactive=False, elem_id="mos-submit"
                 )
@@ -165,7 +174,12 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
             }
 
         def entry_view(note: str, browser: str) -> dict:
-            return {saved: {"token": None, "browser": browser}, shown: None, **pages(True, False, False), message: note}
+            return {
+                saved: {"token": None, "browser": browser},
+                shown: None,
+                **pages(True, False, False),
+                message: note,
+            }
 
         def sample_view(item_id: str, answers: dict, at: int, ready: bool, revise: bool, note: str) -> dict:
             item = defn.items[item_id]
@@ -176,7 +190,10 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
                 message: note,
                 reference: gr.update(value=ref, visible=ref is not None),
                 sample: served(item.audio, "sample"),
-                **{r: gr.update(value=answers.get(d), interactive=ready) for r, d in zip(radios, dims, strict=True)},
+                **{
+                    r: gr.update(value=answers.get(d), interactive=ready)
+                    for r, d in zip(radios, dims, strict=True)
+                },
                 **cleared,
                 back: gr.update(interactive=at > 0),
                 submit: gr.update(interactive=ready),
@@ -250,17 +267,25 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
             if not through:
                 duration = defn.items[item].duration
                 return {
-                    message: f"**Part of the sample was skipped ({heard_s:.1f} s of {duration:.1f} s heard).** "
-                    "Play it through at normal speed to enable the questions."
+                    message: f"**Part of the sample was skipped ({heard_s:.1f} s of {duration:.1f} s "
+                    "heard).** Play it through at normal speed to enable the questions."
                 }
-            return {message: "", **{r: gr.update(interactive=True) for r in radios}, submit: gr.update(interactive=True)}
+            return {
+                message: "",
+                **{r: gr.update(interactive=True) for r in radios},
+                submit: gr.update(interactive=True),
+            }
 
         def on_submit(kept: dict | None, page: dict | None, *scores: float | None) -> dict:
             note = restarted(page)
             try:
                 token, browser, item = current(kept, page)
                 store.submit(
-                    token, browser, item, dict(zip(dims, scores, strict=True)), revise=bool(page.get("revise"))
+                    token,
+                    browser,
+                    item,
+                    dict(zip(dims, scores, strict=True)),
+                    revise=bool(page.get("revise")),
                 )
             except Unanswered as e:
                 log.info("refused submit: unanswered %s", ", ".join(e.missing))
@@ -268,7 +293,10 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
                 return {
                     message: note,
                     shown: {**page, "boot": boot},
-                    **{n: f"Please answer “{labels[d]}”." if d in e.missing else "" for n, d in zip(notes, dims, strict=True)},
+                    **{
+                        n: f"Please answer “{labels[d]}”." if d in e.missing else ""
+                        for n, d in zip(notes, dims, strict=True)
+                    },
                 }
             except AlreadyRated as e:
                 log.info("refused submit: %s", str(e)[:200])
@@ -284,7 +312,10 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
             except Refused as e:
                 return refused("back", e)
             if previous is None:
-                return {message: "**This is the first sample; there is none before it.**", back: gr.update(interactive=False)}
+                return {
+                    message: "**This is the first sample; there is none before it.**",
+                    back: gr.update(interactive=False),
+                }
             item_id, answers, at = previous
             note = "You are changing an earlier answer; submit to go on where you were."
             return sample_view(item_id, answers, at, True, True, restarted(page) + note)
@@ -311,13 +342,25 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
         sample.play(on_play, inputs=[saved, shown], outputs=[message], api_name="play", **timing)
         sample.pause(on_pause, inputs=[saved, shown], outputs=[message], api_name="pause", **timing)
         # Audio's "stop" event fires when playback reaches the end
-        sample.stop(on_heard, inputs=[saved, shown], outputs=[message, *radios, submit], api_name="heard", **timing)
+        sample.stop(
+            on_heard, inputs=[saved, shown], outputs=[message, *radios, submit], api_name="heard", **timing
+        )
+        # preprocess=False: the store checks every score and refuses a bad one in one short log line
+        # (Gradio's own check of a Radio's value prints a traceback echoing the whole value)
         submit.click(
-            on_submit, inputs=[saved, shown, *radios], outputs=outputs, api_name="submit", **private
+            on_submit,
+            inputs=[saved, shown, *radios],
+            outputs=outputs,
+            api_name="submit",
+            preprocess=False,
+            **private,
         ).then(None, js=SCROLL_AFTER_SUBMIT)
         back.click(on_back, inputs=[saved, shown], outputs=outputs, api_name="back", **private)
         reconnect.click(
-            on_reconnect, inputs=[saved, shown], outputs=[message, reference, sample], api_visibility="private"
+            on_reconnect,
+            inputs=[saved, shown],
+            outputs=[message, reference, sample],
+            api_visibility="private",
         )
     return panel
 
@@ -401,6 +444,8 @@ def serve(store: Store, defn: Definition, host: str, port: int) -> None:
     os.environ["GRADIO_TEMP_DIR"] = str(cache)
     logging.basicConfig(format="%(asctime)s %(name)s %(message)s")
     log.setLevel(logging.INFO)
+    # uvicorn re-raises SIGTERM after its shutdown; as an exception it lets `finally` clean up
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     url = f"http://{host}:{port}"
     print(f"panel: {url}/  admin: {url}/admin?token={store.secret('admin_token')}", flush=True)
     try:

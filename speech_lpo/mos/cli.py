@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="mos_command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(
+            name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
         p.add_argument("--definition", type=Path, required=True, help="test definition YAML (eval/*.yaml)")
         p.add_argument("--db", type=Path, required=True, help="SQLite ratings file (made if missing)")
         return p
@@ -59,9 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("package", help="a listening test from `speech-lpo synthesize` outputs")
     p.add_argument("--systems", nargs="+", required=True, metavar="NAME=SYNTH_DIR")
     p.add_argument("--manifest", type=Path, required=True, help="test manifest: the reference recordings")
-    p.add_argument(
-        "--template", type=Path, default=TEMPLATE, help="test definition to adapt"
-    )
+    p.add_argument("--template", type=Path, default=TEMPLATE, help="test definition to adapt")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("-n", type=int, default=8, help="utterances in the test")
 

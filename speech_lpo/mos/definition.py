@@ -61,7 +61,8 @@ class Scale:
     def problem(self, score: object) -> str | None:
         """Why ``score`` is not a point of this scale, or None when it is."""
         if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-            return f"score {score!r} is not a number"
+            shown = repr(score)
+            return f"score {shown if len(shown) <= 40 else shown[:40] + '...'} is not a number"
         if not self.min <= score <= self.max:
             return f"score {score} is outside the scale {self.min:g} to {self.max:g}"
         k = (score - self.min) / self.step
@@ -232,8 +233,8 @@ def _parse(path: Path, raw: object) -> Definition:
             except (KeyError, IndexError) as e:
                 raise fail("audio_pattern", f"only {{system}} and {{utt}} may appear, not {e}") from e
             item_id = f"{utt}@{system}"
-            path = audio("audio_pattern", rel)
-            items[item_id] = Item(item_id, path, seconds("audio_pattern", path), system, utt, ref)
+            wav = audio("audio_pattern", rel)
+            items[item_id] = Item(item_id, wav, seconds("audio_pattern", wav), system, utt, ref)
 
     checks = raw.get("attention_checks", [])
     if not isinstance(checks, list):
@@ -248,9 +249,9 @@ def _parse(path: Path, raw: object) -> Definition:
         if item_id in items:
             raise fail(f"{key}.id", f"repeated attention check id {check['id']!r}")
         ref = audio(f"{key}.reference", check["reference"]) if "reference" in check else None
-        path = audio(f"{key}.audio", check.get("audio"))
-        duration = seconds(f"{key}.audio", path)
-        items[item_id] = Item(item_id, path, duration, reference=ref, expect=check["expect"])
+        wav = audio(f"{key}.audio", check.get("audio"))
+        duration = seconds(f"{key}.audio", wav)
+        items[item_id] = Item(item_id, wav, duration, reference=ref, expect=check["expect"])
 
     attention = raw.get("attention", {})
     if not isinstance(attention, dict) or set(attention) - {"high_min", "low_max"}:
