@@ -15,6 +15,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import httpx
 import pytest
 
 from speech_lpo.mos.definition import load_definition
@@ -51,7 +52,7 @@ def play_through(page, expect, dims: list[str]) -> None:
     first = page.locator(f"#mos-{dims[0]} input[type=radio]").first
     page.wait_for_timeout(1000)  # let the player fetch and decode the new clip
     for attempt in range(3):
-        page.locator('#mos-sample button[aria-label="Play"]').click()
+        page.locator('#mos-sample button[aria-label="Play (sample)"]').click()
         assert attempt or first.is_disabled()  # playing is not enough: they open at the clip's end
         try:
             expect(first).to_be_enabled(timeout=8_000)
@@ -104,7 +105,7 @@ def test_rate_through_every_refusal(tmp_path: Path) -> None:
                     wave = page.locator("#mos-sample #waveform")
                     box = wave.bounding_box()
                     wave.click(position={"x": box["width"] * 0.97, "y": box["height"] / 2})
-                    page.locator('#mos-sample button[aria-label="Play"]').click()
+                    page.locator('#mos-sample button[aria-label="Play (sample)"]').click()
                     expect(message).to_contain_text("Part of the sample was skipped")
                     expect(page.locator(f"#mos-{dims[0]} input[type=radio]").first).to_be_disabled()
                     play_through(page, expect, dims)
@@ -201,3 +202,69 @@ def test_rate_through_every_refusal(tmp_path: Path) -> None:
         dims
     )  # one update, no copy
     assert {r[1] for r in rows if r[7] == 1} == {order[2]}
+
+
+def test_page_is_accessible_and_fits_a_phone(tmp_path: Path) -> None:
+    """No API footer or API docs; named radio groups and player buttons; axe-core finds nothing
+    serious; at 390 px each scale stays on one line; after Submit the next player is in view."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="pip install playwright (no `playwright install`)"
+    )
+    axe = pytest.importorskip("axe_playwright_python.sync_playwright")  # carries axe.min.js: no fetch
+    expect, sync_playwright = sync_api.expect, sync_api.sync_playwright
+    expect.set_options(timeout=30_000)
+
+    definition = make_test(tmp_path, n_utts=2, systems=["original", "noisy"], items_per_rater=2)
+    defn = load_definition(definition)
+    db = tmp_path / "ratings.sqlite"
+    tokens = Store(db, defn).invite(2, expires=None)
+    dims = defn.dimension_names()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/"
+    server = start_server(definition, db, port, tmp_path / "server.log")
+    try:
+        info = httpx.get(f"{base}gradio_api/info", timeout=30).json()
+        assert info["named_endpoints"] == {} and info["unnamed_endpoints"] == {}  # nothing advertised
+        assert httpx.get(f"{base}docs", timeout=30).status_code == 404
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            for token, (width, height, shot) in zip(
+                tokens, [(1280, 1000, "desktop"), (390, 844, "390px")], strict=True
+            ):
+                context = browser.new_context(viewport={"width": width, "height": height})
+                context.set_default_timeout(30_000)
+                page = context.new_page()
+                page.goto(f"{base}?token={token}")
+                expect(page.locator("#mos-progress")).to_contain_text("0 of 4 samples rated")
+                assert page.locator("footer").count() == 0 and page.get_by_text("Use via API").count() == 0
+                for d in defn.dimensions:
+                    expect(page.get_by_role("radiogroup", name=d.label)).to_have_count(1)
+                for player in ("sample", "reference recording"):
+                    expect(page.get_by_role("button", name=f"Play ({player})", exact=True)).to_have_count(1)
+                play_through(page, expect, dims)
+                answer(page, {d: 3.0 for d in dims[1:]})
+                radio(page, dims[0], 0.0).locator("input").focus()  # one group: arrow keys move along it
+                page.keyboard.press("ArrowRight")
+                expect(radio(page, dims[0], 0.5).locator("input")).to_be_checked()
+                for d in dims:  # the whole scale on one line
+                    tops = [
+                        box["y"]
+                        for box in (lab.bounding_box() for lab in page.locator(f"#mos-{d} label").all())
+                    ]
+                    assert len(tops) == 11 and max(tops) - min(tops) < 2, (shot, d, tops)
+                found = axe.Axe().run(page).response["violations"]
+                serious = [
+                    (v["id"], v["impact"], [(n["target"], n["failureSummary"][-160:]) for n in v["nodes"]])
+                    for v in found
+                    if v["impact"] in ("serious", "critical")
+                ]
+                assert serious == [], serious
+                page.screenshot(path=str(tmp_path / f"mos_panel_{shot}.png"), full_page=True)
+                page.locator("#mos-submit").click()
+                expect(page.locator("#mos-progress")).to_contain_text("1 of 4 samples rated")
+                expect(page.locator("#mos-sample")).to_be_in_viewport()
+                context.close()
+            browser.close()
+    finally:
+        stop_server(server)
+    assert all((tmp_path / f"mos_panel_{shot}.png").stat().st_size > 10_000 for shot in ("desktop", "390px"))

@@ -67,6 +67,36 @@ CONNECTION_WATCH = """
 })();
 </script>
 """
+# Accessible names Gradio does not give: each rating scale one named radio group (one Tab stop, arrow
+# keys move along it; Gradio names every radio apart), and each player's buttons say which player.
+ACCESSIBLE_NAMES = """
+<script>
+(() => {
+  function name() {
+    document.querySelectorAll(".mos-question").forEach((block) => {
+      const wrap = block.querySelector(".wrap");
+      const title = block.querySelector('[data-testid="block-info"]')?.textContent.trim();
+      if (!wrap || !title) return;
+      if (wrap.getAttribute("aria-label") !== title) {
+        wrap.setAttribute("role", "radiogroup");
+        wrap.setAttribute("aria-label", title);
+      }
+      block.querySelectorAll("input[type=radio]").forEach((r) => {
+        if (r.name !== block.id) r.name = block.id;
+      });
+    });
+    for (const [id, what] of [["mos-sample", "sample"], ["mos-reference", "reference recording"]]) {
+      document.querySelectorAll(`#${id} button[aria-label]`).forEach((b) => {
+        const label = b.getAttribute("aria-label");
+        if (!label.endsWith(`(${what})`)) b.setAttribute("aria-label", `${label} (${what})`);
+      });
+    }
+  }
+  new MutationObserver(name).observe(document.documentElement,
+    {subtree: true, childList: true, attributes: true, attributeFilter: ["aria-label"]});
+})();
+</script>
+"""
 # after Submit: to the first question left unanswered, else to the next sample's player
 SCROLL_AFTER_SUBMIT = """() => {
   setTimeout(() => {
@@ -74,9 +104,18 @@ SCROLL_AFTER_SUBMIT = """() => {
     (missing || document.getElementById("mos-sample"))?.scrollIntoView({block: "center"});
   }, 100);
 }"""
+# 1x only (the gate measures time); text in full contrast (axe: 4.5:1); the scale on one line at 390 px
 CSS = """
-#mos-sample button[aria-label*="speed" i], #mos-sample .playback { display: none !important; }
+.mos-player .playback { display: none !important; }
 .mos-missing { color: #b91c1c; font-weight: 600; }
+.mos-question .info-text { color: var(--body-text-color); }
+.mos-question .wrap { flex-wrap: nowrap; gap: 2px; }
+.mos-question .wrap label {
+  flex: 1 1 0; min-width: 0; flex-direction: column; align-items: center; gap: 2px; padding: 6px 0;
+}
+.mos-question .wrap label input { margin: 0; }
+.mos-player .timestamps time { color: var(--body-text-color) !important; }
+button.primary { background: #c2410c !important; border-color: #c2410c !important; }
 """
 
 
@@ -135,8 +174,21 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
         message = gr.Markdown(elem_id="mos-message")
         progress = gr.HTML()
         with gr.Column(visible=False) as rating_page:
-            reference = gr.Audio(label="Reference recording", interactive=False, buttons=[], visible=False)
-            sample = gr.Audio(label="Sample to rate", interactive=False, buttons=[], elem_id="mos-sample")
+            reference = gr.Audio(
+                label="Reference recording",
+                interactive=False,
+                buttons=[],
+                visible=False,
+                elem_id="mos-reference",
+                elem_classes="mos-player",
+            )
+            sample = gr.Audio(
+                label="Sample to rate",
+                interactive=False,
+                buttons=[],
+                elem_id="mos-sample",
+                elem_classes="mos-player",
+            )
             radios, notes = [], []
             for d in defn.dimensions:
                 radios.append(
@@ -146,6 +198,7 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
                         info=f"{d.question} ({ends})",
                         interactive=False,
                         elem_id=f"mos-{d.name}",
+                        elem_classes="mos-question",
                     )
                 )
                 notes.append(gr.Markdown("", elem_id=f"mos-{d.name}-missing", elem_classes="mos-missing"))
@@ -433,7 +486,7 @@ def build_app(store: Store, defn: Definition) -> FastAPI:
         path="/",
         footer_links=[],  # no "Use via API", "Settings" or run history for raters
         run_history=False,
-        head=CONNECTION_WATCH,
+        head=CONNECTION_WATCH + ACCESSIBLE_NAMES,
         css=CSS,
     )
 
