@@ -285,6 +285,11 @@ def test_refusals_through_the_panel(tmp_path: Path) -> None:
         admin = store.secret("admin_token")
         page = http.get("admin", params={"token": admin})
         assert page.status_code == 200 and "0 / 8" in page.text and "2 raters, 0 finished" in page.text
+        assert "release" in page.text
+        assert http.post("admin/release", params={"token": "wrong"}, data={"rater": token}).status_code == 403
+        released = http.post("admin/release", params={"token": admin}, data={"rater": token})
+        assert released.status_code == 303  # back to the admin page
+        store.enter(token, "another")  # a remembered token may enter again once released
         csv = http.get("admin/ratings.csv", params={"token": admin}).text
         assert csv.splitlines() == [
             "system,utterance,check,rater,item,dimension,score,plays,heard,heard_s,shown,first_submitted,updated,revisions"
