@@ -43,7 +43,7 @@ def answers_for(step: int, dims: list[str]) -> dict[str, float]:
 
 
 def radio(page, dim: str, score: float):
-    return page.locator(f'#mos-{dim} [data-testid="{score:g}-radio-label"]')
+    return page.locator(f'#mos-{dim} label:has(input[value="{score:g}"])')
 
 
 def play_through(page, expect, dims: list[str]) -> None:

@@ -158,7 +158,7 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
     served = AudioCopies(defn.root, store.secret("audio_name_key"))
     boot = uuid.uuid4().hex  # a page made by an earlier server process carries another one
     scale = defn.scale
-    choices = [(f"{v:g}", v) for v in scale.choices()]
+    choices = scale.named_choices()
     ends = f"{scale.min:g} = {scale.min_label}, {scale.max:g} = {scale.max_label}"
     dims = defn.dimension_names()
 
@@ -173,6 +173,24 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
             start = gr.Button("Start", variant="primary")
         message = gr.Markdown(elem_id="mos-message")
         progress = gr.HTML()
+        with gr.Column(visible=False) as qualify_page:  # P.808 qualification: hearing / headphone check
+            gr.Markdown("## Before the test\n\nPlay each recording and answer its question.")
+            checks = []
+            for i, q in enumerate(defn.qualification):
+                gr.Audio(served(q.audio, f"check{i}"), label=f"Check {i + 1}", interactive=False, buttons=[])
+                checks.append(gr.Radio(q.choices, label=q.question, elem_id=f"mos-check{i}"))
+            qualify = gr.Button("Continue", variant="primary", elem_id="mos-qualify")
+        with gr.Column(visible=False) as training_page:  # P.808 training: the scale's ends, heard first
+            gr.Markdown("## Examples\n\nListen to these examples of the ends of the scale before you start.")
+            for i, ex in enumerate(defn.training):
+                gr.Audio(served(ex.audio, f"example{i}"), label=ex.caption, interactive=False, buttons=[])
+            trained = gr.Button("Start rating", variant="primary", elem_id="mos-trained")
+        with gr.Column(visible=False) as disqualified_page:
+            gr.Markdown(
+                "## Thank you\n\nThe answers to the listening check were not all right, so this test "
+                "ends here for you. Thank you for your time.",
+                elem_id="mos-disqualified",
+            )
         with gr.Column(visible=False) as rating_page:
             reference = gr.Audio(
                 label="Reference recording",
@@ -214,23 +232,32 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
             gr.Markdown(
                 "## Thank you!\n\nAll samples are rated. You can close this page.", elem_id="mos-done"
             )
+            completion = gr.Markdown(elem_id="mos-code", visible=defn.completion_code)
+            comment = gr.Textbox(
+                label="Comments (optional)", lines=3, elem_id="mos-comment", visible=defn.comment
+            )
+            save_comment = gr.Button("Send comment", elem_id="mos-comment-save", visible=defn.comment)
 
-        outputs = [saved, shown, entry_page, rating_page, done_page, message, progress, reference, sample]
+        page_of = {
+            "entry": entry_page,
+            "qualify": qualify_page,
+            "disqualified": disqualified_page,
+            "training": training_page,
+            "rating": rating_page,
+            "done": done_page,
+        }
+        outputs = [saved, shown, *page_of.values(), message, progress, reference, sample, completion]
         outputs += [*radios, *notes, back, submit]
         cleared = {note: "" for note in notes}
 
-        def pages(entry: bool, rating: bool, done: bool) -> dict:
-            return {
-                entry_page: gr.update(visible=entry),
-                rating_page: gr.update(visible=rating),
-                done_page: gr.update(visible=done),
-            }
+        def pages(which: str) -> dict:
+            return {column: gr.update(visible=name == which) for name, column in page_of.items()}
 
         def entry_view(note: str, browser: str) -> dict:
             return {
                 saved: {"token": None, "browser": browser},
                 shown: None,
-                **pages(True, False, False),
+                **pages("entry"),
                 message: note,
             }
 
@@ -239,7 +266,7 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
             ref = served(item.reference, "reference") if item.reference else None
             return {
                 shown: {"at": at, "revise": revise, "boot": boot},
-                **pages(False, True, False),
+                **pages("rating"),
                 message: note,
                 reference: gr.update(value=ref, visible=ref is not None),
                 sample: served(item.audio, "sample"),
@@ -253,11 +280,21 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
             }
 
         def rating_view(token: str, browser: str, note: str = "") -> dict:
-            """The first sample not rated yet, or the thank-you page."""
+            """The qualification or training when they come first, the first sample not rated yet, or
+            the thank-you page."""
+            stage = store.stage(token, browser)
+            if stage != "rating":
+                return {
+                    saved: {"token": token, "browser": browser},
+                    shown: None,
+                    **pages(stage),
+                    message: note,
+                }
             item_id, done, total, heard, at = store.next_item(token, browser)
             view = {saved: {"token": token, "browser": browser}, progress: _progress_html(done, total)}
             if item_id is None:
-                return {**view, shown: None, **pages(False, False, True), message: note}
+                code_text = f"Your completion code: **{store.completion_code(token)}**"
+                return {**view, shown: None, **pages("done"), message: note, completion: code_text}
             if not heard:
                 note = note or "Listen to the whole sample to enable the questions."
             return {**view, **sample_view(item_id, {}, at, heard > 0, False, note)}
@@ -373,6 +410,33 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
             note = "You are changing an earlier answer; submit to go on where you were."
             return sample_view(item_id, answers, at, True, True, restarted(page) + note)
 
+        def on_qualify(kept: dict | None, *answers: str | None) -> dict:
+            if not kept or not kept.get("token"):
+                return {message: "**Enter the test first.**"}
+            try:
+                store.qualify(kept["token"], kept["browser"], list(answers))
+                return rating_view(kept["token"], kept["browser"])
+            except Refused as e:
+                return refused("qualification", e)
+
+        def on_trained(kept: dict | None) -> dict:
+            if not kept or not kept.get("token"):
+                return {message: "**Enter the test first.**"}
+            try:
+                store.trained(kept["token"], kept["browser"])
+                return rating_view(kept["token"], kept["browser"])
+            except Refused as e:
+                return refused("training", e)
+
+        def on_comment(kept: dict | None, text: str) -> dict:
+            try:
+                if not kept or not kept.get("token"):
+                    raise Refused("Enter the test first.")
+                store.save_comment(kept["token"], kept["browser"], text or "")
+            except Refused as e:
+                return refused("comment", e)
+            return {message: "Thank you, your comment is saved."}
+
         def on_reconnect(kept: dict | None, page: dict | None) -> dict:
             """The server is reachable again: hand the players their audio anew, change nothing else."""
             try:
@@ -409,6 +473,9 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
             **private,
         ).then(None, js=SCROLL_AFTER_SUBMIT)
         back.click(on_back, inputs=[saved, shown], outputs=outputs, api_name="back", **private)
+        qualify.click(on_qualify, inputs=[saved, *checks], outputs=outputs, **private)
+        trained.click(on_trained, inputs=[saved], outputs=outputs, **private)
+        save_comment.click(on_comment, inputs=[saved, comment], outputs=[message], **private)
         reconnect.click(
             on_reconnect,
             inputs=[saved, shown],
@@ -429,7 +496,9 @@ def _admin_html(defn: Definition, progress: list[dict], token: str) -> str:
     rows = "".join(
         "<tr>"
         + "".join(f"<td>{html.escape(str(r[k]))}</td>" for k in ("rater", "kind", "created", "expires"))
-        + f"<td>{r['done']} / {r['total']}</td><td>{r['last']}</td><td>{release_form(r['rater'])}</td></tr>"
+        + f"<td>{r['done']} / {r['total']}</td><td>{r['last']}</td>"
+        + "".join(f"<td>{html.escape(r[k])}</td>" for k in ("qualified", "comment"))
+        + f"<td>{release_form(r['rater'])}</td></tr>"
         for r in progress
     )
     finished = sum(r["total"] > 0 and r["done"] == r["total"] for r in progress)
@@ -442,7 +511,8 @@ def _admin_html(defn: Definition, progress: list[dict], token: str) -> str:
         "<p>Release frees an invitation from the browser that holds it, so that the rater can go on "
         "in another one.</p>"
         "<table border='1' cellpadding='4'><tr><th>rater</th><th>kind</th><th>created</th><th>expires</th>"
-        f"<th>rated</th><th>last answer</th><th></th></tr>{rows}</table></body></html>"
+        "<th>rated</th><th>last answer</th><th>qualified</th><th>comment</th><th></th></tr>"
+        f"{rows}</table></body></html>"
     )
 
 

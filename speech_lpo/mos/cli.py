@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("anchor", help="write a degraded anchor (3.5 kHz low-pass + noise at 5 dB SNR)")
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path)
+    p = sub.add_parser("trap", help="write a trapping question's audio (espeak-ng asks for one answer)")
+    p.add_argument("output", type=Path)
+    p.add_argument("--answer", required=True, help='the answer the voice asks for, e.g. "2 Poor"')
     p = sub.add_parser("package", help="a listening test from `speech-lpo synthesize` outputs")
     p.add_argument("--systems", nargs="+", required=True, metavar="NAME=SYNTH_DIR")
     p.add_argument("--manifest", type=Path, required=True, help="test manifest: the reference recordings")
@@ -75,6 +78,15 @@ def main(args: argparse.Namespace) -> None:
         audio, sr = sf.read(args.input, dtype="float32", always_2d=False)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         sf.write(args.output, degrade(audio, sr), sr)
+        return
+    if args.mos_command == "trap":
+        import soundfile as sf
+
+        from speech_lpo.mos.trap import trap_audio
+
+        audio, sr = trap_audio(args.answer)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(args.output, audio, sr)
         return
     if args.mos_command == "package":
         from speech_lpo.mos.package import build_package

@@ -7,7 +7,7 @@ nothing else. Errors name the file and the key, e.g. ``eval/mos_tts.yaml: scale.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import soundfile as sf
@@ -39,7 +39,14 @@ TOP_KEYS = {
     "attention",
     "items_per_rater",
     "invitations",
+    "trapping_questions",
+    "qualification",
+    "training",
+    "completion_code",
+    "comment",
 }
+# ITU-T P.808's absolute category rating scale
+ACR_LABELS = ("Bad", "Poor", "Fair", "Good", "Excellent")
 
 
 class DefinitionError(ValueError):
@@ -53,6 +60,13 @@ class Scale:
     step: float
     min_label: str
     max_label: str
+    labels: tuple[str, ...] = ()  # one per point when every point is named (P.808's ACR)
+
+    def named_choices(self) -> list[tuple[str, float]]:
+        """(what the rater reads, value) per point of the scale."""
+        if self.labels:
+            return [(f"{v:g} {label}", v) for v, label in zip(self.choices(), self.labels, strict=True)]
+        return [(f"{v:g}", v) for v in self.choices()]
 
     def choices(self) -> list[float]:
         n = round((self.max - self.min) / self.step)
@@ -88,7 +102,26 @@ class Item:
     system: str | None = None  # None for attention checks
     utterance: str | None = None
     reference: Path | None = None
-    expect: str | None = None  # attention checks: "high" (hidden reference) or "low" (degraded anchor)
+    expect: str | None = None  # checks: "high" (hidden reference), "low" (degraded anchor) or "trap"
+    answer: float | None = None  # trapping questions: the score their audio asks for
+
+
+@dataclass(frozen=True)
+class Question:
+    """A qualification question (hearing / headphone check): audio, a question, choices, the right one."""
+
+    audio: Path
+    question: str
+    choices: list[str]
+    answer: str
+
+
+@dataclass(frozen=True)
+class Example:
+    """A training example: audio of one end of the scale and what it illustrates."""
+
+    audio: Path
+    caption: str
 
 
 @dataclass(frozen=True)
@@ -106,6 +139,10 @@ class Definition:
     high_min: float  # a rater fails a "high" check whose mean score is below this
     low_max: float  # ... or a "low" check whose mean score is above this
     invitations: str  # "required": only invited tokens; "open": newcomers get a UUID
+    qualification: list[Question] = field(default_factory=list)  # all must be answered right first
+    training: list[Example] = field(default_factory=list)  # heard before rating starts
+    completion_code: bool = False  # show a per-rater code at the end (crowdsourcing platforms)
+    comment: bool = False  # offer a comment box at the end
 
     @property
     def system_items(self) -> list[Item]:
@@ -172,6 +209,8 @@ def _parse(path: Path, raw: object) -> Definition:
             raise fail(key, f"{path}: cannot read the audio: {e}") from e
 
     scale_raw = raw.get("scale", {})
+    if scale_raw == "acr":
+        scale_raw = {"min": 1, "max": 5, "step": 1, "labels": list(ACR_LABELS)}
     if not isinstance(scale_raw, dict):
         raise fail("scale", "expected a mapping with min, max, step, min_label, max_label")
     lo, hi, step = (scale_raw.get(k, d) for k, d in (("min", 0), ("max", 5), ("step", 0.5)))
@@ -182,12 +221,17 @@ def _parse(path: Path, raw: object) -> Definition:
         raise fail("scale.step", "must be > 0")
     if hi <= lo or abs((hi - lo) / step - round((hi - lo) / step)) > 1e-6:
         raise fail("scale", f"max ({hi}) must exceed min ({lo}) by a whole number of steps ({step})")
+    labels = scale_raw.get("labels", [])
+    n_points = round((hi - lo) / step) + 1
+    if not isinstance(labels, list) or labels and len(labels) != n_points:
+        raise fail("scale.labels", f"expected one label per point of the scale ({n_points})")
     scale = Scale(
         float(lo),
         float(hi),
         float(step),
-        str(scale_raw.get("min_label", "very poor")),
-        str(scale_raw.get("max_label", "excellent")),
+        str(scale_raw.get("min_label", labels[0] if labels else "very poor")),
+        str(scale_raw.get("max_label", labels[-1] if labels else "excellent")),
+        tuple(map(str, labels)),
     )
 
     dimensions = []
@@ -253,6 +297,48 @@ def _parse(path: Path, raw: object) -> Definition:
         duration = seconds(f"{key}.audio", wav)
         items[item_id] = Item(item_id, wav, duration, reference=ref, expect=check["expect"])
 
+    traps = raw.get("trapping_questions", [])
+    if not isinstance(traps, list):
+        raise fail("trapping_questions", "expected a list of {id, audio, answer}")
+    for i, trap in enumerate(traps):
+        key = f"trapping_questions[{i}]"
+        if not isinstance(trap, dict) or not isinstance(trap.get("id"), str):
+            raise fail(key, "expected a mapping with id, audio, answer")
+        problem = scale.problem(trap.get("answer"))
+        if problem:
+            raise fail(f"{key}.answer", problem)
+        item_id = f"trap:{trap['id']}"
+        if item_id in items:
+            raise fail(f"{key}.id", f"repeated trapping question id {trap['id']!r}")
+        wav = audio(f"{key}.audio", trap.get("audio"))
+        duration = seconds(f"{key}.audio", wav)
+        items[item_id] = Item(item_id, wav, duration, expect="trap", answer=float(trap["answer"]))
+
+    questions = []
+    for i, q in enumerate(raw.get("qualification", [])):
+        key = f"qualification[{i}]"
+        if (
+            not isinstance(q, dict)
+            or not isinstance(q.get("question"), str)
+            or not isinstance(q.get("choices"), list)
+            or len(q["choices"]) < 2
+            or q.get("answer") not in q["choices"]
+        ):
+            raise fail(key, "expected audio, question, choices (2 or more) and answer (one of the choices)")
+        choices = [str(c) for c in q["choices"]]
+        questions.append(
+            Question(audio(f"{key}.audio", q.get("audio")), q["question"], choices, str(q["answer"]))
+        )
+    examples = []
+    for i, ex in enumerate(raw.get("training", [])):
+        key = f"training[{i}]"
+        if not isinstance(ex, dict) or not isinstance(ex.get("caption"), str):
+            raise fail(key, "expected audio and caption")
+        examples.append(Example(audio(f"{key}.audio", ex.get("audio")), ex["caption"]))
+    for key in ("completion_code", "comment"):
+        if not isinstance(raw.get(key, False), bool):
+            raise fail(key, "expected true or false")
+
     attention = raw.get("attention", {})
     if not isinstance(attention, dict) or set(attention) - {"high_min", "low_max"}:
         raise fail("attention", "expected a mapping with high_min and low_max")
@@ -283,4 +369,8 @@ def _parse(path: Path, raw: object) -> Definition:
         high_min=float(high_min),
         low_max=float(low_max),
         invitations=invitations,
+        qualification=questions,
+        training=examples,
+        completion_code=raw.get("completion_code", False),
+        comment=raw.get("comment", False),
     )

@@ -4,7 +4,8 @@ A rater is excluded when their listening data shows a rating without a full list
 heard = 0, or heard > plays: possible only by calling the API around the panel), when every score
 they gave is the same (a straight-liner), when a hidden reference ("high" check) gets a mean score
 below ``high_min`` or a degraded anchor ("low" check) a mean above ``low_max``, or when they answered
-no attention check at all. Attention-check answers never enter the means.
+no attention check at all, or when they did not give a trapping question (audio that says which
+answer to give, P.808) that answer. Check answers never enter the means.
 
 Raters and utterances both vary, and ratings of one rater (or of one utterance) are not independent:
 the table's interval is a percentile bootstrap that resamples raters and utterances together (the
@@ -61,9 +62,16 @@ def screen(defn: Definition, rows: list[dict]) -> dict[str, str | None]:
             if (defn.items[item_id].expect == "high" and np.mean(scores) < defn.high_min)
             or (defn.items[item_id].expect == "low" and np.mean(scores) > defn.low_max)
         ]
+        trapped = [
+            item_id
+            for item_id, scores in check_scores.items()
+            if defn.items[item_id].expect == "trap" and any(s != defn.items[item_id].answer for s in scores)
+        ]
         unheard = [r for r in answers if r["plays"] == 0 or r["heard"] == 0 or r["heard"] > r["plays"]]
         if unheard:
             verdict[rater] = "rated without a full listen"
+        elif trapped:
+            verdict[rater] = "failed trapping question"
         elif len(answers) > 1 and len({row["score"] for row in answers}) == 1:
             verdict[rater] = "same score for everything"
         elif failed:

@@ -19,6 +19,8 @@ faster than 1x leaves less time heard than the sample lasts, and a rating is acc
 from __future__ import annotations
 
 import csv
+import hashlib
+import hmac
 import io
 import json
 import secrets
@@ -44,7 +46,10 @@ CREATE TABLE IF NOT EXISTS raters (
     expires REAL,                    -- unix time; NULL: never
     browser TEXT,                    -- the browser that owns the token, set on first entry
     rater_index INTEGER,             -- order of first entry; rotates the system balance
-    items TEXT                       -- JSON list of item ids in the order this rater hears them
+    items TEXT,                      -- JSON list of item ids in the order this rater hears them
+    qualified INTEGER,               -- qualification: NULL not taken, 1 passed, 0 failed
+    trained INTEGER NOT NULL DEFAULT 0,  -- training examples heard
+    comment TEXT
 );
 CREATE TABLE IF NOT EXISTS plays (
     rater TEXT NOT NULL,
@@ -126,6 +131,9 @@ class Store:
                 ("plays", "heard_s", "REAL NOT NULL DEFAULT 0"),
                 ("plays", "playing_since", "REAL"),
                 ("ratings", "heard_s", "REAL NOT NULL DEFAULT 0"),
+                ("raters", "qualified", "INTEGER"),
+                ("raters", "trained", "INTEGER NOT NULL DEFAULT 0"),
+                ("raters", "comment", "TEXT"),
             ):
                 if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")  # made before the gate
@@ -233,6 +241,53 @@ class Store:
             )
         return token
 
+    def stage(self, token: str, browser: str) -> str:
+        """Where rater ``token`` is: "qualify", "disqualified", "training" or "rating"."""
+        self._rater(self._connection(), token, browser)
+        qualified, trained = (
+            self._connection()
+            .execute("SELECT qualified, trained FROM raters WHERE token = ?", (token,))
+            .fetchone()
+        )
+        if self.defn.qualification and qualified != 1:
+            return "qualify" if qualified is None else "disqualified"
+        if self.defn.training and not trained:
+            return "training"
+        return "rating"
+
+    def qualify(self, token: str, browser: str, answers: list[str | None]) -> bool:
+        """Record the qualification: passed only when every answer is right; taken once."""
+        questions = self.defn.qualification
+        if len(answers) != len(questions):
+            raise Refused(f"Expected {len(questions)} answers to the qualification.")
+        if any(a is None for a in answers):
+            raise Refused("Please answer every question.")
+        passed = all(a == q.answer for a, q in zip(answers, questions, strict=True))
+        with self._tx() as db:
+            self._rater(db, token, browser)
+            db.execute(
+                "UPDATE raters SET qualified = ? WHERE token = ? AND qualified IS NULL", (int(passed), token)
+            )
+            return db.execute("SELECT qualified FROM raters WHERE token = ?", (token,)).fetchone()[0] == 1
+
+    def trained(self, token: str, browser: str) -> None:
+        """The rater heard the training examples and starts rating."""
+        with self._tx() as db:
+            self._rater(db, token, browser)
+            db.execute("UPDATE raters SET trained = 1 WHERE token = ?", (token,))
+
+    def completion_code(self, token: str) -> str:
+        """A code the rater gives the platform to show they finished; the same for the same token."""
+        key = self.secret("completion_code_key")
+        return hmac.new(key.encode(), token.encode(), hashlib.sha256).hexdigest()[:10].upper()
+
+    def save_comment(self, token: str, browser: str, text: str) -> None:
+        if len(text) > 2000:
+            raise Refused("Please keep the comment under 2,000 characters.")
+        with self._tx() as db:
+            self._rater(db, token, browser)
+            db.execute("UPDATE raters SET comment = ? WHERE token = ?", (text, token))
+
     def release(self, token: str) -> bool:
         """Free ``token`` from its browser, so that any browser can enter with it; False if unknown."""
         with self._tx() as db:
@@ -245,6 +300,8 @@ class Store:
         Records when the item was first shown.
         """
         n_dims = len(self.defn.dimensions)
+        if self.stage(token, browser) != "rating":
+            raise Refused("Pass the qualification and hear the training examples first.")
         with self._tx() as db:
             _, items = self._rater(db, token, browser)
             if items is None:
@@ -276,6 +333,8 @@ class Store:
         return items
 
     def _assigned(self, db: sqlite3.Connection, token: str, browser: str, item: str) -> None:
+        if self.stage(token, browser) != "rating":
+            raise Refused("Pass the qualification and hear the training examples first.")
         _, items = self._rater(db, token, browser)
         if item not in self.defn.items:
             raise Refused(f"Unknown item {item!r}.")
@@ -433,8 +492,8 @@ class Store:
         )
         last = dict(db.execute("SELECT rater, MAX(updated) FROM ratings GROUP BY rater"))
         out = []
-        for token, kind, created, expires, items in db.execute(
-            "SELECT token, kind, created, expires, items FROM raters ORDER BY created"
+        for token, kind, created, expires, items, qualified, comment in db.execute(
+            "SELECT token, kind, created, expires, items, qualified, comment FROM raters ORDER BY created"
         ):
             out.append(
                 {
@@ -445,6 +504,8 @@ class Store:
                     "total": len(json.loads(items)) if items else 0,
                     "done": done.get(token, 0),
                     "last": _date(last[token]) if token in last else "",
+                    "qualified": {None: "", 1: "yes", 0: "no"}[qualified],
+                    "comment": comment or "",
                 }
             )
         return out
