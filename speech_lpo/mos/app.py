@@ -193,7 +193,7 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
             )
         with gr.Column(visible=False) as rating_page:
             reference = gr.Audio(
-                label="Reference recording",
+                label="A" if defn.kind == "cmos" else "Reference recording",
                 interactive=False,
                 buttons=[],
                 visible=False,
@@ -201,7 +201,7 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
                 elem_classes="mos-player",
             )
             sample = gr.Audio(
-                label="Sample to rate",
+                label="B" if defn.kind == "cmos" else "Sample to rate",
                 interactive=False,
                 buttons=[],
                 elem_id="mos-sample",
@@ -261,15 +261,28 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
                 message: note,
             }
 
-        def sample_view(item_id: str, answers: dict, at: int, ready: bool, revise: bool, note: str) -> dict:
+        def players(token: str, item_id: str) -> dict:
+            """The reference (or A) and the sample (or B) players' audio; CMOS swaps A and B at random."""
             item = defn.items[item_id]
-            ref = served(item.reference, "reference") if item.reference else None
+            first, second = item.reference, item.audio
+            if store.flipped(token, item_id):
+                first, second = second, first
+            ref = served(first, "reference") if first else None
+            return {
+                reference: gr.update(value=ref, visible=ref is not None),
+                sample: served(second, "sample"),
+            }
+
+        def sample_view(
+            token: str, item_id: str, answers: dict, at: int, ready: bool, revise: bool, note: str
+        ) -> dict:
+            sign = -1 if store.flipped(token, item_id) else 1  # answers are stored as system vs baseline
+            answers = {d: sign * v + 0.0 for d, v in answers.items()}
             return {
                 shown: {"at": at, "revise": revise, "boot": boot},
                 **pages("rating"),
                 message: note,
-                reference: gr.update(value=ref, visible=ref is not None),
-                sample: served(item.audio, "sample"),
+                **players(token, item_id),
                 **{
                     r: gr.update(value=answers.get(d), interactive=ready)
                     for r, d in zip(radios, dims, strict=True)
@@ -297,7 +310,7 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
                 return {**view, shown: None, **pages("done"), message: note, completion: code_text}
             if not heard:
                 note = note or "Listen to the whole sample to enable the questions."
-            return {**view, **sample_view(item_id, {}, at, heard > 0, False, note)}
+            return {**view, **sample_view(token, item_id, {}, at, heard > 0, False, note)}
 
         def refused(action: str, e: Refused) -> dict:
             log.info("refused %s: %s", action, str(e)[:200])  # routine: one line, no traceback
@@ -408,7 +421,7 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
                 }
             item_id, answers, at = previous
             note = "You are changing an earlier answer; submit to go on where you were."
-            return sample_view(item_id, answers, at, True, True, restarted(page) + note)
+            return sample_view(token, item_id, answers, at, True, True, restarted(page) + note)
 
         def on_qualify(kept: dict | None, *answers: str | None) -> dict:
             if not kept or not kept.get("token"):
@@ -440,15 +453,10 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
         def on_reconnect(kept: dict | None, page: dict | None) -> dict:
             """The server is reachable again: hand the players their audio anew, change nothing else."""
             try:
-                item = defn.items[current(kept, page)[2]]
-            except (Refused, KeyError):
+                token, _, item = current(kept, page)
+            except Refused:
                 return {message: gr.update()}
-            ref = served(item.reference, "reference") if item.reference else None
-            return {
-                message: "Connection restored.",
-                reference: gr.update(value=ref, visible=ref is not None),
-                sample: served(item.audio, "sample"),
-            }
+            return {message: "Connection restored.", **players(token, item)}
 
         private = {"api_visibility": "undocumented"}
         # the gate measures time between these events: let them run at once, not queue behind others

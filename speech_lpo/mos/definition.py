@@ -44,6 +44,48 @@ TOP_KEYS = {
     "training",
     "completion_code",
     "comment",
+    "type",
+    "baseline",
+}
+# what each test type asks when the YAML does not say otherwise
+SMOS_LABELS = (
+    "Not at all similar",
+    "Slightly similar",
+    "Moderately similar",
+    "Very similar",
+    "Extremely similar",
+)
+CCR_LABELS = (
+    "Much worse",
+    "Worse",
+    "Slightly worse",
+    "About the same",
+    "Slightly better",
+    "Better",
+    "Much better",
+)
+TYPE_DEFAULTS = {
+    "mos": ({}, list(PAPER_DIMENSIONS)),
+    "smos": (
+        {"min": 1, "max": 5, "step": 1, "labels": list(SMOS_LABELS)},
+        [
+            {
+                "name": "similarity",
+                "label": "Speaker similarity",
+                "question": "How similar is the voice of the sample to the voice of the reference recording?",
+            }
+        ],
+    ),
+    "cmos": (  # P.800 comparison category rating: B against A, A and B in random order per rater
+        {"min": -3, "max": 3, "step": 1, "labels": list(CCR_LABELS)},
+        [
+            {
+                "name": "comparison",
+                "label": "B compared with A",
+                "question": "How is the quality of B compared with A?",
+            }
+        ],
+    ),
 }
 # ITU-T P.808's absolute category rating scale
 ACR_LABELS = ("Bad", "Poor", "Fair", "Good", "Excellent")
@@ -104,6 +146,7 @@ class Item:
     reference: Path | None = None
     expect: str | None = None  # checks: "high" (hidden reference), "low" (degraded anchor) or "trap"
     answer: float | None = None  # trapping questions: the score their audio asks for
+    reference_duration: float | None = None  # cmos: the baseline's length, when it is the one played as B
 
 
 @dataclass(frozen=True)
@@ -133,7 +176,7 @@ class Definition:
     root: Path
     scale: Scale
     dimensions: list[Dimension]
-    systems: list[str]
+    systems: list[str]  # the systems rated (a CMOS test's baseline is not one of them)
     items: dict[str, Item]
     items_per_rater: int
     high_min: float  # a rater fails a "high" check whose mean score is below this
@@ -143,6 +186,8 @@ class Definition:
     training: list[Example] = field(default_factory=list)  # heard before rating starts
     completion_code: bool = False  # show a per-rater code at the end (crowdsourcing platforms)
     comment: bool = False  # offer a comment box at the end
+    kind: str = "mos"  # "mos", "smos" (similarity to the reference) or "cmos" (A/B against baseline)
+    baseline: str | None = None  # cmos: the system every other one is compared with
 
     @property
     def system_items(self) -> list[Item]:
@@ -184,6 +229,10 @@ def _parse(path: Path, raw: object) -> Definition:
         return value
 
     name = text("name")
+    kind = raw.get("type", "mos")
+    if kind not in TYPE_DEFAULTS:
+        raise fail("type", f"expected one of {', '.join(TYPE_DEFAULTS)}")
+    default_scale, default_dimensions = TYPE_DEFAULTS[kind]
     root = (path.parent / text("root", ".")).resolve()
     if not root.is_dir():
         raise fail("root", f"directory {root} does not exist")
@@ -208,7 +257,7 @@ def _parse(path: Path, raw: object) -> Definition:
         except (sf.LibsndfileError, RuntimeError) as e:
             raise fail(key, f"{path}: cannot read the audio: {e}") from e
 
-    scale_raw = raw.get("scale", {})
+    scale_raw = raw.get("scale", default_scale)
     if scale_raw == "acr":
         scale_raw = {"min": 1, "max": 5, "step": 1, "labels": list(ACR_LABELS)}
     if not isinstance(scale_raw, dict):
@@ -235,7 +284,7 @@ def _parse(path: Path, raw: object) -> Definition:
     )
 
     dimensions = []
-    for i, d in enumerate(raw.get("dimensions", list(PAPER_DIMENSIONS))):
+    for i, d in enumerate(raw.get("dimensions", default_dimensions)):
         key = f"dimensions[{i}]"
         if isinstance(d, str):
             if d not in PAPER_DIMENSIONS:
@@ -267,18 +316,31 @@ def _parse(path: Path, raw: object) -> Definition:
         raise fail("utterances", "repeated utterance id")
     pattern = text("audio_pattern", "{system}/{utt}.wav")
     ref_pattern = raw.get("reference_pattern")
+    if kind == "smos" and not ref_pattern:
+        raise fail("reference_pattern", "an SMOS test compares every sample with a reference recording")
+    baseline = raw.get("baseline")
+    if kind == "cmos" and (baseline not in systems or len(systems) < 2):
+        raise fail("baseline", "a CMOS test needs a baseline, one of 2 or more systems, to compare with")
+    if kind != "cmos" and baseline is not None:
+        raise fail("baseline", "only a CMOS test has a baseline")
+    rated = [s for s in systems if s != baseline]
 
     items: dict[str, Item] = {}
     for utt in utterances:
         ref = audio("reference_pattern", ref_pattern.format(utt=utt)) if ref_pattern else None
-        for system in systems:
+        if kind == "cmos":  # A/B: the baseline's rendering is the other sample
+            ref = audio("audio_pattern", pattern.format(system=baseline, utt=utt))
+        for system in rated:
             try:
                 rel = pattern.format(system=system, utt=utt)
             except (KeyError, IndexError) as e:
                 raise fail("audio_pattern", f"only {{system}} and {{utt}} may appear, not {e}") from e
             item_id = f"{utt}@{system}"
             wav = audio("audio_pattern", rel)
-            items[item_id] = Item(item_id, wav, seconds("audio_pattern", wav), system, utt, ref)
+            ref_s = seconds("audio_pattern", ref) if kind == "cmos" else None
+            items[item_id] = Item(
+                item_id, wav, seconds("audio_pattern", wav), system, utt, ref, reference_duration=ref_s
+            )
 
     checks = raw.get("attention_checks", [])
     if not isinstance(checks, list):
@@ -345,7 +407,7 @@ def _parse(path: Path, raw: object) -> Definition:
     high_min = attention.get("high_min", scale.min + 0.6 * (scale.max - scale.min))
     low_max = attention.get("low_max", scale.min + 0.4 * (scale.max - scale.min))
 
-    n_system_items = len(utterances) * len(systems)
+    n_system_items = len(utterances) * len(rated)
     per_rater = raw.get("items_per_rater", n_system_items)
     if isinstance(per_rater, bool) or not isinstance(per_rater, int) or not 1 <= per_rater <= n_system_items:
         raise fail(
@@ -363,7 +425,7 @@ def _parse(path: Path, raw: object) -> Definition:
         root=root,
         scale=scale,
         dimensions=dimensions,
-        systems=list(systems),
+        systems=rated,
         items=items,
         items_per_rater=per_rater,
         high_min=float(high_min),
@@ -373,4 +435,6 @@ def _parse(path: Path, raw: object) -> Definition:
         training=examples,
         completion_code=raw.get("completion_code", False),
         comment=raw.get("comment", False),
+        kind=kind,
+        baseline=baseline,
     )

@@ -222,7 +222,8 @@ def markdown_table(defn: Definition, cells: list[Cell], verdict: dict[str, str |
     n_ratings = sum(c.n for c in cells) // max(len(defn.dimensions), 1)
     lines.append("")
     lines.append(
-        f"MOS on a {defn.scale.min:g}-{defn.scale.max:g} scale, mean [{CONFIDENCE:.0%} bootstrap interval "
+        f"{defn.kind.upper()}{f' against {defn.baseline}' if defn.baseline else ''} on a "
+        f"{defn.scale.min:g} to {defn.scale.max:g} scale, mean [{CONFIDENCE:.0%} bootstrap interval "
         f"over raters and utterances]; {kept} raters kept, excluded: {excluded}; "
         f"{n_ratings} rated samples."
     )

@@ -276,6 +276,19 @@ class Store:
             self._rater(db, token, browser)
             db.execute("UPDATE raters SET trained = 1 WHERE token = ?", (token,))
 
+    def flipped(self, token: str, item: str) -> bool:
+        """CMOS: whether this rater hears ``item``'s system as A and the baseline as B (random per rater
+        and item, fixed by a keyed hash, so it needs no storage). Scores are stored as system vs baseline."""
+        if self.defn.kind != "cmos" or self.defn.items[item].system is None:
+            return False
+        key = self.secret("ab_order_key")
+        return hmac.new(key.encode(), f"{token}:{item}".encode(), hashlib.sha256).digest()[0] & 1 == 1
+
+    def _played_length(self, token: str, item: str) -> float:
+        """The length of the audio the gated player (the sample, or B) plays for this rater."""
+        entry = self.defn.items[item]
+        return entry.reference_duration if self.flipped(token, item) else entry.duration
+
     def completion_code(self, token: str) -> str:
         """A code the rater gives the platform to show they finished; the same for the same token."""
         key = self.secret("completion_code_key")
@@ -402,12 +415,13 @@ class Store:
 
         An end without a play before it is refused; an end reached after skipping counts nothing.
         """
+        length = self._played_length(token, item) if item in self.defn.items else 0.0
         with self._tx() as db:
             self._assigned(db, token, browser, item)
             plays, heard_s = self._close_span(db, token, item)
             if plays == 0:
                 raise Refused("The sample ended without being played.")
-            through = heard_s >= self.defn.items[item].duration - LISTEN_TOLERANCE_S
+            through = heard_s >= length - LISTEN_TOLERANCE_S
             if through:
                 db.execute("UPDATE plays SET heard = heard + 1 WHERE rater = ? AND item = ?", (token, item))
             return through, heard_s
@@ -432,12 +446,14 @@ class Store:
             if problem:
                 raise Refused(f"{d}: {problem}.")
         now = time.time()
+        if item in self.defn.items:
+            duration = self._played_length(token, item)
+            sign = -1.0 if self.flipped(token, item) else 1.0  # stored as system vs baseline
         with self._tx() as db:
             self._assigned(db, token, browser, item)
             row = db.execute(
                 "SELECT shown, plays, heard, heard_s FROM plays WHERE rater = ? AND item = ?", (token, item)
             ).fetchone()
-            duration = self.defn.items[item].duration
             if row is None or row[1] == 0 or row[2] == 0 or row[3] < duration - LISTEN_TOLERANCE_S:
                 heard_s = row[3] if row else 0.0
                 raise Refused(
@@ -459,7 +475,10 @@ class Store:
                 "ON CONFLICT (rater, item, dimension) DO UPDATE SET score = excluded.score, "
                 "plays = excluded.plays, heard = excluded.heard, heard_s = excluded.heard_s, "
                 "updated = excluded.updated, revisions = revisions + 1",
-                [(token, item, d, float(scores[d]), plays, heard, heard_s, shown, now, now) for d in dims],
+                [
+                    (token, item, d, sign * scores[d] + 0.0, plays, heard, heard_s, shown, now, now)
+                    for d in dims
+                ],
             )
 
     def ratings(self) -> list[dict]:
