@@ -35,6 +35,17 @@ def test_the_custom_dimension_example_is_valid(tmp_path: Path) -> None:
     ]
 
 
+def test_the_commented_options_are_valid_yaml() -> None:
+    """The commented keys at the end of eval/mos_tts.yaml parse as YAML once uncommented."""
+    lines = (REPO / "eval" / "mos_tts.yaml").read_text(encoding="utf-8").splitlines()
+    block = [line[4:] for line in lines if line.startswith("#   ")]
+    start = next(i for i, line in enumerate(block) if line.startswith("scale: acr"))
+    options = yaml.safe_load("\n".join(block[start:]))
+    assert options["qualification"][0]["question"] == "Which number did you hear?"
+    assert options["trapping_questions"] == [{"id": "poor", "audio": "traps/poor.wav", "answer": 2}]
+    assert options["scale"] == "acr" and options["comment"] is True
+
+
 def test_package_outside_the_repo(tmp_path: Path) -> None:
     manifest = tmp_path / "test.jsonl"
     manifest.write_text("".join(json.dumps({"id": u, "audio": str(find_flac(u))}) + "\n" for u in UTTERANCES))
