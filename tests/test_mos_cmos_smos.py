@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections import Counter
 from pathlib import Path
 
@@ -67,8 +68,7 @@ def rate_in_browser(definition: Path, db: Path, log: Path, answer) -> list[str]:
 
 
 def store_browser(db: Path, token: str) -> str:
-    import sqlite3
-
+    """The browser id the panel gave this rater (to ask the store which sample is on screen)."""
     with sqlite3.connect(db) as con:
         return con.execute("SELECT browser FROM raters WHERE token = ?", (token,)).fetchone()[0]
 
