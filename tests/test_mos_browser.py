@@ -1,9 +1,12 @@
 """The rating panel in a real browser: headless Chromium (Debian's ``chromium``) driven by playwright.
 
-Rates a small test completely; half-way it closes the page, restarts the server, comes back without
-the invitation link and must resume where it stopped; then it goes back one sample and changes an
-answer. The database must then hold exactly the answers that were clicked, the changed one updated
-in place.
+Rates a small test completely and goes down every refusal on the way, each of which must leave the
+page usable with the answers kept: Previous on the first sample (disabled), seeking to the end and
+playing the rest (questions stay locked), Submit with a question unanswered (one note beside it),
+the server stopped (a banner) and restarted under the open page (Submit goes through and says so),
+a second tab submitting a sample already rated (a warning, nothing overwritten), the invitation
+opened in another browser (the old page ends). Then it goes back one sample and changes an answer.
+The database must hold exactly the answers that were clicked, the changed one updated in place.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import httpx
 import pytest
 
 from speech_lpo.mos.definition import load_definition
@@ -38,7 +42,32 @@ def answers_for(step: int, dims: list[str]) -> dict[str, float]:
     return {d: [4.5, 3.0, 1.5, 0.5, 5.0, 2.0][(step + j) % 6] for j, d in enumerate(dims)}
 
 
-def test_rate_reload_restart_resume(tmp_path: Path) -> None:
+def radio(page, dim: str, score: float):
+    return page.locator(f'#mos-{dim} label:has(input[value="{score:g}"])')
+
+
+def play_through(page, expect, dims: list[str]) -> None:
+    """Press Play and wait for the end to open the questions (retried: a click while the clip loads
+    plays nothing)."""
+    first = page.locator(f"#mos-{dims[0]} input[type=radio]").first
+    page.wait_for_timeout(1000)  # let the player fetch and decode the new clip
+    for attempt in range(3):
+        page.locator('#mos-sample button[aria-label="Play (sample)"]').click()
+        assert attempt or first.is_disabled()  # playing is not enough: they open at the clip's end
+        try:
+            expect(first).to_be_enabled(timeout=8_000)
+            return
+        except AssertionError:
+            if attempt == 2:
+                raise
+
+
+def answer(page, answers: dict[str, float]) -> None:
+    for d, score in answers.items():
+        radio(page, d, score).click()
+
+
+def test_rate_through_every_refusal(tmp_path: Path) -> None:
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="pip install playwright (no `playwright install`)"
     )
@@ -63,47 +92,84 @@ def test_rate_reload_restart_resume(tmp_path: Path) -> None:
             context.set_default_timeout(30_000)
             page = context.new_page()
             page.goto(f"{base}?token={token}")
+            message, submit = page.locator("#mos-message"), page.locator("#mos-submit")
             for step in range(total):
-                if step == 2:  # leave half-way, restart the server, come back without the link
-                    page.close()
-                    stop_server(server)
-                    server = start_server(definition, db, port, tmp_path / "server.log")
-                    page = context.new_page()
-                    page.goto(base)
                 expect(page.locator("#mos-progress")).to_contain_text(f"{step} of {total} samples rated")
-                if step == 3:  # go back, change one answer of the previous sample, come forward again
-                    page.locator("#mos-back").click()
-                    expect(page.locator("#mos-message")).to_contain_text("changing an earlier answer")
-                    changed = page.locator(
-                        f'#mos-{dims[0]} [data-testid="{clicked[2][dims[0]]:g}-radio-label"] input'
-                    )
-                    expect(changed).to_be_checked()
-                    clicked[2] = {**clicked[2], dims[0]: 0.0}
-                    page.locator(f'#mos-{dims[0]} [data-testid="0-radio-label"]').click()
-                    page.locator("#mos-submit").click()
-                    expect(page.locator("#mos-message")).to_contain_text("Listen to the whole sample")
                 html = page.content()
                 assert not any(f"{s}/" in html or f"@{s}" in html for s in defn.systems)  # names hidden
-                first = page.locator(f"#mos-{dims[0]} input[type=radio]").first
-                expect(first).to_be_disabled()  # nothing can be answered before the sample is heard
-                page.wait_for_timeout(1000)  # let the player fetch and decode the new clip
-                for attempt in range(3):  # a click that lands while the new clip still loads plays nothing
-                    page.locator('#mos-sample button[aria-label="Play"]').click()
-                    assert (
-                        attempt or first.is_disabled()
-                    )  # playing is not enough: they open at the clip's end
-                    try:
-                        expect(first).to_be_enabled(timeout=8_000)
-                        break
-                    except AssertionError:
-                        if attempt == 2:
-                            raise
                 answers = answers_for(step, dims)
-                for d, score in answers.items():
-                    page.locator(f'#mos-{d} [data-testid="{score:g}-radio-label"]').click()
-                if step == 1:
+                if step == 0:
+                    expect(page.locator("#mos-back")).to_be_disabled()  # nothing before the first sample
+                    # seek to 97% and play the rest: the end comes, the questions stay locked
+                    page.wait_for_timeout(1000)
+                    wave = page.locator("#mos-sample #waveform")
+                    box = wave.bounding_box()
+                    wave.click(position={"x": box["width"] * 0.97, "y": box["height"] / 2})
+                    page.locator('#mos-sample button[aria-label="Play (sample)"]').click()
+                    expect(message).to_contain_text("Part of the sample was skipped")
+                    expect(page.locator(f"#mos-{dims[0]} input[type=radio]").first).to_be_disabled()
+                    play_through(page, expect, dims)
+                    # one question left out: a note beside it, the other answers kept, nothing else
+                    answer(page, {d: s for d, s in answers.items() if d != dims[1]})
+                    submit.click()
+                    label = defn.dimensions[1].label
+                    expect(page.locator(f"#mos-{dims[1]}-missing")).to_have_text(f"Please answer “{label}”.")
+                    for d, score in answers.items():
+                        if d != dims[1]:
+                            expect(radio(page, d, score).locator("input")).to_be_checked()
+                    expect(submit).to_be_enabled()
+                    expect(page.locator("#mos-progress")).to_contain_text(f"0 of {total} samples rated")
+                    assert page.locator(".error").count() == 0  # no component turned into an error box
+                    answer(page, {dims[1]: answers[dims[1]]})
+                elif step == 1:
+                    play_through(page, expect, dims)
+                    answer(page, answers)
+                    stop_server(server)  # the page stays open
+                    expect(page.locator("#mos-offline")).to_contain_text("Connection to the server lost")
+                    server = start_server(definition, db, port, tmp_path / "server.log")
+                    expect(page.locator("#mos-offline")).to_be_hidden()
+                    expect(message).to_contain_text("Connection restored")
+                    for d, score in answers.items():
+                        expect(radio(page, d, score).locator("input")).to_be_checked()
+                elif step == 2:  # a second tab on the same sample submits after the first one did
+                    play_through(page, expect, dims)
+                    other = context.new_page()
+                    other.goto(base)  # no link: the token comes from localStorage, no takeover
+                    expect(other.locator("#mos-progress")).to_contain_text(f"2 of {total} samples rated")
+                    answer(page, answers)
+                    submit.click()
+                    clicked.append(answers)
+                    answer(other, answers_for(7, dims))
+                    other.locator("#mos-submit").click()
+                    expect(other.locator("#mos-message")).to_contain_text("rated already, in another tab")
+                    expect(other.locator("#mos-progress")).to_contain_text(f"3 of {total} samples rated")
+                    other.close()
+                    continue
+                elif step == 3:  # go back, change one answer of the previous sample, come forward again
+                    page.locator("#mos-back").click()
+                    expect(message).to_contain_text("changing an earlier answer")
+                    expect(radio(page, dims[0], clicked[2][dims[0]]).locator("input")).to_be_checked()
+                    clicked[2] = {**clicked[2], dims[0]: 0.0}
+                    radio(page, dims[0], 0.0).click()
+                    submit.click()
+                    expect(message).to_contain_text("Listen to the whole sample")
+                    play_through(page, expect, dims)
+                    answer(page, answers)
                     page.screenshot(path=str(tmp_path / "mos_panel.png"), full_page=True)
-                page.locator("#mos-submit").click()
+                else:  # the rater moves to another browser with the link: this page ends
+                    moved = browser.new_context(viewport={"width": 1000, "height": 1400})
+                    new_page = moved.new_page()
+                    new_page.goto(f"{base}?token={token}")
+                    expect(new_page.locator("#mos-progress")).to_contain_text(f"{step} of {total}")
+                    page.locator("#mos-back").click()
+                    expect(message).to_contain_text("this page has ended")
+                    page = new_page
+                    message, submit = page.locator("#mos-message"), page.locator("#mos-submit")
+                    play_through(page, expect, dims)
+                    answer(page, answers)
+                submit.click()
+                if step == 1:
+                    expect(message).to_contain_text("The server was restarted meanwhile")
                 clicked.append(answers)
             expect(page.locator("#mos-done")).to_be_visible()
             expect(page.locator("#mos-progress")).to_contain_text(f"{total} of {total} samples rated")
@@ -111,11 +177,13 @@ def test_rate_reload_restart_resume(tmp_path: Path) -> None:
     finally:
         stop_server(server)
     assert (tmp_path / "mos_panel.png").stat().st_size > 10_000  # docs/mos_panel.png is such a screenshot
+    log = (tmp_path / "server.log").read_text()
+    assert "refused submit: unanswered" in log and "Traceback" not in log  # one line per refusal
 
     with sqlite3.connect(db) as con:
         (order,) = con.execute("SELECT items FROM raters WHERE token = ?", (token,)).fetchone()
         rows = con.execute(
-            "SELECT rater, item, dimension, score, plays, heard, revisions FROM ratings"
+            "SELECT rater, item, dimension, score, plays, heard, heard_s, revisions FROM ratings"
         ).fetchall()
     order = json.loads(order)
     expected = {
@@ -125,8 +193,78 @@ def test_rate_reload_restart_resume(tmp_path: Path) -> None:
     }
     assert {r[:4] for r in rows} == expected
     assert len(rows) == total * len(dims)
-    assert all(plays >= 1 and heard >= 1 for *_, plays, heard, _ in rows)
-    assert sorted(r[6] for r in rows) == [0] * (len(rows) - len(dims)) + [1] * len(
+    durations = {item: defn.items[item].duration for item in order}
+    assert all(
+        plays >= heard >= 1 and heard_s >= durations[item] - 0.3
+        for _, item, _, _, plays, heard, heard_s, _ in rows
+    )
+    assert sorted(r[7] for r in rows) == [0] * (len(rows) - len(dims)) + [1] * len(
         dims
     )  # one update, no copy
-    assert {r[1] for r in rows if r[6] == 1} == {order[2]}
+    assert {r[1] for r in rows if r[7] == 1} == {order[2]}
+
+
+def test_page_is_accessible_and_fits_a_phone(tmp_path: Path) -> None:
+    """No API footer or API docs; named radio groups and player buttons; axe-core finds nothing
+    serious; at 390 px each scale stays on one line; after Submit the next player is in view."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="pip install playwright (no `playwright install`)"
+    )
+    axe = pytest.importorskip("axe_playwright_python.sync_playwright")  # carries axe.min.js: no fetch
+    expect, sync_playwright = sync_api.expect, sync_api.sync_playwright
+    expect.set_options(timeout=30_000)
+
+    definition = make_test(tmp_path, n_utts=2, systems=["original", "noisy"], items_per_rater=2)
+    defn = load_definition(definition)
+    db = tmp_path / "ratings.sqlite"
+    tokens = Store(db, defn).invite(2, expires=None)
+    dims = defn.dimension_names()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/"
+    server = start_server(definition, db, port, tmp_path / "server.log")
+    try:
+        info = httpx.get(f"{base}gradio_api/info", timeout=30).json()
+        assert info["named_endpoints"] == {} and info["unnamed_endpoints"] == {}  # nothing advertised
+        assert httpx.get(f"{base}docs", timeout=30).status_code == 404
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            for token, (width, height, shot) in zip(
+                tokens, [(1280, 1000, "desktop"), (390, 844, "390px")], strict=True
+            ):
+                context = browser.new_context(viewport={"width": width, "height": height})
+                context.set_default_timeout(30_000)
+                page = context.new_page()
+                page.goto(f"{base}?token={token}")
+                expect(page.locator("#mos-progress")).to_contain_text("0 of 4 samples rated")
+                assert page.locator("footer").count() == 0 and page.get_by_text("Use via API").count() == 0
+                for d in defn.dimensions:
+                    expect(page.get_by_role("radiogroup", name=d.label)).to_have_count(1)
+                for player in ("sample", "reference recording"):
+                    expect(page.get_by_role("button", name=f"Play ({player})", exact=True)).to_have_count(1)
+                play_through(page, expect, dims)
+                answer(page, {d: 3.0 for d in dims[1:]})
+                radio(page, dims[0], 0.0).locator("input").focus()  # one group: arrow keys move along it
+                page.keyboard.press("ArrowRight")
+                expect(radio(page, dims[0], 0.5).locator("input")).to_be_checked()
+                for d in dims:  # the whole scale on one line
+                    tops = [
+                        box["y"]
+                        for box in (lab.bounding_box() for lab in page.locator(f"#mos-{d} label").all())
+                    ]
+                    assert len(tops) == 11 and max(tops) - min(tops) < 2, (shot, d, tops)
+                found = axe.Axe().run(page).response["violations"]
+                serious = [
+                    (v["id"], v["impact"], [(n["target"], n["failureSummary"][-160:]) for n in v["nodes"]])
+                    for v in found
+                    if v["impact"] in ("serious", "critical")
+                ]
+                assert serious == [], serious
+                page.screenshot(path=str(tmp_path / f"mos_panel_{shot}.png"), full_page=True)
+                page.locator("#mos-submit").click()
+                expect(page.locator("#mos-progress")).to_contain_text("1 of 4 samples rated")
+                expect(page.locator("#mos-sample")).to_be_in_viewport()
+                context.close()
+            browser.close()
+    finally:
+        stop_server(server)
+    assert all((tmp_path / f"mos_panel_{shot}.png").stat().st_size > 10_000 for shot in ("desktop", "390px"))

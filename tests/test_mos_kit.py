@@ -54,12 +54,13 @@ def make_test(
     dimensions: Sequence[str | dict] = ("fidelity", "stability", "naturalness", "emotional_expressiveness"),
     items_per_rater: int | None = None,
     invitations: str = "required",
+    seconds: float = SECONDS,
 ) -> Path:
     """Write audio and a definition YAML into ``folder``; return the YAML's path."""
     root = folder / "audio"
     for utt in UTTERANCES[:n_utts]:
         audio, sr = sf.read(find_flac(utt), dtype="float32")
-        audio = audio[: int(SECONDS * sr)]
+        audio = audio[: int(seconds * sr)]
         for name, wav in [(f"reference/{utt}", audio), (f"anchors/{utt}", degrade(audio, sr))] + [
             (f"{s}/{utt}", render(s, audio, sr)) for s in systems
         ]:
@@ -98,15 +99,38 @@ def make_test(
     return path
 
 
+class Clock:
+    """A clock the test moves by hand, for the store's listening gate (real time: test_mos_browser)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def listen(store, token: str, browser: str, item: str) -> None:
+    """Play ``item`` through on ``store``'s hand-moved clock, as a rater who hears it all."""
+    store.play(token, browser, item)
+    store.clock.advance(store.defn.items[item].duration)
+    assert store.heard(token, browser, item)[0]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start_server(definition: Path, db: Path, port: int, log: Path) -> subprocess.Popen:
-    """``speech-lpo mos serve`` on loopback in its own process; waits until it answers."""
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
+def start_server(
+    definition: Path, db: Path, port: int, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """``speech-lpo mos serve`` on loopback in its own process (``env`` added to its environment);
+    waits until it answers."""
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1", **(env or {})}
     cmd = [sys.executable, "-m", "speech_lpo.cli", "mos", "serve", "--definition", str(definition)]
     cmd += ["--db", str(db), "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=REPO)

@@ -35,8 +35,9 @@ DIMENSIONS = [
     "emotional_expressiveness",
     {"name": "overall", "label": "Overall quality", "question": "How good is the sample overall?"},
 ]
+SECONDS = 0.5  # clip length: the gate makes every rater wait this long per sample
 ITEMS_PER_RATER = 8  # + 2 attention checks = 10 samples x 5 questions = 50 ratings
-PROGRESS = 2  # index of the progress HTML among the API outputs of enter / submit
+PROGRESS = 3  # index of the progress HTML among the API outputs of enter / submit
 
 
 def finished(outputs: tuple) -> bool:
@@ -53,13 +54,18 @@ def rate(url: str, token: str, browser: str, acked: list[str]) -> str:
     scores = [0.5 * k for k in range(11)]
     try:
         client = Client(url, download_files=False, verbose=False)
-        out = client.predict(token, {"token": None, "browser": browser}, api_name="/enter")
+        out = client.predict("", {"token": token, "browser": browser}, api_name="/enter")
         for _ in range(20):  # bounded: 10 samples are expected
             if finished(out):
                 return "done"
-            client.predict(api_name="/play")
-            client.predict(api_name="/heard")
-            out = client.predict(*[rng.choice(scores) for _ in DIMENSIONS], api_name="/submit")
+            kept, page = out[0], out[1]
+            client.predict(kept, page, api_name="/play")
+            time.sleep(SECONDS)  # the listening gate measures the time heard
+            client.predict(kept, page, api_name="/heard")
+            scores_now = [rng.choice(scores) for _ in DIMENSIONS]
+            out = client.predict(kept, page, *scores_now, api_name="/submit")
+            if out[2].startswith("**"):  # the panel's refusals are set in bold
+                raise RuntimeError(f"refused: {out[2]}")
             acked.append(token)
         return "did not finish in 20 steps"
     except Exception as e:  # the test decides whether an error was expected
@@ -84,7 +90,9 @@ def ratings_by_rater(db: Path) -> tuple[Counter, dict[str, list[str]]]:
 
 
 def test_twenty_raters_then_sigkill_and_resume(tmp_path: Path) -> None:
-    definition = make_test(tmp_path, n_utts=4, dimensions=DIMENSIONS, items_per_rater=ITEMS_PER_RATER)
+    definition = make_test(
+        tmp_path, n_utts=4, dimensions=DIMENSIONS, items_per_rater=ITEMS_PER_RATER, seconds=SECONDS
+    )
     defn = load_definition(definition)
     db = tmp_path / "ratings.sqlite"
     store = Store(db, defn)

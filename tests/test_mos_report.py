@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -15,9 +16,9 @@ import pytest
 from scipy import stats
 
 from speech_lpo.mos.definition import load_definition
-from speech_lpo.mos.report import screen, summarize, t_interval
+from speech_lpo.mos.report import agreement, holm, paired_tests, screen, summarize, t_interval
 from speech_lpo.mos.store import Store
-from tests.test_mos_kit import REPO, make_test
+from tests.test_mos_kit import REPO, Clock, listen, make_test
 
 BASE = {"original": 4.0, "telephone": 3.0, "noisy": 2.0}  # true MOS of each system
 DIM_SHIFT = {"fidelity": 0.0, "stability": 0.5, "naturalness": -0.5, "emotional_expressiveness": 0.0}
@@ -31,8 +32,7 @@ def rate_all(store: Store, token: str, answer) -> None:
         item, *_ = store.next_item(token, browser)
         if item is None:
             return
-        store.play(token, browser, item)
-        store.play(token, browser, item, to_end=True)
+        listen(store, token, browser, item)
         store.submit(
             token, browser, item, {d: answer(store.defn.items[item], d) for d in store.defn.dimension_names()}
         )
@@ -45,7 +45,7 @@ def rated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict, d
     tmp_path = tmp_path_factory.mktemp("rated")
     definition = make_test(tmp_path, n_utts=4)
     db = tmp_path / "ratings.sqlite"
-    store = Store(db, load_definition(definition))
+    store = Store(db, load_definition(definition), clock=Clock())
     tokens = store.invite(10, expires=None)
     expected = defaultdict(list)
     for k, token in enumerate(tokens[:8]):  # attentive raters: noise around the true MOS
@@ -91,6 +91,7 @@ def test_report_reproduces_known_means(rated) -> None:
         assert (c.low, c.high) == pytest.approx(
             stats.t.interval(0.95, len(scores) - 1, loc=np.mean(scores), scale=stats.sem(scores)), abs=1e-12
         )
+        assert c.boot_low < c.mean < c.boot_high
         system, dim = key
         assert abs(c.mean - BASE[system] - DIM_SHIFT[dim]) < 0.4  # the noise averages out
 
@@ -113,7 +114,10 @@ def test_report_cli_writes_table_chart_and_summary(rated, tmp_path: Path) -> Non
     for cell in summary["cells"]:
         scores = expected[cell["system"], cell["dimension"]]
         half = stats.t.ppf(0.975, len(scores) - 1) * stats.sem(scores)
-        assert f"{np.mean(scores):.2f} ± {half:.2f}" in table
+        assert cell["high"] - cell["low"] == pytest.approx(2 * half)  # the t-interval stays in the JSON
+        assert f"{np.mean(scores):.2f} [{cell['boot_low']:.2f}, {cell['boot_high']:.2f}]" in table
+    assert len(summary["paired_tests"]) == 3 * 4 and set(summary["krippendorff_alpha"]) == set(DIM_SHIFT)
+    assert re.search(r"\| Fidelity \| original \| noisy \| 8 \| \+[12]\.\d\d \|", table)  # about +2
     assert "8 raters kept, excluded: 1 failed attention check, 1 same score for everything" in table
     image = matplotlib.image.imread(out / "mos_bars.png")
     assert image.shape[0] > 300 and image.shape[1] > 600 and image[..., :3].std() > 0.05  # a drawn chart
@@ -155,3 +159,55 @@ def test_report_cli_names_a_malformed_definition(tmp_path: Path) -> None:
     assert run.returncode != 0
     assert f"error: {bad}: systems: expected a list of distinct system names" in run.stderr
     assert not (tmp_path / "r.sqlite").exists()
+
+
+def test_holm_by_hand() -> None:
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
+
+
+def test_paired_tests_and_agreement(rated) -> None:
+    definition, db, expected, why = rated
+    defn = load_definition(definition)
+    rows = Store(db, defn).ratings()
+    verdict = screen(defn, rows)
+    tests = {(t["dimension"], t["a"], t["b"]): t for t in paired_tests(defn, rows, verdict)}
+    assert len(tests) == 12
+    for dim in DIM_SHIFT:
+        far = tests[dim, "original", "noisy"]  # 2 points apart for every one of the 8 raters
+        assert far["raters"] == 8 and far["mean_difference"] > 1.5
+        assert far["p"] == pytest.approx(2 / 2**8)  # exact two-sided signed-rank p, all 8 the same sign
+        # the smallest p there is with 8 raters; tied with others, Holm multiplies it by all 12 tests
+        assert far["p_holm"] == pytest.approx(12 * far["p"])
+    p = [t["p"] for t in tests.values()]
+    assert [t["p_holm"] for t in tests.values()] == pytest.approx(holm(p))
+    alphas = agreement(defn, rows, verdict)
+    assert all(0.3 < a < 1 for a in alphas.values())  # systems 1 point apart, raters add +-1 of noise
+    same = [{**r, "score": BASE.get(defn.items[r["item"]].system or "", 0.0)} for r in rows]
+    assert set(agreement(defn, same, verdict).values()) == {1.0}  # raters who agree fully
+
+
+def test_intervals_account_for_raters(rated) -> None:
+    """Raters with their own offsets: the rater x utterance bootstrap is wider than the t-interval
+    over single ratings, which treats them as independent."""
+    definition, db, expected, why = rated
+    defn = load_definition(definition)
+    rows = Store(db, defn).ratings()
+    verdict = screen(defn, rows)
+    kept = sorted(r for r, v in verdict.items() if v is None)
+    shift = {r: (k - 3.5) * 0.4 for k, r in enumerate(kept)}
+    biased = [{**r, "score": r["score"] + shift.get(r["rater"], 0.0)} for r in rows]
+    for c in summarize(defn, biased, verdict):
+        assert c.boot_high - c.boot_low > 1.3 * (c.high - c.low), c
+
+
+def test_screening_on_listening_data(rated) -> None:
+    definition, db, expected, why = rated
+    defn = load_definition(definition)
+    rows = Store(db, defn).ratings()
+    kept = sorted(r for r, v in screen(defn, rows).items() if v is None)
+    forged = {kept[0]: {"plays": 0}, kept[1]: {"heard": 3, "plays": 1}}  # only via the API, around the gate
+    rows = [{**r, **forged.get(r["rater"], {})} for r in rows]
+    verdict = screen(defn, rows)
+    assert verdict[kept[0]] == verdict[kept[1]] == "rated without a full listen"
+    assert sum(v is None for v in verdict.values()) == 6

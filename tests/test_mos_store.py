@@ -16,9 +16,10 @@ import yaml
 from gradio_client import Client
 
 from speech_lpo.mos.definition import load_definition
-from speech_lpo.mos.store import Refused, Store
-from tests.test_mos_kit import free_port, make_test, start_server, stop_server
+from speech_lpo.mos.store import AlreadyRated, Refused, Store, Unanswered
+from tests.test_mos_kit import Clock, free_port, listen, make_test, start_server, stop_server
 
+MESSAGE = 2  # index of the message among the panel's API outputs (BrowserState, page JSON, message, ...)
 GOOD = {"fidelity": 4.0, "stability": 3.5, "naturalness": 4.5, "emotional_expressiveness": 2.0}
 
 
@@ -34,7 +35,8 @@ def order_of(store: Store, token: str) -> list[str]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    return Store(tmp_path / "ratings.sqlite", load_definition(make_test(tmp_path, items_per_rater=3)))
+    defn = load_definition(make_test(tmp_path, items_per_rater=3))
+    return Store(tmp_path / "ratings.sqlite", defn, clock=Clock())
 
 
 def entered(store: Store, browser: str = "browser-a") -> tuple[str, str]:
@@ -42,8 +44,7 @@ def entered(store: Store, browser: str = "browser-a") -> tuple[str, str]:
     (token,) = store.invite(1, expires=None)
     store.enter(token, browser)
     item, *_ = store.next_item(token, browser)
-    store.play(token, browser, item)
-    store.play(token, browser, item, to_end=True)
+    listen(store, token, browser, item)
     return token, item
 
 
@@ -51,7 +52,9 @@ def test_wal_and_update_not_duplicate(store: Store) -> None:
     token, item = entered(store)
     store.submit(token, "browser-a", item, GOOD)
     time.sleep(0.01)
-    store.submit(token, "browser-a", item, {**GOOD, "naturalness": 1.0})
+    with pytest.raises(AlreadyRated, match="rated already, in another tab"):  # not sent as a revision
+        store.submit(token, "browser-a", item, {**GOOD, "naturalness": 1.0})
+    store.submit(token, "browser-a", item, {**GOOD, "naturalness": 1.0}, revise=True)
     rows = {r["dimension"]: r for r in store.ratings()}
     assert len(store.ratings()) == 4
     assert rows["naturalness"]["score"] == 1.0 and rows["fidelity"]["score"] == 4.0
@@ -69,8 +72,8 @@ def test_previous_gives_back_stored_answers(store: Store) -> None:
     assert store.previous(token, "browser-a", first) is None  # nothing before the first sample
     store.submit(token, "browser-a", first, GOOD)
     second, *_ = store.next_item(token, "browser-a")
-    assert store.previous(token, "browser-a", second) == (first, GOOD)
-    with pytest.raises(Refused, match="already in use in another browser"):
+    assert store.previous(token, "browser-a", second) == (first, GOOD, 0)
+    with pytest.raises(Refused, match="in use in another browser, so this page has ended"):
         store.previous(token, "browser-b", second)
 
 
@@ -89,10 +92,10 @@ def test_bad_submissions_are_refused_and_write_nothing(store: Store) -> None:
         ((token, "browser-a", item, {**GOOD, "fidelity": 3.3}), "not on the scale's steps of 0.5"),
         ((token, "browser-a", item, {**GOOD, "fidelity": "4"}), "is not a number"),
         ((token, "browser-a", item, {**GOOD, "loudness": 3.0}), "Unknown dimension 'loudness'"),
-        ((token, "browser-a", item, {"fidelity": 3.0}), "missing: stability"),
+        ((token, "browser-a", item, {"fidelity": 3.0}), "missing: stability, naturalness"),
         ((token, "browser-a", "utt9@lpo", GOOD), "Unknown item 'utt9@lpo'"),
         ((token, "browser-a", foreign, GOOD), "not one of this rater's items"),
-        ((other, "browser-a", other_item, GOOD), "already in use in another browser"),
+        ((other, "browser-a", other_item, GOOD), "in use in another browser"),
         (("no-such-token", "browser-a", item, GOOD), "Unknown invitation code"),
         ((expired, "browser-x", item, GOOD), "This invitation expired on"),
     ]
@@ -103,25 +106,63 @@ def test_bad_submissions_are_refused_and_write_nothing(store: Store) -> None:
         store.enter(None, "browser-c")
     with pytest.raises(Refused, match="This invitation expired"):
         store.enter(expired, "browser-c")
-    with pytest.raises(Refused, match="already in use in another browser"):
+    with pytest.raises(Refused, match="in use in another browser"):  # a remembered token: no takeover
         store.enter(token, "browser-c")
+    with pytest.raises(Unanswered) as missing:
+        store.submit(token, "browser-a", item, {**GOOD, "stability": None, "naturalness": None})
+    assert missing.value.missing == ["stability", "naturalness"]
     assert dump(store.path) == before
 
 
+def test_invitation_follows_the_rater(store: Store) -> None:
+    """The code itself moves a token to another browser and ends the old page; release frees it."""
+    token, item = entered(store, "laptop")
+    store.enter(token, "phone", takeover=True)
+    with pytest.raises(Refused, match="this page has ended. Enter the invitation code"):
+        store.submit(token, "laptop", item, GOOD)
+    assert store.next_item(token, "phone")[0] == item  # same order, same place
+    store.submit(token, "phone", item, GOOD)
+    assert store.release(token) and not store.release("no-such-code")
+    store.enter(token, "tablet")  # released: a remembered token may enter again
+    assert store.next_item(token, "tablet")[1] == 1
+
+
 def test_rating_needs_a_full_listen(store: Store) -> None:
+    """The gate: no play, an end without a play, skipping or fast playback leave the sample unrated."""
     (token,) = store.invite(1, expires=None)
     store.enter(token, "b")
     item, *_ = store.next_item(token, "b")
+    duration = store.defn.items[item].duration
+    assert 1.9 < duration <= 2.0
     before = dump(store.path)
-    with pytest.raises(Refused, match="Listen to the whole sample before rating it"):
+    with pytest.raises(Refused, match=r"Listen to the whole sample at normal speed .*heard 0.0 s of 2.0 s"):
+        store.submit(token, "b", item, GOOD)  # plays = 0
+    with pytest.raises(Refused, match="ended without being played"):  # /heard without /play
+        store.heard(token, "b", item)
+    assert store.play(token, "b", item) == 1
+    store.clock.advance(0.06)  # seeked to 97% and played the rest
+    assert store.heard(token, "b", item) == (False, pytest.approx(0.06))
+    store.clock.advance(5)  # time passing while paused is not listening
+    with pytest.raises(Refused, match=r"heard 0.1 s of 2.0 s"):
         store.submit(token, "b", item, GOOD)
-    assert store.play(token, "b", item) == 1 and store.play(token, "b", item) == 2
-    with pytest.raises(Refused, match="Listen to the whole sample before rating it"):  # started, not heard
+    assert store.play(token, "b", item) == 2
+    store.clock.advance(duration / 2)  # 2x speed: the end comes after half the time
+    assert store.heard(token, "b", item)[0] is False
+    with pytest.raises(Refused, match="Listen to the whole sample at normal speed"):
         store.submit(token, "b", item, GOOD)
-    assert {r["plays"] for r in store.ratings()} == set()
-    assert store.play(token, "b", item, to_end=True) == 1
+    assert store.ratings() == []
+    store.play(token, "b", item)  # paused half-way, resumed: both spans count
+    store.clock.advance(0.4)
+    so_far = 0.06 + duration / 2 + 0.4
+    assert store.pause(token, "b", item) == pytest.approx(so_far)
+    store.clock.advance(3)
+    store.play(token, "b", item)
+    store.clock.advance(duration - so_far - 0.2)  # within the tolerance for event latency
+    assert store.heard(token, "b", item)[0] is True
     store.submit(token, "b", item, GOOD)
-    assert {(r["plays"], r["heard"]) for r in store.ratings()} == {(2, 1)}
+    rows = store.ratings()
+    assert {(r["plays"], r["heard"]) for r in rows} == {(4, 1)}
+    assert all(r["heard_s"] == pytest.approx(duration - 0.2) for r in rows)
     assert dump(store.path) != before
 
 
@@ -202,27 +243,39 @@ def test_refusals_through_the_panel(tmp_path: Path) -> None:
     server = start_server(definition, db, port, tmp_path / "server.log")
     try:
         client = Client(url, download_files=False, verbose=False)
-        out = client.predict(expired, {"token": None, "browser": "b"}, api_name="/enter")
-        assert "This invitation expired" in out[1]
-        out = client.predict("", {"token": None, "browser": "b"}, api_name="/enter")
-        assert "Please enter the invitation code" in out[1]
-        out = client.predict(token, {"token": None, "browser": "b"}, api_name="/enter")
-        assert "0 of 8 samples rated" in out[2]
-        sample = out[4]["url"]
+        fresh = {"token": None, "browser": "b"}
+        out = client.predict(expired, fresh, api_name="/enter")
+        assert "This invitation expired" in out[MESSAGE]
+        out = client.predict("", fresh, api_name="/enter")
+        assert "Please enter the invitation code" in out[MESSAGE]
+        out = client.predict(token, fresh, api_name="/enter")
+        assert "0 of 8 samples rated" in out[MESSAGE + 1]
+        kept, page, sample = out[0], out[1], out[MESSAGE + 3]["url"]
         assert all(s not in sample for s in ("original", "telephone", "noisy", "@"))  # names hidden
-        with pytest.raises(Exception, match="Listen to the whole sample before rating it"):
-            client.predict(4.0, 4.0, 4.0, 4.0, api_name="/submit")
-        client.predict(api_name="/play")
-        with pytest.raises(Exception, match="Listen to the whole sample before rating it"):
-            client.predict(4.0, 4.0, 4.0, 4.0, api_name="/submit")
-        client.predict(api_name="/heard")
-        with pytest.raises(Exception, match="not in the list of choices"):
-            client.predict(7.0, 4.0, 4.0, 4.0, api_name="/submit")
-        with pytest.raises(Exception, match="Please answer every question"):
-            client.predict(4.0, None, 4.0, 4.0, api_name="/submit")
+        duration = store.defn.items[store.order(token, "b")[page["at"]]].duration
+
+        def submit(*scores: float | None) -> str:
+            return client.predict(kept, page, *scores, api_name="/submit")[MESSAGE]
+
+        assert "heard 0.0 s of 2.0 s" in submit(4.0, 4.0, 4.0, 4.0)  # plays = 0
+        assert "ended without being played" in client.predict(kept, page, api_name="/heard")[0]
+        client.predict(kept, page, api_name="/play")
+        assert "Part of the sample was skipped" in client.predict(kept, page, api_name="/heard")[0]
+        assert "Listen to the whole sample at normal speed" in submit(4.0, 4.0, 4.0, 4.0)
+        client.predict(kept, page, api_name="/play")
+        time.sleep(duration / 2)  # as if played at 2x
+        assert "Part of the sample was skipped" in client.predict(kept, page, api_name="/heard")[0]
+        assert "Listen to the whole sample at normal speed" in submit(4.0, 4.0, 4.0, 4.0)
+        assert store.ratings() == []
+        client.predict(kept, page, api_name="/play")
+        time.sleep(duration)
+        assert client.predict(kept, page, api_name="/heard")[0] == ""
+        assert "fidelity: score 7.0 is outside the scale 0 to 5" in submit(7.0, 4.0, 4.0, 4.0)
+        out = client.predict(kept, page, 4.0, None, 4.0, 4.0, api_name="/submit")
+        assert "Please answer “Stability”." in out
         other = Client(url, download_files=False, verbose=False)
-        out = other.predict(token, {"token": None, "browser": "another"}, api_name="/enter")
-        assert "already in use in another browser" in out[1]
+        out = other.predict("", {"token": token, "browser": "another"}, api_name="/enter")
+        assert "in use in another browser" in out[MESSAGE]
         assert store.ratings() == []
 
         http = httpx.Client(base_url=url, timeout=30)
@@ -235,9 +288,14 @@ def test_refusals_through_the_panel(tmp_path: Path) -> None:
         admin = store.secret("admin_token")
         page = http.get("admin", params={"token": admin})
         assert page.status_code == 200 and "0 / 8" in page.text and "2 raters, 0 finished" in page.text
+        assert "release" in page.text
+        assert http.post("admin/release", params={"token": "wrong"}, data={"rater": token}).status_code == 403
+        released = http.post("admin/release", params={"token": admin}, data={"rater": token})
+        assert released.status_code == 303  # back to the admin page
+        store.enter(token, "another")  # a remembered token may enter again once released
         csv = http.get("admin/ratings.csv", params={"token": admin}).text
         assert csv.splitlines() == [
-            "system,utterance,check,rater,item,dimension,score,plays,heard,shown,first_submitted,updated,revisions"
+            "system,utterance,check,rater,item,dimension,score,plays,heard,heard_s,shown,first_submitted,updated,revisions"
         ]
     finally:
         stop_server(server)

@@ -2,6 +2,10 @@
 
 A test is a YAML definition (eval/mos_tts.yaml shows every key and the commands in order: invite,
 serve, report); ratings go to one SQLite file given with --db.
+
+The admin page (progress, CSV export, releasing an invitation from its browser) is at
+/admin?token=ADMIN_TOKEN: `serve` prints that link when it starts; the token is made once per database
+and kept in it (also: `sqlite3 DB "SELECT value FROM meta WHERE key = 'admin_token'"`).
 """
 
 from __future__ import annotations
@@ -15,22 +19,35 @@ from pathlib import Path
 from speech_lpo.mos.definition import DefinitionError, load_definition
 from speech_lpo.mos.store import Refused, Store
 
+TEMPLATE = Path(__file__).resolve().parents[2] / "eval" / "mos_tts.yaml"  # the repo's, from any directory
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="mos_command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(
+            name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
         p.add_argument("--definition", type=Path, required=True, help="test definition YAML (eval/*.yaml)")
         p.add_argument("--db", type=Path, required=True, help="SQLite ratings file (made if missing)")
         return p
 
-    p = command("serve", "run the rating panel and the admin page")
+    p = command(
+        "serve",
+        "run the rating panel and the admin page; prints the admin link "
+        "(/admin?token=..., the token is kept in the database)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to let other machines in")
     p.add_argument("--port", type=int, default=7860)
-    p = command("invite", "make invitation codes and print one link per rater")
-    p.add_argument("-n", type=int, default=1, help="how many invitations")
-    p.add_argument("--days", type=float, default=30.0, help="days until they expire (0: never)")
+    p = command("invite", "make invitation codes and print one link per rater, or release one")
+    p.add_argument("-n", type=int, default=1, help="how many invitations (1 or more)")
+    p.add_argument("--days", type=float, default=30.0, help="days until they expire (0: never; not negative)")
+    p.add_argument(
+        "--release",
+        metavar="CODE",
+        help="free this invitation from the browser that holds it, so the rater can go on in another one",
+    )
     p.add_argument(
         "--url", default="http://127.0.0.1:7860/", help="the panel's public address, for the links"
     )
@@ -41,12 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("anchor", help="write a degraded anchor (3.5 kHz low-pass + noise at 5 dB SNR)")
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path)
+    p = sub.add_parser("trap", help="write a trapping question's audio (espeak-ng asks for one answer)")
+    p.add_argument("output", type=Path)
+    p.add_argument("--answer", required=True, help='the answer the voice asks for, e.g. "2 Poor"')
     p = sub.add_parser("package", help="a listening test from `speech-lpo synthesize` outputs")
     p.add_argument("--systems", nargs="+", required=True, metavar="NAME=SYNTH_DIR")
     p.add_argument("--manifest", type=Path, required=True, help="test manifest: the reference recordings")
-    p.add_argument(
-        "--template", type=Path, default=Path("eval/mos_tts.yaml"), help="test definition to adapt"
-    )
+    p.add_argument("--template", type=Path, default=TEMPLATE, help="test definition to adapt")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("-n", type=int, default=8, help="utterances in the test")
 
@@ -60,6 +78,15 @@ def main(args: argparse.Namespace) -> None:
         audio, sr = sf.read(args.input, dtype="float32", always_2d=False)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         sf.write(args.output, degrade(audio, sr), sr)
+        return
+    if args.mos_command == "trap":
+        import soundfile as sf
+
+        from speech_lpo.mos.trap import trap_audio
+
+        audio, sr = trap_audio(args.answer)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(args.output, audio, sr)
         return
     if args.mos_command == "package":
         from speech_lpo.mos.package import build_package
@@ -86,6 +113,15 @@ def main(args: argparse.Namespace) -> None:
 
         serve(store, defn, args.host, args.port)
     elif args.mos_command == "invite":
+        if args.release:
+            if not store.release(args.release):
+                sys.exit(f"error: no invitation {args.release!r} in {args.db}")
+            print(f"released {args.release}: the next browser that enters with it takes it")
+            return
+        if args.n < 1:
+            sys.exit(f"error: -n must be 1 or more, got {args.n}")
+        if args.days < 0:
+            sys.exit(f"error: --days must be 0 (never expires) or more, got {args.days:g}")
         expires = time.time() + args.days * 86400 if args.days > 0 else None
         for token in store.invite(args.n, expires):
             print(f"{args.url.rstrip('/')}/?token={token}")

@@ -7,9 +7,10 @@ nothing else. Errors name the file and the key, e.g. ``eval/mos_tts.yaml: scale.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import soundfile as sf
 import yaml
 
 # the paper's Table 6 dimensions, in its column order
@@ -38,7 +39,56 @@ TOP_KEYS = {
     "attention",
     "items_per_rater",
     "invitations",
+    "trapping_questions",
+    "qualification",
+    "training",
+    "completion_code",
+    "comment",
+    "type",
+    "baseline",
 }
+# what each test type asks when the YAML does not say otherwise
+SMOS_LABELS = (
+    "Not at all similar",
+    "Slightly similar",
+    "Moderately similar",
+    "Very similar",
+    "Extremely similar",
+)
+CCR_LABELS = (
+    "Much worse",
+    "Worse",
+    "Slightly worse",
+    "About the same",
+    "Slightly better",
+    "Better",
+    "Much better",
+)
+TYPE_DEFAULTS = {
+    "mos": ({}, list(PAPER_DIMENSIONS)),
+    "smos": (
+        {"min": 1, "max": 5, "step": 1, "labels": list(SMOS_LABELS)},
+        [
+            {
+                "name": "similarity",
+                "label": "Speaker similarity",
+                "question": "How similar is the voice of the sample to the voice of the reference recording?",
+            }
+        ],
+    ),
+    "cmos": (  # P.800 comparison category rating: B against A, A and B in random order per rater
+        {"min": -3, "max": 3, "step": 1, "labels": list(CCR_LABELS)},
+        [
+            {
+                "name": "comparison",
+                "label": "B compared with A",
+                "question": "How is the quality of B compared with A?",
+            }
+        ],
+    ),
+}
+# ITU-T P.808's absolute category rating scale
+ACR_LABELS = ("Bad", "Poor", "Fair", "Good", "Excellent")
 
 
 class DefinitionError(ValueError):
@@ -52,6 +102,13 @@ class Scale:
     step: float
     min_label: str
     max_label: str
+    labels: tuple[str, ...] = ()  # one per point when every point is named (P.808's ACR)
+
+    def named_choices(self) -> list[tuple[str, float]]:
+        """(what the rater reads, value) per point of the scale."""
+        if self.labels:
+            return [(f"{v:g} {label}", v) for v, label in zip(self.choices(), self.labels, strict=True)]
+        return [(f"{v:g}", v) for v in self.choices()]
 
     def choices(self) -> list[float]:
         n = round((self.max - self.min) / self.step)
@@ -60,7 +117,8 @@ class Scale:
     def problem(self, score: object) -> str | None:
         """Why ``score`` is not a point of this scale, or None when it is."""
         if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-            return f"score {score!r} is not a number"
+            shown = repr(score)
+            return f"score {shown if len(shown) <= 40 else shown[:40] + '...'} is not a number"
         if not self.min <= score <= self.max:
             return f"score {score} is outside the scale {self.min:g} to {self.max:g}"
         k = (score - self.min) / self.step
@@ -82,10 +140,31 @@ class Item:
 
     id: str
     audio: Path
+    duration: float  # seconds; the listening gate asks for this much listening time
     system: str | None = None  # None for attention checks
     utterance: str | None = None
     reference: Path | None = None
-    expect: str | None = None  # attention checks: "high" (hidden reference) or "low" (degraded anchor)
+    expect: str | None = None  # checks: "high" (hidden reference), "low" (degraded anchor) or "trap"
+    answer: float | None = None  # trapping questions: the score their audio asks for
+    reference_duration: float | None = None  # cmos: the baseline's length, when it is the one played as B
+
+
+@dataclass(frozen=True)
+class Question:
+    """A qualification question (hearing / headphone check): audio, a question, choices, the right one."""
+
+    audio: Path
+    question: str
+    choices: list[str]
+    answer: str
+
+
+@dataclass(frozen=True)
+class Example:
+    """A training example: audio of one end of the scale and what it illustrates."""
+
+    audio: Path
+    caption: str
 
 
 @dataclass(frozen=True)
@@ -97,12 +176,18 @@ class Definition:
     root: Path
     scale: Scale
     dimensions: list[Dimension]
-    systems: list[str]
+    systems: list[str]  # the systems rated (a CMOS test's baseline is not one of them)
     items: dict[str, Item]
     items_per_rater: int
     high_min: float  # a rater fails a "high" check whose mean score is below this
     low_max: float  # ... or a "low" check whose mean score is above this
     invitations: str  # "required": only invited tokens; "open": newcomers get a UUID
+    qualification: list[Question] = field(default_factory=list)  # all must be answered right first
+    training: list[Example] = field(default_factory=list)  # heard before rating starts
+    completion_code: bool = False  # show a per-rater code at the end (crowdsourcing platforms)
+    comment: bool = False  # offer a comment box at the end
+    kind: str = "mos"  # "mos", "smos" (similarity to the reference) or "cmos" (A/B against baseline)
+    baseline: str | None = None  # cmos: the system every other one is compared with
 
     @property
     def system_items(self) -> list[Item]:
@@ -144,6 +229,10 @@ def _parse(path: Path, raw: object) -> Definition:
         return value
 
     name = text("name")
+    kind = raw.get("type", "mos")
+    if kind not in TYPE_DEFAULTS:
+        raise fail("type", f"expected one of {', '.join(TYPE_DEFAULTS)}")
+    default_scale, default_dimensions = TYPE_DEFAULTS[kind]
     root = (path.parent / text("root", ".")).resolve()
     if not root.is_dir():
         raise fail("root", f"directory {root} does not exist")
@@ -162,7 +251,15 @@ def _parse(path: Path, raw: object) -> Definition:
             raise fail(key, f"{full} does not exist")
         return full
 
-    scale_raw = raw.get("scale", {})
+    def seconds(key: str, path: Path) -> float:
+        try:
+            return sf.info(path).duration
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise fail(key, f"{path}: cannot read the audio: {e}") from e
+
+    scale_raw = raw.get("scale", default_scale)
+    if scale_raw == "acr":
+        scale_raw = {"min": 1, "max": 5, "step": 1, "labels": list(ACR_LABELS)}
     if not isinstance(scale_raw, dict):
         raise fail("scale", "expected a mapping with min, max, step, min_label, max_label")
     lo, hi, step = (scale_raw.get(k, d) for k, d in (("min", 0), ("max", 5), ("step", 0.5)))
@@ -173,16 +270,21 @@ def _parse(path: Path, raw: object) -> Definition:
         raise fail("scale.step", "must be > 0")
     if hi <= lo or abs((hi - lo) / step - round((hi - lo) / step)) > 1e-6:
         raise fail("scale", f"max ({hi}) must exceed min ({lo}) by a whole number of steps ({step})")
+    labels = scale_raw.get("labels", [])
+    n_points = round((hi - lo) / step) + 1
+    if not isinstance(labels, list) or labels and len(labels) != n_points:
+        raise fail("scale.labels", f"expected one label per point of the scale ({n_points})")
     scale = Scale(
         float(lo),
         float(hi),
         float(step),
-        str(scale_raw.get("min_label", "very poor")),
-        str(scale_raw.get("max_label", "excellent")),
+        str(scale_raw.get("min_label", labels[0] if labels else "very poor")),
+        str(scale_raw.get("max_label", labels[-1] if labels else "excellent")),
+        tuple(map(str, labels)),
     )
 
     dimensions = []
-    for i, d in enumerate(raw.get("dimensions", list(PAPER_DIMENSIONS))):
+    for i, d in enumerate(raw.get("dimensions", default_dimensions)):
         key = f"dimensions[{i}]"
         if isinstance(d, str):
             if d not in PAPER_DIMENSIONS:
@@ -214,17 +316,31 @@ def _parse(path: Path, raw: object) -> Definition:
         raise fail("utterances", "repeated utterance id")
     pattern = text("audio_pattern", "{system}/{utt}.wav")
     ref_pattern = raw.get("reference_pattern")
+    if kind == "smos" and not ref_pattern:
+        raise fail("reference_pattern", "an SMOS test compares every sample with a reference recording")
+    baseline = raw.get("baseline")
+    if kind == "cmos" and (baseline not in systems or len(systems) < 2):
+        raise fail("baseline", "a CMOS test needs a baseline, one of 2 or more systems, to compare with")
+    if kind != "cmos" and baseline is not None:
+        raise fail("baseline", "only a CMOS test has a baseline")
+    rated = [s for s in systems if s != baseline]
 
     items: dict[str, Item] = {}
     for utt in utterances:
         ref = audio("reference_pattern", ref_pattern.format(utt=utt)) if ref_pattern else None
-        for system in systems:
+        if kind == "cmos":  # A/B: the baseline's rendering is the other sample
+            ref = audio("audio_pattern", pattern.format(system=baseline, utt=utt))
+        for system in rated:
             try:
                 rel = pattern.format(system=system, utt=utt)
             except (KeyError, IndexError) as e:
                 raise fail("audio_pattern", f"only {{system}} and {{utt}} may appear, not {e}") from e
             item_id = f"{utt}@{system}"
-            items[item_id] = Item(item_id, audio("audio_pattern", rel), system, utt, ref)
+            wav = audio("audio_pattern", rel)
+            ref_s = seconds("audio_pattern", ref) if kind == "cmos" else None
+            items[item_id] = Item(
+                item_id, wav, seconds("audio_pattern", wav), system, utt, ref, reference_duration=ref_s
+            )
 
     checks = raw.get("attention_checks", [])
     if not isinstance(checks, list):
@@ -239,9 +355,51 @@ def _parse(path: Path, raw: object) -> Definition:
         if item_id in items:
             raise fail(f"{key}.id", f"repeated attention check id {check['id']!r}")
         ref = audio(f"{key}.reference", check["reference"]) if "reference" in check else None
-        items[item_id] = Item(
-            item_id, audio(f"{key}.audio", check.get("audio")), reference=ref, expect=check["expect"]
+        wav = audio(f"{key}.audio", check.get("audio"))
+        duration = seconds(f"{key}.audio", wav)
+        items[item_id] = Item(item_id, wav, duration, reference=ref, expect=check["expect"])
+
+    traps = raw.get("trapping_questions", [])
+    if not isinstance(traps, list):
+        raise fail("trapping_questions", "expected a list of {id, audio, answer}")
+    for i, trap in enumerate(traps):
+        key = f"trapping_questions[{i}]"
+        if not isinstance(trap, dict) or not isinstance(trap.get("id"), str):
+            raise fail(key, "expected a mapping with id, audio, answer")
+        problem = scale.problem(trap.get("answer"))
+        if problem:
+            raise fail(f"{key}.answer", problem)
+        item_id = f"trap:{trap['id']}"
+        if item_id in items:
+            raise fail(f"{key}.id", f"repeated trapping question id {trap['id']!r}")
+        wav = audio(f"{key}.audio", trap.get("audio"))
+        duration = seconds(f"{key}.audio", wav)
+        items[item_id] = Item(item_id, wav, duration, expect="trap", answer=float(trap["answer"]))
+
+    questions = []
+    for i, q in enumerate(raw.get("qualification", [])):
+        key = f"qualification[{i}]"
+        if (
+            not isinstance(q, dict)
+            or not isinstance(q.get("question"), str)
+            or not isinstance(q.get("choices"), list)
+            or len(q["choices"]) < 2
+            or q.get("answer") not in q["choices"]
+        ):
+            raise fail(key, "expected audio, question, choices (2 or more) and answer (one of the choices)")
+        choices = [str(c) for c in q["choices"]]
+        questions.append(
+            Question(audio(f"{key}.audio", q.get("audio")), q["question"], choices, str(q["answer"]))
         )
+    examples = []
+    for i, ex in enumerate(raw.get("training", [])):
+        key = f"training[{i}]"
+        if not isinstance(ex, dict) or not isinstance(ex.get("caption"), str):
+            raise fail(key, "expected audio and caption")
+        examples.append(Example(audio(f"{key}.audio", ex.get("audio")), ex["caption"]))
+    for key in ("completion_code", "comment"):
+        if not isinstance(raw.get(key, False), bool):
+            raise fail(key, "expected true or false")
 
     attention = raw.get("attention", {})
     if not isinstance(attention, dict) or set(attention) - {"high_min", "low_max"}:
@@ -249,7 +407,7 @@ def _parse(path: Path, raw: object) -> Definition:
     high_min = attention.get("high_min", scale.min + 0.6 * (scale.max - scale.min))
     low_max = attention.get("low_max", scale.min + 0.4 * (scale.max - scale.min))
 
-    n_system_items = len(utterances) * len(systems)
+    n_system_items = len(utterances) * len(rated)
     per_rater = raw.get("items_per_rater", n_system_items)
     if isinstance(per_rater, bool) or not isinstance(per_rater, int) or not 1 <= per_rater <= n_system_items:
         raise fail(
@@ -267,10 +425,16 @@ def _parse(path: Path, raw: object) -> Definition:
         root=root,
         scale=scale,
         dimensions=dimensions,
-        systems=list(systems),
+        systems=rated,
         items=items,
         items_per_rater=per_rater,
         high_min=float(high_min),
         low_max=float(low_max),
         invitations=invitations,
+        qualification=questions,
+        training=examples,
+        completion_code=raw.get("completion_code", False),
+        comment=raw.get("comment", False),
+        kind=kind,
+        baseline=baseline,
     )

@@ -31,6 +31,10 @@ def build_package(
     systems: dict[str, Path], manifest: Path, template: Path, out: Path, n: int
 ) -> tuple[Path, list[str]]:
     """Write the package under ``out``; returns the definition's path and the utterances kept."""
+    try:  # before any audio is copied
+        test = yaml.safe_load(template.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ValueError(f"template {template}: cannot read: {e.strerror}") from e
     outputs = {name: synthesised(d) for name, d in systems.items()}
     references = {}
     for line in manifest.read_text(encoding="utf-8").splitlines():
@@ -52,7 +56,6 @@ def build_package(
     audio, sr = sf.read(out / "reference" / f"{utts[0]}.wav", dtype="float32")
     sf.write(out / "anchors" / f"{utts[0]}.wav", degrade(audio, sr), sr)
 
-    test = yaml.safe_load(template.read_text(encoding="utf-8"))
     test.update(
         root=".",
         systems=list(systems),
