@@ -423,6 +423,7 @@ def tts_metrics(
     speaker_encoder: str = "resemblyzer",
     row: str = "system",
     source: str = "",
+    test_set: str = "test",
 ) -> dict:
     """Score a set of audio files: intelligibility, SIM, DNSMOS, silence, duration ratio, truncation and
     repetition; write ``errs-<name>.txt`` and ``tts-summary-<name>.json``."""
@@ -468,6 +469,7 @@ def tts_metrics(
         "kind": "tts",
         "system": name,
         "row": row,
+        "test_set": test_set,
         "source": source,
         "asr": asr_name,
         "normalizer": normalizer.name,
@@ -513,6 +515,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--manifest", help="test manifest (JSONL): reference recordings for SIM, speakers for resampling"
     )
     parser.add_argument("--name", help="system name (default: the synth dir's or wav dir's name)")
+    parser.add_argument(
+        "--test-set", default="test", help="test set name: `score table` makes a table per set"
+    )
     parser.add_argument(
         "--lang", default="en", help="language of the texts; picks ASR and normaliser from eval/scoring.yaml"
     )
@@ -572,6 +577,7 @@ def _main(args: argparse.Namespace) -> None:
         args.speaker_encoder,
         row,
         source,
+        args.test_set,
     )
     shown = [f"%{out['metric']} {out['wer']['value']:.2f}", f"per-utt {_value(out['wer_utt_mean'])}"]
     shown += [
