@@ -4,7 +4,8 @@ or the original recordings of a test set).
 - Intelligibility: the WER/CER of an ASR on the audio, scored like ``score asr`` (one declared normaliser,
   alignment report): pooled (Kaldi) and the per-utterance mean (seed-tts-eval), with the share of
   utterances above 50% (seed-tts-eval's count of failures). pocketsphinx by default (English; its wheel
-  carries the model); ``--asr`` a Whisper model dir / hub id, or ``paraformer`` (FunASR) for Mandarin.
+  carries the model); ``--asr`` a Whisper model dir / hub id, or ``funasr:<model>`` (Paraformer-zh,
+  seed-tts-eval's Mandarin ASR) through FunASR (``pip install speech_lpo[zh]``).
 - Fidelity, SIM: cosine of speaker embeddings of the audio and of the reference recording of the same
   utterance (the prompt in a seed-tts-eval list): resemblyzer's GE2E encoder (in its wheel) by default,
   ``--speaker-encoder`` a WavLM x-vector model (e.g. microsoft/wavlm-base-plus-sv) for real use.
@@ -116,8 +117,33 @@ def whisper_asr(model: str, language: str | None) -> Transcriber:
     return transcribe
 
 
+def funasr_asr(model: str) -> Transcriber:
+    """A FunASR model (Paraformer-zh for Mandarin, as seed-tts-eval) through ``funasr.AutoModel``: a model
+    dir (config.yaml + model.pt) or a ModelScope name such as ``paraformer-zh`` (downloaded on request)."""
+    import torch
+    from funasr import AutoModel
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # ncpu: FunASR sets torch's thread count to it (4 unless told); dither 0: its front end adds random
+    # noise by default, so a file's transcript (and WER) would change from run to run
+    asr = AutoModel(
+        model=model,
+        device=device,
+        ncpu=torch.get_num_threads(),
+        frontend_conf={"dither": 0.0},
+        disable_update=True,
+        disable_pbar=True,
+    )
+
+    def transcribe(audio: np.ndarray) -> str:
+        return asr.generate(input=audio, disable_pbar=True)[0]["text"]
+
+    return transcribe
+
+
 def make_asr(spec: str, language: str | None = None, jsgf: str | None = None) -> Transcriber:
-    """``pocketsphinx`` (optionally restricted to a JSGF grammar) or a Whisper model directory / hub id."""
+    """``pocketsphinx`` (optionally restricted to a JSGF grammar), ``funasr:<model>`` (Paraformer) or a
+    Whisper model directory / hub id."""
     if spec == "pocketsphinx":
         if language not in (None, "en"):
             raise ValueError(
@@ -125,7 +151,9 @@ def make_asr(spec: str, language: str | None = None, jsgf: str | None = None) ->
             )
         return pocketsphinx_asr(jsgf)
     if jsgf:
-        raise ValueError("a grammar restricts pocketsphinx only; Whisper takes none")
+        raise ValueError("a grammar restricts pocketsphinx only")
+    if spec.startswith("funasr:"):
+        return funasr_asr(spec.removeprefix("funasr:"))
     return whisper_asr(spec, language)
 
 
@@ -522,7 +550,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--lang", default="en", help="language of the texts; picks ASR and normaliser from eval/scoring.yaml"
     )
     parser.add_argument(
-        "--asr", help="pocketsphinx, or a Whisper model dir / hub id (default: eval/scoring.yaml)"
+        "--asr",
+        help="pocketsphinx, funasr:<Paraformer dir or name>, or a Whisper model dir / hub id "
+        "(default: eval/scoring.yaml)",
     )
     parser.add_argument(
         "--normalizer", choices=sorted(NORMALIZERS), help="default: eval/scoring.yaml for --lang"

@@ -418,3 +418,46 @@ def test_score_tts_on_a_seed_tts_eval_meta_list(tmp_path, capsys):
                 str(tmp_path),
             ]
         )
+
+
+PARAFORMER_CONFIG = """\
+model: Paraformer
+model_conf: {ctc_weight: 0.0, predictor_weight: 1.0, predictor_bias: 1, sampling_ratio: 0.75}
+encoder: SANMEncoder
+encoder_conf: {output_size: 32, attention_heads: 2, linear_units: 64, num_blocks: 1, input_layer: pe,
+  pos_enc_class: SinusoidalPositionEncoder, normalize_before: true, kernel_size: 11, sanm_shfit: 0,
+  selfattention_layer_type: sanm}
+decoder: ParaformerSANMDecoder
+decoder_conf: {attention_heads: 2, linear_units: 64, num_blocks: 1, att_layer_num: 1, kernel_size: 11,
+  sanm_shfit: 0}
+predictor: CifPredictorV2
+predictor_conf: {idim: 32, threshold: 1.0, l_order: 1, r_order: 1, tail_threshold: 0.45}
+frontend: WavFrontend
+frontend_conf: {fs: 16000, window: hamming, n_mels: 80, frame_length: 25, frame_shift: 10, lfr_m: 7, lfr_n: 6}
+tokenizer: CharTokenizer
+tokenizer_conf: {unk_symbol: <unk>, split_with_space: true, token_list: TOKENS}
+"""
+
+
+def test_paraformer_through_funasr_on_a_tiny_random_model(tmp_path):
+    """Paraformer-zh's architecture (SANM encoder, CIF predictor), cut to one small layer and randomly
+    initialised, saved as a FunASR model dir and loaded by the real code on a real AISHELL-1 utterance."""
+    pytest.importorskip("funasr", reason="FunASR is the zh extra: pip install speech_lpo[zh]")
+    import torch
+    import yaml
+    from funasr import AutoModel
+
+    tokens = ["<blank>", "<s>", "</s>", "我", "你", "好", "的", "是", "<unk>"]
+    (tmp_path / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False))
+    config = PARAFORMER_CONFIG.replace("TOKENS", str(tmp_path / "tokens.json"))
+    (tmp_path / "config.yaml").write_text(config)
+    torch.manual_seed(0)
+    random_model = AutoModel(**yaml.safe_load(config), device="cpu", ncpu=1, disable_update=True)
+    torch.save(random_model.model.state_dict(), tmp_path / "model.pt")
+
+    wav = sorted((DATA / "aishell1").rglob("*.wav"))[0]
+    asr = make_asr(f"funasr:{tmp_path}", "zh")
+    text = asr(load_audio(wav))
+    assert text and set(text) <= set(tokens[3:8])  # random, but words of its vocabulary
+    assert asr(load_audio(wav)) == text
+    assert torch.get_num_threads() == 1  # FunASR did not take 4 threads on the shared cores
