@@ -174,7 +174,8 @@ def tts_table(summaries: list[dict], baseline: str = "sft") -> str:
             "overall and P.808 (1-5). Truncated: no <|audio_end|> before the length limit; repetition: a "
             "loop of repeated code frames lasting 1 s or more; silence: leading, trailing and inner pauses "
             "(silero-vad) as a share of the duration; duration ratio: synthesised / reference. 95% CI: "
-            f"percentile bootstrap by {'/'.join(by)}, inside each metric's range (WER: [0, 100]). "
+            f"percentile bootstrap by {'/'.join(by)}, inside each metric's range (WER: [0, 100]; a WER above "
+            "100, reached through insertions, has the interval of the WER saturated at 100, ending at 100). "
             "Emotional expressiveness, the paper's fourth dimension, has no automatic measure here: it is "
             "left to the listening test.",
             "",
@@ -207,7 +208,7 @@ def tts_paired_tests(rows: list[dict], baseline: str = "sft") -> list[str]:
     lines = [
         f"Paired tests against {baseline.upper()} (same utterances):",
         "",
-        "| System | Metric | Difference (95% CI) | p | p (Holm) | P(improvement) | Utts |",
+        "| System | Metric | Difference (95% CI) | p | p (Holm) | P(improvement) | Units resampled |",
         "|---|---|---|---|---|---|---|",
     ]
     for key, unit_key, lower, label in TTS_TESTS:
@@ -226,13 +227,15 @@ def tts_paired_tests(rows: list[dict], baseline: str = "sft") -> list[str]:
             c = t["difference_ci"]
             lines.append(
                 f"| {name} | {label} | {t['difference']:+.3f} ({c['low']:+.3f}–{c['high']:+.3f}) "
-                f"| {t['p_value']:.4f} | {adjusted[name]:.4f} | {t['p_improvement']:.3f} | {t['units']} |"
+                f"| {t['p_value']:.4f} | {adjusted[name]:.4f} | {t['p_improvement']:.3f} "
+                f"| {t['units']} {t['resampled']}s |"
             )
     lines += [
         "",
         "Difference: system minus baseline; p: two-sided paired sign-flip permutation test; p (Holm): "
         "adjusted over the systems compared with the baseline, per metric; P(improvement): the share of "
-        "paired bootstrap replicates in which the system is better (Bisani and Ney), not a p-value.",
+        "paired bootstrap replicates in which the system is better (Bisani and Ney), not a p-value. With few "
+        "speakers the sign-flip test has few patterns: with n speakers p cannot fall below 2 / 2^n.",
         "",
     ]
     return lines

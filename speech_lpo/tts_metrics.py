@@ -376,8 +376,14 @@ def from_synth_dir(synth_dir: Path, manifest: dict[str, dict], roundtrip: bool =
     """The synthesised audio of a ``speech-lpo synthesize`` dir, or (``roundtrip``) its codec round trips
     of the reference codes; references and speakers from the test manifest."""
     key = "roundtrip_wav" if roundtrip else "wav"
+    rows = read_synth_list(synth_dir)
+    unknown = [row["id"] for row in rows if manifest and row["id"] not in manifest]
+    if unknown:
+        raise ValueError(
+            f"{synth_dir / SYNTH_LIST}: {len(unknown)} ids not in the test manifest: {unknown[:5]}"
+        )
     out = []
-    for row in read_synth_list(synth_dir):
+    for row in rows:
         ref = manifest.get(row["id"], {})
         codes = None if roundtrip else row.get("codes")
         fps = row["n_codes"] / row["duration"] if row.get("n_codes") and row.get("duration") else None

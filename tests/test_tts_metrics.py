@@ -308,6 +308,22 @@ def test_score_tts_on_a_synthesis_dir_names_every_bad_output(tmp_path, capsys):
     scored = ("2830-3980-0043", "8455-210777-0068", "1089-134691-0000")
     lines = [{"id": k, "audio": wavs[k], "text": texts[k], "speaker": speakers[k]} for k in scored]
     manifest.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.raises(ValueError, match=r"2 ids not in the test manifest: \['failed', 'junk'\]"):
+        cli_main(
+            [
+                "score",
+                "tts",
+                "--synth-dir",
+                str(synth),
+                "--manifest",
+                str(manifest),
+                "--out-dir",
+                str(tmp_path),
+            ]
+        )
+    # the two broken outputs' references: a recording each (unused: they have no readable audio)
+    lines += [{"id": k, "audio": wavs[scored[0]], "text": "", "speaker": "other"} for k in ("failed", "junk")]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in lines))
 
     cli_main(
         [
@@ -324,7 +340,7 @@ def test_score_tts_on_a_synthesis_dir_names_every_bad_output(tmp_path, capsys):
     assert "lpo_r2_0.4: %WER" in capsys.readouterr().out
     out = json.loads((tmp_path / "s" / "tts-summary-lpo_r2_0.4.json").read_text())
     assert out["asr"] == "pocketsphinx" and out["normalizer"] == "whisper_en" and out["utterances"] == 5
-    assert out["row"] == "system" and out["resampled"] == "utterance"  # "failed" and "junk" have no speaker
+    assert out["row"] == "system" and out["resampled"] == "speaker" and out["wer"]["ci95"]["units"] == 4
     assert out["truncated_pct"]["value"] == pytest.approx(100 * 2 / 5)
     assert out["repetition_pct"]["value"] == pytest.approx(100 * 1 / 5)
     assert out["duration_ratio"]["value"] == pytest.approx((1 + 1 + 0.9) / 3, abs=1e-3)
@@ -381,8 +397,8 @@ def test_score_tts_on_a_synthesis_dir_names_every_bad_output(tmp_path, capsys):
         and "truncated_pct" not in rt
         and ("no_audio", "junk") in {(p["kind"], p["id"]) for p in rt["intelligibility"]["problems"]}
     )
-    assert orig["row"] == "original" and orig["utterances"] == 3 and orig["resampled"] == "speaker"
-    assert "sim" not in orig and orig["wer"]["ci95"]["units"] == 3
+    assert orig["row"] == "original" and orig["utterances"] == 5 and orig["resampled"] == "speaker"
+    assert "sim" not in orig and orig["wer"]["ci95"]["units"] == 4
     assert orig["dnsmos_ovrl"]["value"] > 2.5 and orig["silence_pct"]["value"] < 50
 
 
