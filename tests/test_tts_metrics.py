@@ -231,9 +231,11 @@ def test_silence_measure_finds_inserted_silence():
 
     short, _ = measured(0.5, 0.5, 0.6)
     long, duration = measured(1.5, 1.3, 1.1)
-    assert long["leading_s"] - short["leading_s"] == pytest.approx(1.0, abs=0.05)
-    assert long["inner_s"] - short["inner_s"] == pytest.approx(0.8, abs=0.05)
-    assert long["trailing_s"] - short["trailing_s"] == pytest.approx(0.5, abs=0.05)
+    # within 0.15 s: the VAD decides per 32 ms window, with hysteresis, and keeps state across the audio,
+    # so a short pause inside a sentence can fall either side of its 100 ms minimum
+    assert long["leading_s"] - short["leading_s"] == pytest.approx(1.0, abs=0.15)
+    assert long["inner_s"] - short["inner_s"] == pytest.approx(0.8, abs=0.15)
+    assert long["trailing_s"] - short["trailing_s"] == pytest.approx(0.5, abs=0.15)
     total = long["leading_s"] + long["trailing_s"] + long["inner_s"]
     assert long["silence_pct"] == pytest.approx(100 * total / duration)
     assert silence(vad(np.zeros(32000, dtype=np.float32)), 2.0)["silence_pct"] == 100
