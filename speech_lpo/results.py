@@ -143,13 +143,15 @@ def tts_table(summaries: list[dict], baseline: str = "sft") -> str:
     for test_set in sorted({s.get("test_set", "test") for s in rows}):
         in_set = [s for s in rows if s.get("test_set", "test") == test_set]
         metric = in_set[0]["metric"]
+        with_utmos = any("utmos" in s for s in in_set)
         lines += [
             f"Test set `{test_set}`:",
             "",
             f"| System | %{metric} (95% CI) | Per-utt. mean %{metric} (95% CI) | %{metric} > 50 (% utts) "
-            "| SIM (95% CI) | DNSMOS OVRL (95% CI) | DNSMOS P.808 | Truncated % | Repetition % | Silence % "
-            "| Duration ratio | Utts | Problems |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| SIM (95% CI) | DNSMOS OVRL (95% CI) | DNSMOS P.808 "
+            + ("| UTMOS " if with_utmos else "")
+            + "| Truncated % | Repetition % | Silence % | Duration ratio | Utts | Problems |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if with_utmos else ""),
         ]
         for s in _tts_order(in_set, baseline):
             name = TTS_ROWS.get(s.get("row", "system"), s["system"])
@@ -157,7 +159,8 @@ def tts_table(summaries: list[dict], baseline: str = "sft") -> str:
                 f"| {name} | {_cell(s['wer'])} | {_cell(s['wer_utt_mean'])} "
                 f"| {_cell(s.get('wer_over_50_pct'), 1, ci=False)} | {_cell(s.get('sim'), 3)} "
                 f"| {_cell(s.get('dnsmos_ovrl'))} | {_cell(s.get('dnsmos_p808'), ci=False)} "
-                f"| {_cell(s.get('truncated_pct'), 1, ci=False)} "
+                + (f"| {_cell(s.get('utmos'))} " if with_utmos else "")
+                + f"| {_cell(s.get('truncated_pct'), 1, ci=False)} "
                 f"| {_cell(s.get('repetition_pct'), 1, ci=False)} "
                 f"| {_cell(s.get('silence_pct'), 1, ci=False)} | {_cell(s.get('duration_ratio'), ci=False)} "
                 f"| {s['utterances']} | {format_counts(s['intelligibility']['problem_counts'])} |"

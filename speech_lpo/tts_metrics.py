@@ -9,7 +9,8 @@ or the original recordings of a test set).
 - Fidelity, SIM: cosine of speaker embeddings of the audio and of the reference recording of the same
   utterance (the prompt in a seed-tts-eval list): resemblyzer's GE2E encoder (in its wheel) by default,
   ``--speaker-encoder`` a WavLM x-vector model (e.g. microsoft/wavlm-base-plus-sv) for real use.
-- Naturalness: DNSMOS P.835 (SIG, BAK, OVRL) and P.808 through speechmos (its ONNX models are in the wheel).
+- Naturalness: DNSMOS P.835 (SIG, BAK, OVRL) and P.808 through speechmos (its ONNX models are in the wheel);
+  UTMOS with ``--utmos`` (utmos-pytorch; its weights are not in the wheel).
 - Stability: silence (leading, trailing, inner pauses) from silero-vad (its model is in the wheel); the
   duration ratio to the reference; where the codes are known, truncation (no <|audio_end|> before the
   limit) and repetition (a loop of repeated code frames).
@@ -287,6 +288,18 @@ class Dnsmos:
         return {f"dnsmos_{k}": float(out[f"{k}_mos"]) for k in ("ovrl", "sig", "bak", "p808")}
 
 
+def utmos(checkpoint: str) -> Callable[[np.ndarray], float]:
+    """UTMOS (the strong learner of UTMOS22) through ``utmos-pytorch``, a fairseq-free port (the official
+    ``utmos`` package needs fairseq and torchaudio, which do not install beside CPU torch): ``checkpoint``
+    is its ``utmos_state_dict.pt``, or ``hub`` to download it from Blinorot/UTMOS-PyTorch."""
+    import torch
+    from utmos_pytorch import UTMOSScoreTorch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = UTMOSScoreTorch(ckpt_path=None if checkpoint == "hub" else checkpoint, device=device)
+    return lambda audio: float(model.score(torch.from_numpy(audio).to(device))[0])
+
+
 Vad = Callable[[np.ndarray], list[tuple[float, float]]]  # 16 kHz audio -> speech (start, end) seconds
 
 
@@ -458,6 +471,7 @@ def tts_metrics(
     row: str = "system",
     source: str = "",
     test_set: str = "test",
+    utmos_checkpoint: str | None = None,
 ) -> dict:
     """Score a set of audio files: intelligibility, SIM, DNSMOS, silence, duration ratio, truncation and
     repetition; write ``errs-<name>.txt`` and ``tts-summary-<name>.json``."""
@@ -477,6 +491,7 @@ def tts_metrics(
 
     encoder = make_speaker_encoder(speaker_encoder) if any(u.reference for u in utts) else None
     vad, naturalness = silero_vad(), Dnsmos()
+    predict_mos = utmos(utmos_checkpoint) if utmos_checkpoint else None
     per_utt = []
     for u, scored in zip(utts, system.utts, strict=True):
         rec: dict = {"id": u.id, "speaker": u.speaker, "errors": scored.errors, "ref_words": len(scored.ref)}
@@ -490,6 +505,8 @@ def tts_metrics(
             audio = load_audio(u.wav)
             duration = len(audio) / ASR_SAMPLE_RATE
             rec |= naturalness(audio) | silence(vad(audio), duration)
+            if predict_mos is not None:
+                rec["utmos"] = predict_mos(audio)
             if u.ref_duration:
                 rec["duration_ratio"] = duration / u.ref_duration
             if encoder is not None and u.reference:
@@ -523,7 +540,7 @@ def tts_metrics(
     }
     bounds = {"sim": (-1, 1), "duration_ratio": None, "truncated": (0, 100), "repetition": (0, 100)}
     bounds |= {f"dnsmos_{k}": (1, 5) for k in ("ovrl", "sig", "bak", "p808")}
-    bounds |= {"silence_pct": (0, 100), "leading_s": None, "trailing_s": None, "inner_s": None}
+    bounds |= {"utmos": None, "silence_pct": (0, 100), "leading_s": None, "trailing_s": None, "inner_s": None}
     for key, bound in bounds.items():
         if any(key in r for r in per_utt):
             summary_key = {"truncated": "truncated_pct", "repetition": "repetition_pct"}.get(key, key)
@@ -571,6 +588,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="resemblyzer",
         help="SIM embeddings: resemblyzer (offline) or a WavLM x-vector model dir / hub id",
     )
+    parser.add_argument(
+        "--utmos",
+        help="also UTMOS: its utmos_state_dict.pt (utmos-pytorch), or `hub` to download it (off by default)",
+    )
     parser.add_argument("--out-dir", required=True)
     parser.set_defaults(run=_main)
 
@@ -614,6 +635,7 @@ def _main(args: argparse.Namespace) -> None:
         row,
         source,
         args.test_set,
+        args.utmos,
     )
     shown = [f"%{out['metric']} {out['wer']['value']:.2f}", f"per-utt {_value(out['wer_utt_mean'])}"]
     shown += [

@@ -138,11 +138,15 @@ def test_tts_table_rows_and_paired_tests():
         tts_summary("codec_roundtrip", "roundtrip", [1] * 40, [0.9] * 40),
         tts_summary("original", "original", [0] * 40, [1.0] * 40),
     ]
+    assert "UTMOS" not in tts_table(summaries)  # a column only where it was measured
+    summaries[0]["utmos"] = {"value": 3.25, "n": 40, "ci95": {"low": 3.0, "high": 3.5}}
     lines = tts_table(summaries).splitlines()
+    assert "| DNSMOS P.808 | UTMOS | Truncated % |" in lines[2] and lines[3].count("---") == 14
     names = [line.split(" | ")[0] for line in lines if line.startswith("| ") and "WER" not in line]
     assert names[:5] == ["| original recordings", "| codec round trip", "| sft", "| dpo", "| lpo"]
     sft_row = next(line for line in lines if line.startswith("| sft |"))
     assert f"| {10 * sum(sft_err) / 40:.2f} (1.00–99.00) |" in sft_row and "| 5.0 |" in sft_row
+    assert "| 3.25 (3.00–3.50) |" in sft_row
     assert "| n/a |" in sft_row  # no DNSMOS, repetition, ... in this summary
     text = "\n".join(lines)
     assert "left to the listening test" in text and "Paired tests against SFT" in text

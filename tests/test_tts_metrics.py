@@ -479,3 +479,21 @@ def test_paraformer_through_funasr_on_a_tiny_random_model(tmp_path):
     assert text and set(text) <= set(tokens[3:8])  # random, but words of its vocabulary
     assert asr(load_audio(wav)) == text
     assert torch.get_num_threads() == 1  # FunASR did not take 4 threads on the shared cores
+
+
+def test_utmos_loads_a_checkpoint_through_utmos_pytorch(tmp_path):
+    """The real loading code on a randomly initialised UTMOS strong learner (its weights are not in the
+    wheel): the state dict round-trips and a real utterance gets a finite, repeatable score."""
+    pytest.importorskip("utmos_pytorch", reason="UTMOS is the utmos extra: pip install speech_lpo[utmos]")
+    import torch
+    from utmos_pytorch.utmos_torch import UTMOSModel
+
+    from speech_lpo.tts_metrics import utmos
+
+    torch.manual_seed(0)
+    torch.save(UTMOSModel().state_dict(), tmp_path / "utmos_state_dict.pt")
+    predict = utmos(str(tmp_path / "utmos_state_dict.pt"))
+    _, wavs = librispeech()
+    audio = load_audio(wavs["2830-3980-0043"])
+    score = predict(audio)
+    assert np.isfinite(score) and predict(audio) == pytest.approx(score)
