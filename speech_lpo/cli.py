@@ -24,7 +24,7 @@ STAGES: dict[str, str] = {
     "train": "speech_lpo.train",
     "decode": "speech_lpo.decode",
     "synthesize": "speech_lpo.synthesize",
-    "score": "speech_lpo.score",
+    "score": "speech_lpo.score_command",
     "mos": "speech_lpo.mos.cli",
     "plot": "speech_lpo.plot",
     "demo": "speech_lpo.demo",

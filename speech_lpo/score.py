@@ -5,16 +5,15 @@ declared normaliser for both. Writes ``errs-<system>.txt`` (icefall's ``errs-*.t
 per-utterance alignments, the most frequent substitutions, deletions and insertions, per-unit
 statistics) and ``summary-<system>.json``. The headline figure is Kaldi's pooled error rate
 (all errors / all reference units); the mean of per-utterance error rates is reported beside it,
-labelled as such. The 95% interval and the paired test against a baseline are the bootstrap of
-Bisani & Ney (2004) as Kaldi's ``compute-wer-bootci`` computes it (through kaldialign).
+labelled as such. The 95% interval is a percentile bootstrap within [0, 100] and the test against a
+baseline a paired permutation test with Bisani & Ney's probability of improvement (``speech_lpo.stats``).
 
 Bad input is named, never dropped: a hypothesis missing for a reference counts as all deletions, an
 extra hypothesis id is listed, a duplicate id keeps its first line, a non-UTF-8 hypothesis line counts as
 missing, a non-UTF-8 reference line cannot be scored and is listed, an empty reference adds its
 insertions to the pooled count and is left out of the per-utterance mean.
 
-``speech-lpo score tts`` and ``speech-lpo score table`` are in ``speech_lpo.tts_metrics`` and
-``speech_lpo.results``.
+The ``speech-lpo score`` command (asr, tts, table) is put together in ``speech_lpo.score_command``.
 """
 
 from __future__ import annotations
@@ -29,11 +28,12 @@ from pathlib import Path
 
 import yaml
 
+from speech_lpo import stats
 from speech_lpo.normalize import NORMALIZERS, Normalizer, get_normalizer
 
 EPS = "\x00"  # alignment gap; cannot occur in normalised text
 SCORING_CONFIG = Path(__file__).resolve().parents[1] / "eval" / "scoring.yaml"
-BOOTSTRAP_REPLICATIONS = 10_000
+WER_BOUNDS = (0.0, 100.0)  # intervals of min(WER, 100): insertions can lift a pooled WER past 100
 
 
 def write_atomic(path: str | Path, text: str) -> None:
@@ -185,39 +185,24 @@ def score_system(ref: KaldiText, hyp: KaldiText, normalizer: Normalizer, name: s
     return SystemScore(name, ref.path, hyp.path, normalizer, utts, problems)
 
 
-def bootstrap(system: SystemScore, baseline: SystemScore | None = None) -> dict:
-    """Bisani-Ney bootstrap 95% interval; with a baseline, also P(system better than baseline)."""
-    import kaldialign
-
-    refs = [u.ref for u in system.utts]
+def bootstrap(
+    system: SystemScore, baseline: SystemScore | None = None, speakers: dict[str, str] | None = None
+) -> dict:
+    """Percentile bootstrap 95% interval of the pooled rate (by speaker where ``speakers`` maps ids to
+    speakers); with a baseline, also the paired test and the probability of improvement over it."""
+    groups = [speakers[u.id] for u in system.utts] if speakers else None
+    lengths = [len(u.ref) for u in system.utts]
+    errors = [u.errors for u in system.utts]
+    ci = stats.interval(errors, lengths, scale=100, bounds=WER_BOUNDS, groups=groups)
     if baseline is None:
-        return _percent(
-            kaldialign.bootstrap_wer_ci(
-                refs, [u.hyp for u in system.utts], replications=BOOTSTRAP_REPLICATIONS
-            )
-        )
+        return ci
     if [u.id for u in baseline.utts] != [u.id for u in system.utts]:
         raise ValueError("system and baseline were scored on different references")
-    # kaldialign's p is P(system2 better than system1); the baseline is system1
-    out = kaldialign.bootstrap_wer_ci(
-        refs,
-        [u.hyp for u in baseline.utts],
-        [u.hyp for u in system.utts],
-        replications=BOOTSTRAP_REPLICATIONS,
-    )
+    base_errors = [u.errors for u in baseline.utts]
     return {
-        "baseline_ci95": _percent(out["system1"]),
-        "ci95": _percent(out["system2"]),
-        "p_improvement": out["p_s2_improv_over_s1"],
-    }
-
-
-def _percent(ci: dict) -> dict:
-    return {
-        "bootstrap_mean": 100.0 * ci["wer"],
-        "low": 100.0 * ci["ci95min"],
-        "high": 100.0 * ci["ci95max"],
-        "replications": BOOTSTRAP_REPLICATIONS,
+        "baseline_ci95": stats.interval(base_errors, lengths, scale=100, bounds=WER_BOUNDS, groups=groups),
+        "ci95": ci,
+        **stats.paired(base_errors, errors, lengths, scale=100, groups=groups),
     }
 
 
@@ -279,14 +264,16 @@ def errs_report(system: SystemScore, summ: dict, top: int = 20) -> str:
         f"({t['correct']} correct)",
         f"Mean of per-utterance {m} = {system.mean_utterance_error_rate:.2f}  "
         f"(unweighted, over {sum(bool(u.ref) for u in system.utts)} utterances with a non-empty reference)",
-        f"Bootstrap 95% interval of %{m}: [{ci['low']:.2f}, {ci['high']:.2f}] "
-        f"({ci['replications']} replications)",
+        f"95% interval of %{m}: [{ci['low']:.2f}, {ci['high']:.2f}] ({ci['method']}, "
+        f"{ci['replications']} replications by {ci['resampled']}, within [0, 100])",
     ]
     if "baseline" in summ:
         b = summ["baseline"]
         lines.append(
-            f"Baseline {b['system']}: %{m} = {b['error_rate']:.2f}; "
-            f"P({system.name} better than baseline) = {b['p_improvement']:.4f} (paired bootstrap)"
+            f"Baseline {b['system']}: %{m} = {b['error_rate']:.2f}; difference {b['difference']:+.2f}; "
+            f"p = {b['p_value']:.4f} ({b['test']}); "
+            f"P({system.name} better than baseline) = {b['p_improvement']:.4f} "
+            "(probability of improvement, Bisani-Ney paired bootstrap; not a p-value)"
         )
     lines += [
         f"Normaliser: {n.name}; reference: {system.ref_path}; hypothesis: {system.hyp_path}",
@@ -396,9 +383,8 @@ def score_asr(
     return summ
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from speech_lpo import results, tts_metrics
-
+def add_arguments(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    """``score asr``; returns the sub-command group, to which ``speech_lpo.score_command`` adds the rest."""
     sub = parser.add_subparsers(dest="what", metavar="what", required=True)
     asr = sub.add_parser("asr", help="WER/CER of Kaldi-format hypotheses against references")
     asr.add_argument(
@@ -421,8 +407,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="key=value carried into the summary (method, r2, epoch, ...)",
     )
     asr.set_defaults(run=_main_asr)
-    tts_metrics.add_arguments(sub.add_parser("tts", help=tts_metrics.__doc__.splitlines()[0]))
-    results.add_arguments(sub.add_parser("table", help=results.__doc__.splitlines()[0]))
+    return sub
 
 
 def _main_asr(args: argparse.Namespace) -> None:
@@ -438,7 +423,3 @@ def _main_asr(args: argparse.Namespace) -> None:
         f"{summ['missing_hypotheses']} missing hypotheses, {summ['missing_hypothesis_deletions']} of the "
         f"deletions; normaliser {summ['normalizer']}; problems: {problems}) -> {args.out_dir}"
     )
-
-
-def main(args: argparse.Namespace) -> None:
-    args.run(args)

@@ -1,25 +1,41 @@
-"""Automatic TTS metrics: ASR intelligibility, codec ceiling, missing <|audio_end|> rate, duration ratio.
+"""Automatic TTS metrics as the field reports them, per set of audio files (a system, the codec round trip
+or the original recordings of a test set).
 
-Intelligibility is the WER/CER of an ASR model on the synthesised audio, scored like ``score asr`` (one
-declared normaliser, pooled rate, alignment report, bootstrap interval). The same ASR on the codec round
-trips of the reference codes gives the ceiling that a perfect LM could reach through this codec. The
-ASR is pocketsphinx (English only; its wheel carries the model) unless ``--asr`` names a Whisper model
-directory or hub id, run through transformers. Audio that cannot be read is named and its utterance
-counts as all deletions; utterances whose synthesis failed are named too.
+- Intelligibility: the WER/CER of an ASR on the audio, scored like ``score asr`` (one declared normaliser,
+  alignment report): pooled (Kaldi) and the per-utterance mean (seed-tts-eval), with the share of
+  utterances above 50% (seed-tts-eval's count of failures). pocketsphinx by default (English; its wheel
+  carries the model); ``--asr`` a Whisper model dir / hub id, or ``funasr:<model>`` (Paraformer-zh,
+  seed-tts-eval's Mandarin ASR) through FunASR (``pip install speech_lpo[zh]``).
+- Fidelity, SIM: cosine of speaker embeddings of the audio and of the reference recording of the same
+  utterance (the prompt in a seed-tts-eval list): resemblyzer's GE2E encoder (in its wheel) by default,
+  ``--speaker-encoder`` a WavLM x-vector model (e.g. microsoft/wavlm-base-plus-sv) for real use.
+- Naturalness: DNSMOS P.835 (SIG, BAK, OVRL) and P.808 through speechmos (its ONNX models are in the wheel);
+  UTMOS with ``--utmos`` (utmos-pytorch; its weights are not in the wheel).
+- Stability: silence (leading, trailing, inner pauses) from silero-vad (its model is in the wheel); the
+  duration ratio to the reference; where the codes are known, truncation (no <|audio_end|> before the
+  limit) and repetition (a loop of repeated code frames).
+
+Every figure comes with a percentile bootstrap interval inside its range, resampled by speaker where the
+speakers are known (``speech_lpo.stats``); the per-utterance values are kept in the summary for the paired
+tests of ``score table``. Audio that cannot be read is named and its utterance counts as all deletions;
+utterances whose synthesis failed are named too. Nothing is downloaded unless a hub id is given.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from speech_lpo import stats
 from speech_lpo.normalize import NORMALIZERS, Normalizer, get_normalizer
 from speech_lpo.score import (
+    WER_BOUNDS,
     KaldiText,
     Problem,
     SystemScore,
@@ -102,8 +118,33 @@ def whisper_asr(model: str, language: str | None) -> Transcriber:
     return transcribe
 
 
+def funasr_asr(model: str) -> Transcriber:
+    """A FunASR model (Paraformer-zh for Mandarin, as seed-tts-eval) through ``funasr.AutoModel``: a model
+    dir (config.yaml + model.pt) or a ModelScope name such as ``paraformer-zh`` (downloaded on request)."""
+    import torch
+    from funasr import AutoModel
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # ncpu: FunASR sets torch's thread count to it (4 unless told); dither 0: its front end adds random
+    # noise by default, so a file's transcript (and WER) would change from run to run
+    asr = AutoModel(
+        model=model,
+        device=device,
+        ncpu=torch.get_num_threads(),
+        frontend_conf={"dither": 0.0},
+        disable_update=True,
+        disable_pbar=True,
+    )
+
+    def transcribe(audio: np.ndarray) -> str:
+        return asr.generate(input=audio, disable_pbar=True)[0]["text"]
+
+    return transcribe
+
+
 def make_asr(spec: str, language: str | None = None, jsgf: str | None = None) -> Transcriber:
-    """``pocketsphinx`` (optionally restricted to a JSGF grammar) or a Whisper model directory / hub id."""
+    """``pocketsphinx`` (optionally restricted to a JSGF grammar), ``funasr:<model>`` (Paraformer) or a
+    Whisper model directory / hub id."""
     if spec == "pocketsphinx":
         if language not in (None, "en"):
             raise ValueError(
@@ -111,7 +152,9 @@ def make_asr(spec: str, language: str | None = None, jsgf: str | None = None) ->
             )
         return pocketsphinx_asr(jsgf)
     if jsgf:
-        raise ValueError("a grammar restricts pocketsphinx only; Whisper takes none")
+        raise ValueError("a grammar restricts pocketsphinx only")
+    if spec.startswith("funasr:"):
+        return funasr_asr(spec.removeprefix("funasr:"))
     return whisper_asr(spec, language)
 
 
@@ -181,6 +224,148 @@ def intelligibility(
     return score_system(KaldiText("<texts>", refs), hyp, normalizer, name)
 
 
+SpeakerEncoder = Callable[[np.ndarray], np.ndarray]  # 16 kHz mono float32 -> embedding
+
+
+def resemblyzer_encoder() -> SpeakerEncoder:
+    """resemblyzer's GE2E speaker encoder (its weights ship in the wheel), on its own preprocessing
+    (volume normalisation, long silences trimmed)."""
+    from resemblyzer import VoiceEncoder, preprocess_wav
+
+    encoder = VoiceEncoder(device="cpu", verbose=False)
+    return lambda audio: encoder.embed_utterance(preprocess_wav(audio, source_sr=ASR_SAMPLE_RATE))
+
+
+def wavlm_encoder(model: str) -> SpeakerEncoder:
+    """A WavLM x-vector speaker-verification model through transformers (``WavLMForXVector``)."""
+    import torch
+    from transformers import AutoFeatureExtractor, WavLMForXVector
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    extractor = AutoFeatureExtractor.from_pretrained(model)
+    xvector = WavLMForXVector.from_pretrained(model).to(device).eval()
+
+    def embed(audio: np.ndarray) -> np.ndarray:
+        inputs = extractor(audio, sampling_rate=ASR_SAMPLE_RATE, return_tensors="pt").to(device)
+        with torch.inference_mode():
+            return xvector(**inputs).embeddings[0].float().cpu().numpy()
+
+    return embed
+
+
+def make_speaker_encoder(spec: str) -> SpeakerEncoder:
+    """``resemblyzer`` or a WavLM x-vector model dir / hub id."""
+    return resemblyzer_encoder() if spec == "resemblyzer" else wavlm_encoder(spec)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    # clipped: float32 rounding puts the cosine of a vector with itself a hair above 1
+    return float(np.clip(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)), -1.0, 1.0))
+
+
+class Dnsmos:
+    """DNSMOS P.835 (SIG, BAK, OVRL) and P.808 of 16 kHz audio: speechmos's scoring on its ONNX models
+    (in the wheel), with sessions on one thread (ONNX Runtime's default, a thread per core spinning,
+    runs 3x slower on shared cores)."""
+
+    def __init__(self) -> None:
+        import onnxruntime as ort
+        from speechmos import dnsmos as speechmos_dnsmos
+
+        models = Path(speechmos_dnsmos.__file__).parent / "dnsmos_models"
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        self.scorer = speechmos_dnsmos.DNSMOS.__new__(speechmos_dnsmos.DNSMOS)
+        self.scorer.primary_model_path = str(models / "sig_bak_ovr.onnx")
+        sessions = [
+            ort.InferenceSession(str(models / name), options, providers=["CPUExecutionProvider"])
+            for name in ("sig_bak_ovr.onnx", "model_v8.onnx")
+        ]
+        self.scorer.onnx_sess, self.scorer.p808_onnx_sess = sessions
+
+    def __call__(self, audio: np.ndarray) -> dict[str, float]:
+        out = self.scorer(np.clip(audio, -1.0, 1.0), ASR_SAMPLE_RATE, False)
+        return {f"dnsmos_{k}": float(out[f"{k}_mos"]) for k in ("ovrl", "sig", "bak", "p808")}
+
+
+def utmos(checkpoint: str) -> Callable[[np.ndarray], float]:
+    """UTMOS (the strong learner of UTMOS22) through ``utmos-pytorch``, a fairseq-free port (the official
+    ``utmos`` package needs fairseq and torchaudio, which do not install beside CPU torch): ``checkpoint``
+    is its ``utmos_state_dict.pt``, or ``hub`` to download it from Blinorot/UTMOS-PyTorch."""
+    import torch
+    from utmos_pytorch import UTMOSScoreTorch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = UTMOSScoreTorch(ckpt_path=None if checkpoint == "hub" else checkpoint, device=device)
+    return lambda audio: float(model.score(torch.from_numpy(audio).to(device))[0])
+
+
+Vad = Callable[[np.ndarray], list[tuple[float, float]]]  # 16 kHz audio -> speech (start, end) seconds
+
+
+def silero_vad() -> Vad:
+    """silero-vad (its model is in the wheel) with its default settings: speech segments 250 ms or longer,
+    pauses shorter than 100 ms merged, 30 ms padding."""
+    import torch
+    from silero_vad import get_speech_timestamps, load_silero_vad
+
+    model = load_silero_vad()
+
+    def segments(audio: np.ndarray) -> list[tuple[float, float]]:
+        found = get_speech_timestamps(
+            torch.from_numpy(audio), model, sampling_rate=ASR_SAMPLE_RATE, return_seconds=True
+        )
+        return [(float(seg["start"]), float(seg["end"])) for seg in found]
+
+    return segments
+
+
+def silence(segments: list[tuple[float, float]], duration: float) -> dict[str, float]:
+    """Leading, trailing and inner (pauses between speech segments) silence in seconds, and all silence
+    as a percentage of the duration; audio without speech is all silence."""
+    if not segments:
+        return {"leading_s": duration, "trailing_s": 0.0, "inner_s": 0.0, "silence_pct": 100.0}
+    lead = segments[0][0]
+    trail = max(0.0, duration - segments[-1][1])
+    inner = sum(max(0.0, b[0] - a[1]) for a, b in zip(segments, segments[1:], strict=False))
+    pct = 100.0 * min(duration, lead + trail + inner) / duration if duration else 100.0
+    return {"leading_s": lead, "trailing_s": trail, "inner_s": inner, "silence_pct": pct}
+
+
+def repetition_loop(codes: np.ndarray, min_frames: int, max_period: int = 50, min_repeats: int = 3) -> bool:
+    """Whether the codes hold a loop: a pattern of ``p`` frames (p <= ``max_period``) repeated back to back
+    at least ``min_repeats`` more times, spanning ``min_frames`` frames or more (a frame of a
+    multi-codebook codec repeats when all its codebooks do)."""
+    codes = np.asarray(codes)
+    if len(codes) == 0:
+        return False
+    codes = codes.reshape(len(codes), -1)
+    for period in range(1, min(max_period, len(codes) // 2) + 1):
+        same = np.all(codes[period:] == codes[:-period], axis=1)
+        # longest run of frames equal to the frame one period earlier
+        edges = np.diff(np.concatenate([[0], same.astype(np.int8), [0]]))
+        runs = np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+        if len(runs) and runs.max() >= max(min_repeats * period, min_frames - period):
+            return True
+    return False
+
+
+@dataclass
+class Utterance:
+    """One audio file to score, with what is known about it."""
+
+    id: str
+    text: str
+    wav: str | None  # None: no audio (``error`` says why)
+    reference: str | None = None  # reference recording (or prompt): SIM against it
+    speaker: str | None = None
+    ref_duration: float | None = None
+    audio_end: bool | None = None  # None: the codes are not known (another system's outputs, recordings)
+    codes: list | None = None
+    frames_per_second: float | None = None
+    error: str | None = None
+
+
 def read_synth_list(synth_dir: Path) -> list[dict]:
     path = synth_dir / SYNTH_LIST
     if not path.is_file():
@@ -188,79 +373,209 @@ def read_synth_list(synth_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _audio_of(rows: list[dict], synth_dir: Path, key: str, error_key: str) -> tuple[dict, list[Problem]]:
-    wavs, problems = {}, []
+def read_manifest(path: str | Path) -> dict[str, dict]:
+    """id -> manifest line (``audio``, ``speaker``, ``duration``, ``text``)."""
+    rows = {}
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            row = json.loads(line)
+            if "id" not in row or "audio" not in row:
+                raise ValueError(f"{path}:{lineno}: a manifest line needs 'id' and 'audio'")
+            rows[row["id"]] = row
+    return rows
+
+
+def from_synth_dir(synth_dir: Path, manifest: dict[str, dict], roundtrip: bool = False) -> list[Utterance]:
+    """The synthesised audio of a ``speech-lpo synthesize`` dir, or (``roundtrip``) its codec round trips
+    of the reference codes; references and speakers from the test manifest."""
+    key = "roundtrip_wav" if roundtrip else "wav"
+    rows = read_synth_list(synth_dir)
+    unknown = [row["id"] for row in rows if manifest and row["id"] not in manifest]
+    if unknown:
+        raise ValueError(
+            f"{synth_dir / SYNTH_LIST}: {len(unknown)} ids not in the test manifest: {unknown[:5]}"
+        )
+    out = []
     for row in rows:
-        if row.get(key):
-            wavs[row["id"]] = str(synth_dir / row[key])
-        else:
-            problems.append(
-                Problem("no_audio", str(synth_dir / SYNTH_LIST), None, row["id"], row.get(error_key) or "")
+        ref = manifest.get(row["id"], {})
+        codes = None if roundtrip else row.get("codes")
+        fps = row["n_codes"] / row["duration"] if row.get("n_codes") and row.get("duration") else None
+        out.append(
+            Utterance(
+                row["id"],
+                row["text"],
+                str(synth_dir / row[key]) if row.get(key) else None,
+                ref.get("audio"),
+                ref.get("speaker"),
+                row.get("ref_duration") or ref.get("duration"),
+                None if roundtrip else bool(row.get("audio_end")),
+                codes,
+                fps,
+                row.get(f"{key}_error"),
             )
-    return wavs, problems
+        )
+    return out
+
+
+def from_manifest(manifest: dict[str, dict]) -> list[Utterance]:
+    """The original recordings of a test set (the ASR's own floor)."""
+    return [
+        Utterance(k, row["text"], row["audio"], None, row.get("speaker"), row.get("duration"))
+        for k, row in manifest.items()
+    ]
+
+
+def from_meta(meta: Path, wav_dir: Path) -> list[Utterance]:
+    """Any system's outputs: a seed-tts-eval meta list (``utt|prompt_text|prompt_wav|infer_text``; the
+    prompt wav relative to the list) and a folder of ``<utt>.wav``; SIM is against the prompt."""
+    out = []
+    for lineno, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("|")
+        if len(fields) < 4:
+            raise ValueError(f"{meta}:{lineno}: want utt|prompt_text|prompt_wav|infer_text, got {line!r}")
+        utt, _, prompt_wav, text = fields[:4]
+        wav = wav_dir / f"{utt}.wav"
+        out.append(
+            Utterance(
+                utt,
+                text,
+                str(wav) if wav.is_file() else None,
+                str(meta.parent / prompt_wav),
+                error=None if wav.is_file() else f"{wav} not found",
+            )
+        )
+    return out
+
+
+def _measured(values: list[float | None], bounds: tuple[float, float] | None, groups: list | None) -> dict:
+    """Mean of the known values with its percentile bootstrap interval (resampled by speaker if known)."""
+    keep = [i for i, v in enumerate(values) if v is not None and not math.isnan(v)]
+    if not keep:
+        return {"value": None, "n": 0}
+    x = [values[i] for i in keep]
+    g = [groups[i] for i in keep] if groups else None
+    return {"value": float(np.mean(x)), "n": len(x), "ci95": stats.interval(x, bounds=bounds, groups=g)}
 
 
 def tts_metrics(
-    synth_dir: str | Path,
+    utts: list[Utterance],
+    name: str,
     asr_spec: str,
     normalizer: Normalizer,
     out_dir: str | Path,
     language: str | None = None,
     grammar: str | Path | None = None,
+    speaker_encoder: str = "resemblyzer",
+    row: str = "system",
+    source: str = "",
+    test_set: str = "test",
+    utmos_checkpoint: str | None = None,
 ) -> dict:
-    """Intelligibility of a synthesis dir (and of its codec round trips), its <|audio_end|> rate and
-    duration ratios; ``grammar`` is a JSGF file restricting pocketsphinx (the name goes into the report)."""
-    synth_dir, out_dir = Path(synth_dir), Path(out_dir)
+    """Score a set of audio files: intelligibility, SIM, DNSMOS, silence, duration ratio, truncation and
+    repetition; write ``errs-<name>.txt`` and ``tts-summary-<name>.json``."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = read_synth_list(synth_dir)
-    refs = {row["id"]: row["text"] for row in rows}
-    name = synth_dir.resolve().name
     asr = make_asr(asr_spec, language, Path(grammar).read_text(encoding="utf-8") if grammar else None)
     asr_name = f"{asr_spec} (grammar {Path(grammar).name})" if grammar else asr_spec
-    scored = {}
-    for part, key in (("synth", "wav"), ("roundtrip", "roundtrip_wav")):
-        wavs, problems = _audio_of(rows, synth_dir, key, f"{key}_error")
-        system = intelligibility(
-            refs, wavs, asr, normalizer, f"{name}-{part}", out_dir / f"asr-{part}.jsonl", problems, asr_name
-        )
-        summ = summary(system, {"asr": asr_name})
-        write_atomic(out_dir / f"errs-{system.name}.txt", errs_report(system, summ))
-        scored[part] = summ
-    no_end = [row["id"] for row in rows if not row.get("audio_end")]
-    ratios = [
-        row["duration"] / row["ref_duration"]
-        for row in rows
-        if row.get("duration") and row.get("ref_duration")
-    ]
+    wavs = {u.id: u.wav for u in utts if u.wav}
+    no_audio = [Problem("no_audio", source, None, u.id, u.error or "") for u in utts if not u.wav]
+    refs = {u.id: u.text for u in utts}
+    system = intelligibility(
+        refs, wavs, asr, normalizer, name, out_dir / f"asr-{name}.jsonl", no_audio, asr_name
+    )
+    asr_summary = summary(system, {"asr": asr_name})
+    write_atomic(out_dir / f"errs-{name}.txt", errs_report(system, asr_summary))
+    unreadable = {p.id for p in system.problems if p.kind == "undecodable_audio"}
+
+    encoder = make_speaker_encoder(speaker_encoder) if any(u.reference for u in utts) else None
+    vad, naturalness = silero_vad(), Dnsmos()
+    predict_mos = utmos(utmos_checkpoint) if utmos_checkpoint else None
+    per_utt = []
+    for u, scored in zip(utts, system.utts, strict=True):
+        rec: dict = {"id": u.id, "speaker": u.speaker, "errors": scored.errors, "ref_words": len(scored.ref)}
+        rec["wer"] = 100.0 * scored.errors / len(scored.ref) if scored.ref else None
+        if u.audio_end is not None:
+            rec["truncated"] = 0.0 if u.audio_end else 100.0
+        if u.codes is not None:
+            min_frames = round(u.frames_per_second or 20)  # a loop of one second or more
+            rec["repetition"] = 100.0 if repetition_loop(np.asarray(u.codes), min_frames) else 0.0
+        if u.wav and u.id not in unreadable:
+            audio = load_audio(u.wav)
+            duration = len(audio) / ASR_SAMPLE_RATE
+            rec |= naturalness(audio) | silence(vad(audio), duration)
+            if predict_mos is not None:
+                rec["utmos"] = predict_mos(audio)
+            if u.ref_duration:
+                rec["duration_ratio"] = duration / u.ref_duration
+            if encoder is not None and u.reference:
+                rec["sim"] = cosine(encoder(audio), encoder(load_audio(u.reference)))
+        per_utt.append(rec)
+
+    groups = [u.speaker for u in utts] if all(u.speaker for u in utts) else None
+    lengths = [r["ref_words"] for r in per_utt]
+    errors = [r["errors"] for r in per_utt]
     out = {
         "kind": "tts",
         "system": name,
-        "synth_dir": str(synth_dir),
+        "row": row,
+        "test_set": test_set,
+        "source": source,
         "asr": asr_name,
         "normalizer": normalizer.name,
         "metric": normalizer.metric,
-        "utterances": len(rows),
-        "intelligibility": scored["synth"],
-        "codec_ceiling": scored["roundtrip"],
-        "no_audio_end_rate": len(no_end) / len(rows) if rows else float("nan"),
-        "no_audio_end_ids": no_end,
-        "duration_ratio_mean": statistics.fmean(ratios) if ratios else float("nan"),
-        "duration_ratio_median": statistics.median(ratios) if ratios else float("nan"),
-        "duration_ratio_n": len(ratios),
+        "speaker_encoder": speaker_encoder if encoder is not None else None,
+        "utterances": len(utts),
+        "resampled": "speaker" if groups else "utterance",
+        "wer": {
+            "value": system.error_rate,
+            "n": len(utts),
+            "ci95": stats.interval(errors, lengths, scale=100, bounds=WER_BOUNDS, groups=groups),
+        },
+        "wer_utt_mean": _measured([r["wer"] for r in per_utt], WER_BOUNDS, groups),
+        "wer_over_50_pct": _measured(
+            [None if r["wer"] is None else 100.0 * (r["wer"] > 50) for r in per_utt], (0, 100), groups
+        ),
     }
+    bounds = {"sim": (-1, 1), "duration_ratio": None, "truncated": (0, 100), "repetition": (0, 100)}
+    bounds |= {f"dnsmos_{k}": (1, 5) for k in ("ovrl", "sig", "bak", "p808")}
+    bounds |= {"utmos": None, "silence_pct": (0, 100), "leading_s": None, "trailing_s": None, "inner_s": None}
+    for key, bound in bounds.items():
+        if any(key in r for r in per_utt):
+            summary_key = {"truncated": "truncated_pct", "repetition": "repetition_pct"}.get(key, key)
+            out[summary_key] = _measured([r.get(key) for r in per_utt], bound, groups)
+    out["intelligibility"] = asr_summary
+    out["per_utterance"] = per_utt
     write_atomic(out_dir / f"tts-summary-{name}.json", json.dumps(out, indent=2, ensure_ascii=False) + "\n")
     return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--synth-dir", help=f"output dir of `speech-lpo synthesize` (has {SYNTH_LIST})")
+    what.add_argument("--meta", help="seed-tts-eval meta list utt|prompt_text|prompt_wav|infer_text")
+    what.add_argument(
+        "--originals", action="store_true", help="score the test set's original recordings (--manifest)"
+    )
+    parser.add_argument("--wav-dir", help="with --meta: the folder of <utt>.wav to score")
     parser.add_argument(
-        "--synth-dir", required=True, help=f"output dir of `speech-lpo synthesize` (has {SYNTH_LIST})"
+        "--roundtrip", action="store_true", help="with --synth-dir: score its codec round trips instead"
+    )
+    parser.add_argument(
+        "--manifest", help="test manifest (JSONL): reference recordings for SIM, speakers for resampling"
+    )
+    parser.add_argument("--name", help="system name (default: the synth dir's or wav dir's name)")
+    parser.add_argument(
+        "--test-set", default="test", help="test set name: `score table` makes a table per set"
     )
     parser.add_argument(
         "--lang", default="en", help="language of the texts; picks ASR and normaliser from eval/scoring.yaml"
     )
     parser.add_argument(
-        "--asr", help="pocketsphinx, or a Whisper model dir / hub id (default: eval/scoring.yaml)"
+        "--asr",
+        help="pocketsphinx, funasr:<Paraformer dir or name>, or a Whisper model dir / hub id "
+        "(default: eval/scoring.yaml)",
     )
     parser.add_argument(
         "--normalizer", choices=sorted(NORMALIZERS), help="default: eval/scoring.yaml for --lang"
@@ -268,8 +583,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grammar", help="JSGF file restricting pocketsphinx, e.g. the embedded corpus's corpus_words.jsgf"
     )
+    parser.add_argument(
+        "--speaker-encoder",
+        default="resemblyzer",
+        help="SIM embeddings: resemblyzer (offline) or a WavLM x-vector model dir / hub id",
+    )
+    parser.add_argument(
+        "--utmos",
+        help="also UTMOS: its utmos_state_dict.pt (utmos-pytorch), or `hub` to download it (off by default)",
+    )
     parser.add_argument("--out-dir", required=True)
     parser.set_defaults(run=_main)
+
+
+def _utterances(args: argparse.Namespace) -> tuple[list[Utterance], str, str, str]:
+    """The files to score, their name, their row kind and where they came from."""
+    manifest = read_manifest(args.manifest) if args.manifest else {}
+    if args.synth_dir:
+        synth = Path(args.synth_dir)
+        row = "roundtrip" if args.roundtrip else "system"
+        default = "codec_roundtrip" if args.roundtrip else synth.resolve().name
+        return from_synth_dir(synth, manifest, args.roundtrip), args.name or default, row, str(synth)
+    if args.roundtrip:
+        raise SystemExit("--roundtrip goes with --synth-dir")
+    if args.meta:
+        if not args.wav_dir:
+            raise SystemExit("--meta needs --wav-dir, the folder of <utt>.wav")
+        name = args.name or Path(args.wav_dir).resolve().name
+        return from_meta(Path(args.meta), Path(args.wav_dir)), name, "system", str(args.wav_dir)
+    if not manifest:
+        raise SystemExit("--originals needs --manifest")
+    return from_manifest(manifest), args.name or "original", "original", str(args.manifest)
 
 
 def _main(args: argparse.Namespace) -> None:
@@ -278,11 +622,27 @@ def _main(args: argparse.Namespace) -> None:
     if not asr_spec:
         raise SystemExit(f"no default ASR for language {args.lang!r} in eval/scoring.yaml; give --asr")
     normalizer = get_normalizer(args.normalizer or defaults.get("normalizer") or "none")
-    out = tts_metrics(args.synth_dir, asr_spec, normalizer, args.out_dir, args.lang, args.grammar)
-    m, synth, ceiling = out["metric"], out["intelligibility"], out["codec_ceiling"]
-    print(
-        f"{out['system']}: intelligibility %{m} {synth['error_rate']:.2f} "
-        f"(codec ceiling {ceiling['error_rate']:.2f}; {out['asr']}, {normalizer.name}), "
-        f"no <|audio_end|> {100 * out['no_audio_end_rate']:.1f}%, "
-        f"duration ratio {out['duration_ratio_mean']:.2f} -> {args.out_dir}"
+    utts, name, row, source = _utterances(args)
+    out = tts_metrics(
+        utts,
+        name,
+        asr_spec,
+        normalizer,
+        args.out_dir,
+        args.lang,
+        args.grammar,
+        args.speaker_encoder,
+        row,
+        source,
+        args.test_set,
+        args.utmos,
     )
+    shown = [f"%{out['metric']} {out['wer']['value']:.2f}", f"per-utt {_value(out['wer_utt_mean'])}"]
+    shown += [
+        f"{k} {_value(out[k])}" for k in ("sim", "dnsmos_ovrl", "silence_pct", "duration_ratio") if k in out
+    ]
+    print(f"{name}: " + ", ".join(shown) + f" ({out['asr']}, {normalizer.name}) -> {args.out_dir}")
+
+
+def _value(metric: dict) -> str:
+    return "n/a" if metric.get("value") is None else f"{metric['value']:.2f}"

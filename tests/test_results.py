@@ -101,23 +101,78 @@ def test_results_markdown_and_plots_through_the_cli(summaries, tmp_path):
         assert image[..., :3].std() > 0.05  # something is drawn
 
 
-def test_tts_table():
-    synth = {"error_rate": 12.5, "ci95": {"low": 8.0, "high": 17.0}, "problem_counts": {"no_audio": 1}}
-    summ = {
+def tts_summary(name: str, row: str, errors: list[int], sim: list[float], **extra) -> dict:
+    """A `score tts` summary as tts_metrics writes it, on 4 speakers x 10 utterances of 10 words."""
+    per_utt = [
+        {
+            "id": f"u{i:02d}",
+            "speaker": f"s{i % 4}",
+            "errors": e,
+            "ref_words": 10,
+            "sim": x,
+            "dnsmos_ovrl": 3.0,
+        }
+        for i, (e, x) in enumerate(zip(errors, sim, strict=True))
+    ]
+    metric = {"value": 10.0 * sum(errors) / len(errors), "n": 40, "ci95": {"low": 1.0, "high": 99.0}}
+    return {
         "kind": "tts",
-        "system": "lpo",
+        "system": name,
+        "row": row,
+        "test_set": "test",
         "asr": "pocketsphinx",
         "normalizer": "whisper_en",
         "metric": "WER",
-        "utterances": 20,
-        "intelligibility": synth,
-        "codec_ceiling": {**synth, "error_rate": 7.25},
-        "no_audio_end_rate": 0.05,
-        "duration_ratio_mean": 1.1,
-        "duration_ratio_median": 1.0,
+        "speaker_encoder": "resemblyzer",
+        "utterances": 40,
+        "resampled": "speaker",
+        "wer": metric,
+        "wer_utt_mean": metric,
+        "sim": {"value": sum(sim) / len(sim), "n": 40, "ci95": {"low": 0.5, "high": 0.9}},
+        "intelligibility": {"problem_counts": {"no_audio": 1} if name == "dpo" else {}},
+        "per_utterance": per_utt,
+        **extra,
     }
-    row = tts_table([summ]).splitlines()[2]
-    assert row == "| lpo | WER 12.50 (8.00–17.00) | WER 7.25 | 5.0% | 1.10 / 1.00 | 20 | no_audio 1 |"
+
+
+def test_tts_table_rows_and_paired_tests():
+    rng = random.Random(0)
+    sft_err = [rng.randint(2, 6) for _ in range(40)]
+    sft_sim = [0.7 + rng.random() / 10 for _ in range(40)]
+    summaries = [
+        tts_summary("sft", "system", sft_err, sft_sim, truncated_pct={"value": 5.0}),
+        tts_summary("lpo", "system", list(sft_err), list(sft_sim)),  # the same outputs: no difference
+        tts_summary("dpo", "system", [e + 4 for e in sft_err], [x - 0.2 for x in sft_sim]),
+        tts_summary("codec_roundtrip", "roundtrip", [1] * 40, [0.9] * 40),
+        tts_summary("original", "original", [0] * 40, [1.0] * 40),
+    ]
+    assert "UTMOS" not in tts_table(summaries)  # a column only where it was measured
+    summaries[0]["utmos"] = {"value": 3.25, "n": 40, "ci95": {"low": 3.0, "high": 3.5}}
+    lines = tts_table(summaries).splitlines()
+    assert "| DNSMOS P.808 | UTMOS | Truncated % |" in lines[2] and lines[3].count("---") == 14
+    names = [line.split(" | ")[0] for line in lines if line.startswith("| ") and "WER" not in line]
+    assert names[:5] == ["| original recordings", "| codec round trip", "| sft", "| dpo", "| lpo"]
+    sft_row = next(line for line in lines if line.startswith("| sft |"))
+    assert f"| {10 * sum(sft_err) / 40:.2f} (1.00–99.00) |" in sft_row and "| 5.0 |" in sft_row
+    assert "| 3.25 (3.00–3.50) |" in sft_row
+    assert "| n/a |" in sft_row  # no DNSMOS, repetition, ... in this summary
+    text = "\n".join(lines)
+    assert "left to the listening test" in text and "Paired tests against SFT" in text
+    tests = {tuple(line.split(" | ")[:2]): line.split(" | ") for line in lines if line.startswith("| lpo | ")}
+    tests |= {
+        tuple(line.split(" | ")[:2]): line.split(" | ") for line in lines if line.startswith("| dpo | ")
+    }
+    same = tests[("| lpo", "WER")]
+    assert same[2].startswith("+0.000") and same[3] == "1.0000" and same[4] == "1.0000"
+    assert same[6] == "4 speakers |"
+    worse = tests[("| dpo", "WER")]
+    # resampled by speaker: with 4 speakers all worse, the sign-flip test has 2^4 patterns, of which 2 are
+    # as extreme as the observed one, so p = 2/16 however large the difference
+    assert worse[2].startswith("+40.000") and float(worse[3]) == pytest.approx(2 / 16, abs=0.01)
+    assert float(worse[5]) == 0  # P(improvement): never better in any replicate
+    # Holm over the two systems: the smaller p doubled
+    assert float(worse[4]) == pytest.approx(2 * float(worse[3]))
+    assert tests[("| dpo", "SIM")][2].startswith("-0.200")
 
 
 def test_a_file_that_is_no_summary_is_refused(tmp_path):

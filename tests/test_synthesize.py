@@ -90,14 +90,19 @@ def test_synthesize_and_score_a_trained_tiny_model(tts_models, tmp_path, capsys)
         assert row["duration"] / row["ref_duration"] == pytest.approx(1, abs=0.05)
 
     cli_main(["score", "tts", "--synth-dir", str(out), "--out-dir", str(tmp_path / "score")])
+    cli_main(["score", "tts", "--synth-dir", str(out), "--roundtrip", "--out-dir", str(tmp_path / "score")])
     capsys.readouterr()
     summ = json.loads((tmp_path / "score" / "tts-summary-lpo.json").read_text())
-    assert summ["no_audio_end_rate"] == 0 and summ["duration_ratio_mean"] == pytest.approx(1, abs=0.05)
-    synth, ceiling = summ["intelligibility"], summ["codec_ceiling"]
+    roundtrip = json.loads((tmp_path / "score" / "tts-summary-codec_roundtrip.json").read_text())
+    assert summ["truncated_pct"]["value"] == 0 and summ["duration_ratio"]["value"] == pytest.approx(
+        1, abs=0.05
+    )
+    synth, ceiling = summ["intelligibility"], roundtrip["intelligibility"]
     assert synth["problems"] == [] and synth["ref_units"] == ceiling["ref_units"] == 14
     # the same audio reaches the ceiling exactly; this failed while pocketsphinx's front end kept state
     # from the synthesised files into the round trips (tts_metrics.pocketsphinx_asr resets it)
     assert synth["error_rate"] == ceiling["error_rate"]
+    assert summ["dnsmos_ovrl"]["value"] == pytest.approx(roundtrip["dnsmos_ovrl"]["value"], abs=1e-3)
 
 
 def test_outputs_that_never_close_are_recorded(tts_models, tmp_path):

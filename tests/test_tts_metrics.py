@@ -1,4 +1,6 @@
-"""TTS automatic metrics with the real pocketsphinx on the real LibriSpeech utterances in ../shared/data."""
+"""TTS automatic metrics on real audio (LibriSpeech utterances in ../shared/data, espeak-ng voices), each
+checked against something outside it: WER against jiwer, SIM against known voices, DNSMOS against a
+degraded copy, silence against inserted silence."""
 
 import json
 from pathlib import Path
@@ -10,8 +12,23 @@ import soundfile as sf
 import soxr
 
 from speech_lpo.cli import main as cli_main
+from speech_lpo.mos.anchor import degrade
 from speech_lpo.normalize import get_normalizer
-from speech_lpo.tts_metrics import intelligibility, load_audio, make_asr, pocketsphinx_asr, transcribe_files
+from speech_lpo.synth_corpus import synthesize
+from speech_lpo.tts_metrics import (
+    Dnsmos,
+    cosine,
+    intelligibility,
+    load_audio,
+    make_asr,
+    pocketsphinx_asr,
+    repetition_loop,
+    resemblyzer_encoder,
+    silence,
+    silero_vad,
+    transcribe_files,
+    wavlm_encoder,
+)
 
 DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
 LIBRISPEECH = DATA / "librispeech" / "LibriSpeech"
@@ -140,56 +157,343 @@ def test_pocketsphinx_refuses_mandarin():
         make_asr("pocketsphinx", "zh")
 
 
-def test_score_tts_on_a_synthesis_dir_names_every_bad_output(tmp_path, capsys):
-    """A synthesize-style dir built from real audio: two good utterances, one that never closed its
-    audio, one whose synthesis failed, one unreadable wav; the round trips are 8 kHz copies."""
-    texts, wavs = librispeech()
-    synth = tmp_path / "lpo_r2_0.4"
+SENTENCES = ["the old man walked to the market", "she reads a green book by the window"]
+
+
+def test_sim_is_higher_for_the_same_espeak_voice_than_for_another():
+    encoder = resemblyzer_encoder()
+    same = cosine(
+        encoder(synthesize(SENTENCES[0], "en-us+f2")), encoder(synthesize(SENTENCES[1], "en-us+f2"))
+    )
+    other = cosine(
+        encoder(synthesize(SENTENCES[0], "en-us+f2")), encoder(synthesize(SENTENCES[1], "en-us+klatt4"))
+    )
+    print(f"SIM same voice {same:.3f}, different voices {other:.3f}")
+    assert same > other + 0.05
+
+
+def test_wavlm_xvector_on_a_tiny_random_model(tmp_path):
+    import torch
+    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMForXVector
+
+    torch.manual_seed(0)
+    config = WavLMConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 4),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        tdnn_dim=(16, 16),
+        tdnn_kernel=(3, 1),
+        tdnn_dilation=(1, 1),
+        xvector_output_dim=12,
+    )
+    WavLMForXVector(config).save_pretrained(tmp_path)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True).save_pretrained(tmp_path)
+    embed = wavlm_encoder(str(tmp_path))
+    a, b = synthesize(SENTENCES[0], "en-us+f2"), synthesize(SENTENCES[1], "en-us+klatt4")
+    ea, eb = embed(a), embed(b)
+    assert ea.shape == (12,) and np.isfinite(ea).all()
+    assert cosine(ea, embed(a)) == pytest.approx(1.0, abs=1e-5) and cosine(ea, eb) < 1 - 1e-4
+
+
+def test_dnsmos_is_higher_for_a_clean_file_than_for_its_anchor():
+    _, wavs = librispeech()
+    score = Dnsmos()
+    clean = load_audio(wavs["2830-3980-0043"])
+    a, b = score(clean), score(degrade(clean, 16000))
+    print(f"DNSMOS clean {a}, degraded {b}")
+    assert a["dnsmos_ovrl"] > b["dnsmos_ovrl"] + 0.5 and a["dnsmos_p808"] > b["dnsmos_p808"]
+    assert a["dnsmos_bak"] > b["dnsmos_bak"] and all(1 <= v <= 5 for v in a.values())
+
+
+def test_silence_measure_finds_inserted_silence():
+    """Two sentences with silence of known length before, between and after them, at two settings: the
+    measured leading, inner and trailing silence grow by what was inserted (the VAD's padding and its
+    reading of the espeak audio's own edges are the same at both settings and cancel)."""
+    vad = silero_vad()
+    one, two = synthesize(SENTENCES[0], "en-us+f2"), synthesize(SENTENCES[1], "en-us+f2")
+
+    def measured(lead: float, gap: float, trail: float) -> tuple[dict, float]:
+        parts = [
+            np.zeros(int(lead * 16000)),
+            one,
+            np.zeros(int(gap * 16000)),
+            two,
+            np.zeros(int(trail * 16000)),
+        ]
+        audio = np.concatenate(parts).astype(np.float32)
+        return silence(vad(audio), len(audio) / 16000), len(audio) / 16000
+
+    short, _ = measured(0.5, 0.5, 0.6)
+    long, duration = measured(1.5, 1.3, 1.1)
+    # within 0.15 s: the VAD decides per 32 ms window, with hysteresis, and keeps state across the audio,
+    # so a short pause inside a sentence can fall either side of its 100 ms minimum
+    assert long["leading_s"] - short["leading_s"] == pytest.approx(1.0, abs=0.15)
+    assert long["inner_s"] - short["inner_s"] == pytest.approx(0.8, abs=0.15)
+    assert long["trailing_s"] - short["trailing_s"] == pytest.approx(0.5, abs=0.15)
+    total = long["leading_s"] + long["trailing_s"] + long["inner_s"]
+    assert long["silence_pct"] == pytest.approx(100 * total / duration)
+    assert silence(vad(np.zeros(32000, dtype=np.float32)), 2.0)["silence_pct"] == 100
+
+
+def test_repetition_loop_in_codes():
+    rng = np.random.default_rng(0)
+    speech = rng.integers(0, 512, 60)
+    assert not repetition_loop(speech, min_frames=20)
+    loop = np.concatenate([speech, np.tile(speech[:7], 5)])  # 7 frames, 5 times: 35 frames
+    assert repetition_loop(loop, min_frames=20)
+    stuck = np.concatenate([speech, np.full(25, 3)])  # one code for 25 frames
+    assert repetition_loop(stuck, min_frames=20) and not repetition_loop(stuck, min_frames=40)
+    # two codebooks: a frame repeats only when both do
+    two = np.stack([np.tile(speech[:5], 8), rng.integers(0, 512, 40)], axis=1)
+    assert not repetition_loop(two, min_frames=20)
+    assert repetition_loop(np.stack([np.tile(speech[:5], 8)] * 2, axis=1), min_frames=20)
+
+
+def write_synth_dir(synth: Path, texts: dict[str, str], wavs: dict[str, str]) -> None:
+    """A synthesize-style dir built from real audio: two good utterances (one with a repetition loop in
+    its codes), one that never closed its audio (cut short), one whose synthesis failed, one unreadable wav;
+    the round trips are 8 kHz copies."""
     (synth / "wav").mkdir(parents=True)
     (synth / "roundtrip").mkdir()
     rows = []
+    rng = np.random.default_rng(0)
     for uttid in ("2830-3980-0043", "8455-210777-0068", "1089-134691-0000"):
         audio = load_audio(wavs[uttid])
-        sf.write(
-            synth / "wav" / f"{uttid}.wav",
-            audio[: int(0.9 * len(audio))] if uttid[0] == "1" else audio,
-            16000,
-        )
+        cut = uttid[0] == "1"
+        sf.write(synth / "wav" / f"{uttid}.wav", audio[: int(0.9 * len(audio))] if cut else audio, 16000)
         sf.write(synth / "roundtrip" / f"{uttid}.wav", soxr.resample(audio, 16000, 8000), 8000)
+        codes = rng.integers(0, 512, 40)
+        if uttid[0] == "8":
+            codes[20:] = np.tile(codes[:4], 5)
         rows.append(
             {
                 "id": uttid,
                 "text": texts[uttid],
                 "wav": f"wav/{uttid}.wav",
                 "roundtrip_wav": f"roundtrip/{uttid}.wav",
-                "audio_end": uttid[0] != "1",
-                "duration": (0.9 if uttid[0] == "1" else 1.0) * len(audio) / 16000,
+                "audio_end": not cut,
+                "n_codes": 40,
+                "duration": (0.9 if cut else 1.0) * len(audio) / 16000,
                 "ref_duration": len(audio) / 16000,
+                "codes": codes.tolist(),
             }
         )
     rows.append(
-        {"id": "failed", "text": "HELLO", "wav": None, "wav_error": "no audio codes", "audio_end": False}
+        {
+            "id": "failed",
+            "text": "HELLO",
+            "wav": None,
+            "wav_error": "no audio codes",
+            "audio_end": False,
+            "codes": [],
+        }
     )
     (synth / "wav" / "junk.wav").write_bytes(b"RIFF\x00\x00")
-    rows.append({"id": "junk", "text": "HE COULD WAIT", "wav": "wav/junk.wav", "audio_end": True})
+    rows.append(
+        {"id": "junk", "text": "HE COULD WAIT", "wav": "wav/junk.wav", "audio_end": True, "codes": []}
+    )
     (synth / "synth.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    cli_main(["score", "tts", "--synth-dir", str(synth), "--out-dir", str(tmp_path / "score")])
-    assert "lpo_r2_0.4: intelligibility %WER" in capsys.readouterr().out
-    out = json.loads((tmp_path / "score" / "tts-summary-lpo_r2_0.4.json").read_text())
+
+def test_score_tts_on_a_synthesis_dir_names_every_bad_output(tmp_path, capsys):
+    texts, wavs = librispeech()
+    synth = tmp_path / "lpo_r2_0.4"
+    write_synth_dir(synth, texts, wavs)
+    manifest = tmp_path / "test.jsonl"
+    speakers = {k: k.split("-")[0] for k in texts}
+    scored = ("2830-3980-0043", "8455-210777-0068", "1089-134691-0000")
+    lines = [{"id": k, "audio": wavs[k], "text": texts[k], "speaker": speakers[k]} for k in scored]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.raises(ValueError, match=r"2 ids not in the test manifest: \['failed', 'junk'\]"):
+        cli_main(
+            [
+                "score",
+                "tts",
+                "--synth-dir",
+                str(synth),
+                "--manifest",
+                str(manifest),
+                "--out-dir",
+                str(tmp_path),
+            ]
+        )
+    # the two broken outputs' references: a recording each (unused: they have no readable audio)
+    lines += [{"id": k, "audio": wavs[scored[0]], "text": "", "speaker": "other"} for k in ("failed", "junk")]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+    cli_main(
+        [
+            "score",
+            "tts",
+            "--synth-dir",
+            str(synth),
+            "--manifest",
+            str(manifest),
+            "--out-dir",
+            str(tmp_path / "s"),
+        ]
+    )
+    assert "lpo_r2_0.4: %WER" in capsys.readouterr().out
+    out = json.loads((tmp_path / "s" / "tts-summary-lpo_r2_0.4.json").read_text())
     assert out["asr"] == "pocketsphinx" and out["normalizer"] == "whisper_en" and out["utterances"] == 5
-    assert out["no_audio_end_rate"] == pytest.approx(2 / 5)
-    assert sorted(out["no_audio_end_ids"]) == ["1089-134691-0000", "failed"]
-    assert out["duration_ratio_mean"] == pytest.approx((1 + 1 + 0.9) / 3, abs=1e-3)
-    synth_kinds = {(p["kind"], p["id"]) for p in out["intelligibility"]["problems"]}
-    assert {
-        ("no_audio", "failed"),
-        ("undecodable_audio", "junk"),
-        ("missing_hypothesis", "junk"),
-    } <= synth_kinds
-    assert ("missing_hypothesis", "failed") in synth_kinds  # both count as all deletions
-    assert out["intelligibility"]["deletions"] >= 1 + 3
-    # round trips: rows without a round-trip wav are named too
-    assert ("no_audio", "junk") in {(p["kind"], p["id"]) for p in out["codec_ceiling"]["problems"]}
-    errs = (tmp_path / "score" / "errs-lpo_r2_0.4-synth.txt").read_text()
+    assert out["row"] == "system" and out["resampled"] == "speaker" and out["wer"]["ci95"]["units"] == 4
+    assert out["truncated_pct"]["value"] == pytest.approx(100 * 2 / 5)
+    assert out["repetition_pct"]["value"] == pytest.approx(100 * 1 / 5)
+    assert out["duration_ratio"]["value"] == pytest.approx((1 + 1 + 0.9) / 3, abs=1e-3)
+    assert out["duration_ratio"]["n"] == 3 and out["sim"]["n"] == 3 and out["dnsmos_ovrl"]["n"] == 3
+    assert out["sim"]["value"] > 0.9  # the same recordings (one cut short) against themselves
+    for key in (
+        "wer",
+        "wer_utt_mean",
+        "sim",
+        "dnsmos_ovrl",
+        "silence_pct",
+        "duration_ratio",
+        "truncated_pct",
+    ):
+        ci = out[key]["ci95"]
+        assert ci["low"] <= out[key]["value"] <= ci["high"], key
+    # pooled WER and the per-utterance mean agree with jiwer on the transcripts that were scored
+    hyps = {
+        r["id"]: r["text"]
+        for r in map(json.loads, (tmp_path / "s" / "asr-lpo_r2_0.4.jsonl").read_text().splitlines())
+    }
+    norm = get_normalizer("whisper_en")
+    ids = [r["id"] for r in out["per_utterance"]]
+    refs_n = [norm.normalize(texts.get(k, {"failed": "HELLO", "junk": "HE COULD WAIT"}.get(k))) for k in ids]
+    hyps_n = [norm.normalize(hyps.get(k, "")) for k in ids]
+    assert out["wer"]["value"] == pytest.approx(100 * jiwer.wer(refs_n, hyps_n))
+    per_utt = [100 * jiwer.wer(r, h) if h else 100.0 for r, h in zip(refs_n, hyps_n, strict=True)]
+    assert out["wer_utt_mean"]["value"] == pytest.approx(np.mean(per_utt))
+    assert out["wer_over_50_pct"]["value"] == pytest.approx(100 * np.mean([w > 50 for w in per_utt]))
+    kinds = {(p["kind"], p["id"]) for p in out["intelligibility"]["problems"]}
+    assert {("no_audio", "failed"), ("undecodable_audio", "junk"), ("missing_hypothesis", "junk")} <= kinds
+    errs = (tmp_path / "s" / "errs-lpo_r2_0.4.txt").read_text()
     assert "undecodable_audio: 'junk'" in errs and "failed:\tS=0 D=1 I=0 N=1" in errs
+
+    # the codec round trip and the original recordings: rows of their own, by speaker where known
+    cli_main(
+        [
+            "score",
+            "tts",
+            "--synth-dir",
+            str(synth),
+            "--roundtrip",
+            "--manifest",
+            str(manifest),
+            "--out-dir",
+            str(tmp_path / "s"),
+        ]
+    )
+    cli_main(["score", "tts", "--originals", "--manifest", str(manifest), "--out-dir", str(tmp_path / "s")])
+    rt = json.loads((tmp_path / "s" / "tts-summary-codec_roundtrip.json").read_text())
+    orig = json.loads((tmp_path / "s" / "tts-summary-original.json").read_text())
+    assert (
+        rt["row"] == "roundtrip"
+        and "truncated_pct" not in rt
+        and ("no_audio", "junk") in {(p["kind"], p["id"]) for p in rt["intelligibility"]["problems"]}
+    )
+    assert orig["row"] == "original" and orig["utterances"] == 5 and orig["resampled"] == "speaker"
+    assert "sim" not in orig and orig["wer"]["ci95"]["units"] == 4
+    assert orig["dnsmos_ovrl"]["value"] > 2.5 and orig["silence_pct"]["value"] < 50
+
+
+def test_score_tts_on_a_seed_tts_eval_meta_list(tmp_path, capsys):
+    """Another system's outputs: a meta list and a folder of <utt>.wav (one missing)."""
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "cosyvoice").mkdir()
+    lines = []
+    for i, (text, voice) in enumerate(zip(SENTENCES, ("en-us+f2", "en-us+klatt4"), strict=True)):
+        sf.write(tmp_path / "prompts" / f"p{i}.wav", synthesize(SENTENCES[1 - i], voice), 16000)
+        sf.write(tmp_path / "cosyvoice" / f"u{i}.wav", synthesize(text, voice), 16000)
+        lines.append(f"u{i}|{SENTENCES[1 - i]}|prompts/p{i}.wav|{text}")
+    lines.append("u9|hello|prompts/p0.wav|the sun is very bright")
+    (tmp_path / "meta.lst").write_text("\n".join(lines) + "\n")
+    argv = ["score", "tts", "--meta", str(tmp_path / "meta.lst"), "--wav-dir", str(tmp_path / "cosyvoice")]
+    cli_main(argv + ["--out-dir", str(tmp_path / "s")])
+    assert "cosyvoice: %WER" in capsys.readouterr().out
+    out = json.loads((tmp_path / "s" / "tts-summary-cosyvoice.json").read_text())
+    assert out["utterances"] == 3 and out["sim"]["n"] == 2 and out["sim"]["value"] > 0.6
+    assert "duration_ratio" not in out and "truncated_pct" not in out and "repetition_pct" not in out
+    assert ("no_audio", "u9") in {(p["kind"], p["id"]) for p in out["intelligibility"]["problems"]}
+    (tmp_path / "bad.lst").write_text("u0|only two fields\n")
+    with pytest.raises(ValueError, match="bad.lst:1"):
+        cli_main(
+            [
+                "score",
+                "tts",
+                "--meta",
+                str(tmp_path / "bad.lst"),
+                "--wav-dir",
+                str(tmp_path),
+                "--out-dir",
+                str(tmp_path),
+            ]
+        )
+
+
+PARAFORMER_CONFIG = """\
+model: Paraformer
+model_conf: {ctc_weight: 0.0, predictor_weight: 1.0, predictor_bias: 1, sampling_ratio: 0.75}
+encoder: SANMEncoder
+encoder_conf: {output_size: 32, attention_heads: 2, linear_units: 64, num_blocks: 1, input_layer: pe,
+  pos_enc_class: SinusoidalPositionEncoder, normalize_before: true, kernel_size: 11, sanm_shfit: 0,
+  selfattention_layer_type: sanm}
+decoder: ParaformerSANMDecoder
+decoder_conf: {attention_heads: 2, linear_units: 64, num_blocks: 1, att_layer_num: 1, kernel_size: 11,
+  sanm_shfit: 0}
+predictor: CifPredictorV2
+predictor_conf: {idim: 32, threshold: 1.0, l_order: 1, r_order: 1, tail_threshold: 0.45}
+frontend: WavFrontend
+frontend_conf: {fs: 16000, window: hamming, n_mels: 80, frame_length: 25, frame_shift: 10, lfr_m: 7, lfr_n: 6}
+tokenizer: CharTokenizer
+tokenizer_conf: {unk_symbol: <unk>, split_with_space: true, token_list: TOKENS}
+"""
+
+
+def test_paraformer_through_funasr_on_a_tiny_random_model(tmp_path):
+    """Paraformer-zh's architecture (SANM encoder, CIF predictor), cut to one small layer and randomly
+    initialised, saved as a FunASR model dir and loaded by the real code on a real AISHELL-1 utterance."""
+    pytest.importorskip("funasr", reason="FunASR is the zh extra: pip install speech_lpo[zh]")
+    import torch
+    import yaml
+    from funasr import AutoModel
+
+    tokens = ["<blank>", "<s>", "</s>", "我", "你", "好", "的", "是", "<unk>"]
+    (tmp_path / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False))
+    config = PARAFORMER_CONFIG.replace("TOKENS", str(tmp_path / "tokens.json"))
+    (tmp_path / "config.yaml").write_text(config)
+    torch.manual_seed(0)
+    random_model = AutoModel(**yaml.safe_load(config), device="cpu", ncpu=1, disable_update=True)
+    torch.save(random_model.model.state_dict(), tmp_path / "model.pt")
+
+    wav = sorted((DATA / "aishell1").rglob("*.wav"))[0]
+    asr = make_asr(f"funasr:{tmp_path}", "zh")
+    text = asr(load_audio(wav))
+    assert text and set(text) <= set(tokens[3:8])  # random, but words of its vocabulary
+    assert asr(load_audio(wav)) == text
+    assert torch.get_num_threads() == 1  # FunASR did not take 4 threads on the shared cores
+
+
+def test_utmos_loads_a_checkpoint_through_utmos_pytorch(tmp_path):
+    """The real loading code on a randomly initialised UTMOS strong learner (its weights are not in the
+    wheel): the state dict round-trips and a real utterance gets a finite, repeatable score."""
+    pytest.importorskip("utmos_pytorch", reason="UTMOS is the utmos extra: pip install speech_lpo[utmos]")
+    import torch
+    from utmos_pytorch.utmos_torch import UTMOSModel
+
+    from speech_lpo.tts_metrics import utmos
+
+    torch.manual_seed(0)
+    torch.save(UTMOSModel().state_dict(), tmp_path / "utmos_state_dict.pt")
+    predict = utmos(str(tmp_path / "utmos_state_dict.pt"))
+    _, wavs = librispeech()
+    audio = load_audio(wavs["2830-3980-0043"])
+    score = predict(audio)
+    assert np.isfinite(score) and predict(audio) == pytest.approx(score)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # TTS with LPO (the paper's Table 6 setting): three sampled candidates per prompt, each a rejected response
 # against the reference; LPO with r2 0.4 against DPO. By default: the embedded mini English corpus, a tiny
-# Qwen2, CPU. Intelligibility is pocketsphinx's WER on the synthesised audio; stage 11 packages a
-# listening test for `speech-lpo mos serve`. For a real corpus and model on GPUs:
+# Qwen2, CPU. Stage 10 measures the paper's Table 6 (pocketsphinx WER, resemblyzer SIM, DNSMOS, silence,
+# truncation, repetition, duration ratio; the original recordings and the codec round trip as rows; paired
+# tests against SFT), nothing downloaded; stage 11 packages a listening test for `speech-lpo mos serve`.
+# For a real corpus and model on GPUs:
 #   bash run.sh --corpus_dir /data/librispeech --model Qwen/Qwen2.5-0.5B --ngpu 8
 # Stages and options: bash run.sh --help
 set -euo pipefail
@@ -78,14 +80,22 @@ synthesize_stage() {
 }
 
 metrics_stage() {
+  local common=(--lang en --manifest "${datadir}/manifests/test.jsonl" --out-dir "${expdir}/score")
   # the embedded corpus's texts come from a small grammar: pocketsphinx listens for its words only
-  local grammar=()
-  [[ -f "${corpus_dir}/corpus_words.jsgf" ]] && grammar=(--grammar "${corpus_dir}/corpus_words.jsgf")
-  for system in ${systems}; do
-    speech-lpo score tts --synth-dir "${expdir}/synth/${system}" --lang en --out-dir "${expdir}/score/${system}" \
-      "${grammar[@]}"
+  [[ -f "${corpus_dir}/corpus_words.jsgf" ]] && common+=(--grammar "${corpus_dir}/corpus_words.jsgf")
+  # each system's audio, and once per test set the original recordings and the codec round trip (every
+  # synth dir holds the same round trips: the reference codes through the same codec); nj at a time
+  local jobs=() pids=()
+  for system in ${systems}; do jobs+=("--synth-dir ${expdir}/synth/${system}"); done
+  jobs+=("--synth-dir ${expdir}/synth/sft --roundtrip" "--originals")
+  for job in "${jobs[@]}"; do
+    if (( ${#pids[@]} >= nj )); then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
+    # shellcheck disable=SC2086  # a job is its options, split on spaces
+    speech-lpo score tts ${job} "${common[@]}" &
+    pids+=($!)
   done
-  speech-lpo score table "${expdir}"/score/*/tts-summary-*.json --out RESULTS.md --plot-dir "${expdir}/plots" \
+  for pid in "${pids[@]}"; do wait "${pid}"; done
+  speech-lpo score table "${expdir}"/score/tts-summary-*.json --out RESULTS.md --plot-dir "${expdir}/plots" \
     --runs "${expdir}/train/lpo_r2_${r2}" "${expdir}/train/dpo"
 }
 
