@@ -13,8 +13,6 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-
 from speech_lpo.groups import load_groups
 from speech_lpo.losses import LOSSES, LPO_VARIANTS
 from speech_lpo.training_args import (
@@ -22,6 +20,8 @@ from speech_lpo.training_args import (
     copy_model_extras,
     extras_callback,
     trainer_kwargs,
+    warn_if_updates_round_away,
+    weights_dtype,
 )
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,9 @@ def main(args: argparse.Namespace) -> None:
     )
     eval_groups = load_groups(args.eval_groups, max_length=args.max_length)[0] if args.eval_groups else None
 
-    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    dtype = weights_dtype(args)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+    warn_if_updates_round_away(model, args.learning_rate)
     config.pad_token_id = model.config.pad_token_id or 0
     if args.lora_r > 0:
         from peft import LoraConfig, get_peft_model

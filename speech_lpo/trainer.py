@@ -156,6 +156,11 @@ class PreferenceTrainer(Trainer):
             "eval": defaultdict(list),
         }
 
+    def autocast_smart_context_manager(self, cache_enabled: bool | None = True):
+        """accelerate's autocast around the whole loss: accelerate applies mixed precision by wrapping the
+        model's forward, and the LM head runs outside it (speech_lpo.packing.response_logps)."""
+        return self.accelerator.autocast()
+
     def _reference_logps(self, model: torch.nn.Module, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-pair reference log-probs (summed): stored with the groups, or computed now without grad."""
         if "ref_chosen_logp" in inputs:
