@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from speech_lpo.groups import load_groups
-from speech_lpo.losses import LOSSES, LPO_VARIANTS
+from speech_lpo.losses import DEFAULT_BETA, LOSSES, LPO_VARIANTS, R2_BY_TASK
 from speech_lpo.training_args import (
     add_optimisation_arguments,
     copy_model_extras,
@@ -50,9 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     loss = parser.add_argument_group("loss (defaults: the paper's Table 9)")
     loss.add_argument("--loss", dest="loss_type", default="lpo", choices=sorted(LOSSES))
-    loss.add_argument("--beta", type=float, default=0.2)
+    loss.add_argument("--beta", type=float, default=None, help=f"default: the loss's own, {DEFAULT_BETA}")
     loss.add_argument("--r1", type=float, default=1.0)
-    loss.add_argument("--r2", type=float, default=1.0, help="LPO: rate of the rejected log-prob's fall")
+    loss.add_argument(
+        "--r2",
+        type=float,
+        default=None,
+        help=f"LPO: rate of the rejected log-prob's fall; default by task {R2_BY_TASK}",
+    )
     loss.add_argument("--gamma", type=float, default=10.0, help="LPO positive-term weight (paper: lambda)")
     loss.add_argument("--lpo_variant", default="ste", choices=LPO_VARIANTS)
     loss.add_argument("--label_smoothing", type=float, default=0.0, help="DPO")
@@ -88,6 +93,22 @@ def build_config(args: argparse.Namespace):
         shared_prefix=not args.no_shared_prefix,
         metrics_file=str(Path(args.output_dir) / "metrics.jsonl"),
         **trainer_kwargs(args, has_eval=bool(args.eval_groups)),
+    )
+
+
+def loss_settings(config) -> dict:
+    """The loss settings in effect (defaults resolved), as train_summary.json records them."""
+    return {k: getattr(config, k) for k in ("loss_type", "beta", "r1", "r2", "gamma", "lpo_variant")}
+
+
+def pairs_per_step(config, groups: list) -> str:
+    """The effective pairs per optimiser step, spelled out: what the paper's Table 9 sizes its steps by."""
+    k = sum(g.k for g in groups) / max(len(groups), 1)
+    n = config.per_device_train_batch_size * config.gradient_accumulation_steps * config.world_size * k
+    return (
+        f"pairs per optimiser step: {config.per_device_train_batch_size} groups x "
+        f"{config.gradient_accumulation_steps} accumulation x {config.world_size} processes x {k:g} rejected "
+        f"= {n:g}"
     )
 
 
@@ -134,6 +155,7 @@ def main(args: argparse.Namespace) -> None:
         ref_model=ref_model,
         callbacks=[extras_callback(args.model)],
     )
+    log.info("loss %s; %s", loss_settings(config), pairs_per_step(config, train_groups))
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     if last:
         log.info("resuming from %s", last)
@@ -152,7 +174,7 @@ def main(args: argparse.Namespace) -> None:
         "train_loss": result.training_loss,
         "steps": result.global_step,
         "skipped": dict(report.counts),
-        "loss": {k: getattr(args, k) for k in ("loss_type", "beta", "r1", "r2", "gamma", "lpo_variant")},
+        "loss": loss_settings(config),
     }
     Path(args.output_dir, "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info("done: %s", summary)
