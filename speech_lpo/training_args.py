@@ -33,9 +33,13 @@ def add_optimisation_arguments(parser: argparse.ArgumentParser, batch_help: str)
     opt.add_argument("--max_steps", type=int, default=-1, help="overrides epochs when > 0")
     opt.add_argument("--batch_size", type=int, default=4, help=batch_help)
     opt.add_argument("--grad_accum", type=int, default=1)
-    opt.add_argument("--warmup_steps", type=int, default=0)
+    opt.add_argument("--warmup_steps", type=float, default=0, help="steps, or a share of them if below 1")
     opt.add_argument("--lr_scheduler_type", default="linear")
+    opt.add_argument(
+        "--min_lr", type=float, default=None, help="the floor of --lr_scheduler_type cosine_with_min_lr"
+    )
     opt.add_argument("--weight_decay", type=float, default=0.0)
+    opt.add_argument("--adam_beta2", type=float, default=0.999)
     opt.add_argument("--max_grad_norm", type=float, default=1.0)
     add_precision_arguments(opt)
     opt.add_argument("--gradient_checkpointing", action="store_true")
@@ -109,6 +113,10 @@ def trainer_kwargs(args: argparse.Namespace, has_eval: bool) -> dict:
         evaluation = {"eval_strategy": "steps", "eval_steps": args.eval_steps}
     else:
         evaluation = {"eval_strategy": "epoch"}
+    if (args.min_lr is None) != (args.lr_scheduler_type != "cosine_with_min_lr"):
+        raise SystemExit(
+            "--min_lr goes with --lr_scheduler_type cosine_with_min_lr, and that scheduler needs it"
+        )
     return {
         "output_dir": args.output_dir,
         "learning_rate": args.learning_rate,
@@ -119,8 +127,11 @@ def trainer_kwargs(args: argparse.Namespace, has_eval: bool) -> dict:
         "gradient_accumulation_steps": args.grad_accum,
         "warmup_steps": args.warmup_steps,
         "lr_scheduler_type": args.lr_scheduler_type,
+        "lr_scheduler_kwargs": {} if args.min_lr is None else {"min_lr": args.min_lr},
         "weight_decay": args.weight_decay,
+        "adam_beta2": args.adam_beta2,
         "max_grad_norm": args.max_grad_norm,
+        "use_cpu": not torch.cuda.is_available(),  # the Trainer refuses --bf16 on CPU unless told
         "bf16": precision(args) == "bf16",
         "fp16": precision(args) == "fp16",
         "gradient_checkpointing": args.gradient_checkpointing,
