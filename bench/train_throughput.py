@@ -255,7 +255,7 @@ def run_worker(*args: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--steps", type=int, default=4, help=f"optimiser steps, the first {WARMUP} untimed")
     parser.add_argument("--groups_per_step", type=int, default=4, help=f"groups (1 + {K} responses) a step")
     parser.add_argument("--rounds", type=int, default=2, help="runs of every configuration; the best is kept")
@@ -302,11 +302,11 @@ def main() -> None:
         f"{opts.layers} layers), float32, {opts.groups_per_step} groups x {K} rejected per step, "
         f"{opts.steps - WARMUP} timed steps, best of {opts.rounds} rounds, {device}\n"
     )
-    print(
+    table_head = (
         f"| groups | method | pairs/s | training memory above baseline (MiB, {memory_kind}) "
-        "| speed vs TRL | limit (TRL tokens / unique) | memory vs TRL |"
+        "| speed vs TRL | limit (TRL tokens / unique) | memory vs TRL |\n|---|---|---|---|---|---|---|"
     )
-    print("|---|---|---|---|---|---|---|")
+    print(table_head if opts.shapes else "(no shapes trained)")
     figures: dict = {"vocab_size": opts.vocab, "trl_settings": settings}
     for shape in opts.shapes:
         p, r = SHAPES[shape]

@@ -151,3 +151,31 @@ def test_first_response_token_is_predicted_from_the_last_prompt_column():
     starts = torch.cumsum(torch.cat([torch.tensor([0]), batch["resp_len"][:-1]]), 0)
     assert (batch["tok_pred"][starts] == prompt_end - 1).all()
     assert len(batch["tok_pred"]) == len(batch["tok_target"]) == int(batch["resp_len"].sum())
+
+
+def test_wrapped_model_goes_through_its_wrappers_forward(tmp_path):
+    """Under DDP (one gloo process here) the decoder runs inside DDP's forward, so its gradient reduction
+    sees the step; log-probs and gradients equal the unwrapped model's."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = tiny_qwen2(VOCAB, hidden_size=32)
+    batch = collate_groups(random_groups(3), shared_prefix=True)
+    plain = response_logps(model, batch, chunk_size=7)
+    plain.sum().backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(model)
+        forwards = []
+        wrapped.register_forward_hook(lambda *_: forwards.append(1))
+        logps = response_logps(wrapped, batch, chunk_size=7)
+        logps.sum().backward()
+    finally:
+        dist.destroy_process_group()
+    assert forwards == [1]
+    torch.testing.assert_close(logps, plain, atol=1e-6, rtol=0)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], atol=1e-6, rtol=1e-5, msg=name)

@@ -96,3 +96,15 @@ def test_min_lr_goes_with_its_scheduler():
     options.lr_scheduler_type = "cosine"
     with pytest.raises(SystemExit, match="--min_lr goes with"):
         trainer_kwargs(options, has_eval=False)
+
+
+def test_train_states_the_pairs_per_optimiser_step():
+    from speech_lpo.groups import PreferenceGroup
+    from speech_lpo.train import build_config, pairs_per_step
+
+    config = build_config(paper("tts", "lpo"))
+    groups = [PreferenceGroup(f"g{i}", "tts", [1], [2], [[3], [4], [5]]) for i in range(4)]
+    # one process here; the preset's 120 is with 8
+    assert pairs_per_step(config, groups) == (
+        "pairs per optimiser step: 1 groups x 5 accumulation x 1 processes x 3 rejected = 15"
+    )
