@@ -64,7 +64,8 @@ def test_logratios_are_zero_at_step_0_when_ref_logps_use_the_training_precision(
     first = step0_metrics(precision, precision, tmp_path)
     assert first["logratio_per_token/chosen"] == first["logratio_per_token/rejected"] == 0.0
     assert first["positive_active"] == 0.0  # LPO's positive term (x1 < 0) is off
-    assert first["grad/x1"] == pytest.approx(-0.4)  # dL/dx1 = 4*beta*r1/(r1+r2)*sgn(D), D = -1/(2beta)
+    # dL/dx1 = 4*beta*r1/(r1+r2)*sgn(D) with D = -1/(2beta) < 0, and TTS groups' r2 = 0.4
+    assert first["grad/x1"] == pytest.approx(-4 * 0.2 / 1.4)
 
 
 def test_float32_reference_against_bf16_training_fires_the_positive_term_at_step_0(tmp_path):
