@@ -30,7 +30,7 @@ epoch_curves="dpo lpo_r2_2.0"  # systems (of the first method) decoded at every 
 datadir=data          # corpus (when synthesised) and manifests
 dumpdir=dump          # audio tokens and the fitted codec
 expdir=exp            # models, outputs, logs and .done sentinels
-conf_dir=conf          # stage configs (conf/ci: the reduced run CI makes)
+conf_dir=conf          # stage configs (conf/ci: the reduced run CI makes; conf/paper: Table 9, Qwen2.5, 8 GPUs)
 option_names="stage stop_stage force corpus corpus_dir download subsets test_sets valid_set benchmark model codec ngpu
 nj methods pref_prompts r2_grid epoch_curves datadir dumpdir expdir conf_dir"
 
@@ -69,8 +69,8 @@ pairs_stage() {
 
 ref_logps_stage() {
   for method in ${methods}; do
-    speech-lpo ref-logps --model "${expdir}/sft" --groups "${expdir}/pairs/${method}.jsonl" \
-      --output "${expdir}/pairs/${method}.ref.jsonl"
+    speech-lpo ref-logps --config "${conf_dir}/ref_logps.yaml" --model "${expdir}/sft" \
+      --groups "${expdir}/pairs/${method}.jsonl" --output "${expdir}/pairs/${method}.ref.jsonl"
   done
 }
 

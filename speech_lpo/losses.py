@@ -17,7 +17,8 @@ dL/dx1 = 4*beta*r1/(r1+r2)*sgn(D) - gamma*[x1<0] and dL/dx2 = -4*beta*r2/(r1+r2)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -113,3 +114,23 @@ NORMALISE: dict[str, bool] = {
 
 # Losses that need no reference model: they are given policy log-probs instead of log-ratios.
 REFERENCE_FREE = frozenset({"simpo"})
+
+# beta when none is given: each loss's own, as its signature above holds it (LPO 0.2, the paper's Table 9;
+# DPO, IPO, hinge and DPOP 0.1, TRL's default; SimPO 2.0, its paper's: TRL's CPOConfig would give 0.1).
+DEFAULT_BETA: dict[str, float] = {
+    name: inspect.signature(fn).parameters["beta"].default for name, fn in LOSSES.items()
+}
+
+# LPO's r2 by task, from the paper's Table 9 (ASR: 1.0 of its grid 1.0 / 2.0 / 3.0; "text": general text).
+R2_BY_TASK: dict[str, float] = {"tts": 0.4, "asr": 1.0, "text": 2.0, "math": 0.2}
+
+
+def default_r2(tasks: Iterable[str]) -> float:
+    """LPO's r2 for groups of these tasks (Table 9); groups of several tasks need an explicit r2."""
+    found = sorted(set(tasks))
+    unknown = [t for t in found if t not in R2_BY_TASK]
+    if unknown or len(found) != 1:
+        raise ValueError(
+            f"no default r2 for groups of tasks {found} (defaults: {R2_BY_TASK}); give r2 (--r2) explicitly"
+        )
+    return R2_BY_TASK[found[0]]

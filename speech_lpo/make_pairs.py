@@ -107,26 +107,30 @@ def dedupe(rejected: list[tuple[list[int], dict]], report: PairReport) -> list[t
     return keep
 
 
+LONGER_THAN_POSITIONS = "prompt and longest response longer than the model's max_position_embeddings"
+
+
 def make_group(
     row: dict,
     method: str,
     rejected: list[tuple[list[int], dict]],
     report: PairReport,
-    max_length: int | None,
+    max_positions: int | None,
     **meta,
 ) -> PreferenceGroup | None:
     """One group from (ids, per-response meta) pairs; per-response meta become meta lists.
 
-    A group whose packed length (prompt, chosen and every rejected) exceeds ``max_length`` is dropped,
-    as the trainer would drop it (speech_lpo.groups.clean_group).
+    A group whose prompt plus longest response exceeds ``max_positions`` is dropped: positions restart
+    after the prompt for every response of a packed group, so that is the furthest position the model
+    sees (the packed length is a memory matter: ``train --max_length``).
     """
     rejected = dedupe(rejected, report)
     if not rejected:
         report.dropped_groups["no usable rejected response"] += 1
         return None
-    packed = len(row["prompt_ids"]) + len(row["reference_ids"]) + sum(len(ids) for ids, _ in rejected)
-    if max_length is not None and packed > max_length:
-        report.dropped_groups["packed group longer than the model's max_position_embeddings"] += 1
+    longest = len(row["prompt_ids"]) + max(len(row["reference_ids"]), *(len(ids) for ids, _ in rejected))
+    if max_positions is not None and longest > max_positions:
+        report.dropped_groups[LONGER_THAN_POSITIONS] += 1
         return None
     keys = rejected[0][1].keys()
     group = PreferenceGroup(
@@ -159,7 +163,7 @@ def tts_group(
     tokenizer,
     vocab: AudioVocab,
     report: PairReport,
-    max_length: int | None = None,
+    max_positions: int | None = None,
     keep_cut: bool = False,
 ) -> PreferenceGroup | None:
     ref_codes, _ = response_codes(vocab, row["reference_ids"])
@@ -181,7 +185,7 @@ def tts_group(
                 "edit_distance": distance(ref_codes, codes),
             }
             rejected.append((ids, info))
-    return make_group(row, "model", rejected, report, max_length, reference_units=len(ref_codes))
+    return make_group(row, "model", rejected, report, max_positions, reference_units=len(ref_codes))
 
 
 def text_group(
@@ -189,7 +193,7 @@ def text_group(
     tokenizer,
     normalizer: Normalizer,
     report: PairReport,
-    max_length: int | None = None,
+    max_positions: int | None = None,
     keep_cut: bool = False,
 ) -> PreferenceGroup | None:
     """ASR and text tasks: the candidates whose normalised text differs from the reference's."""
@@ -209,7 +213,7 @@ def text_group(
             }
             rejected.append((c["ids"], info))
     meta = {"normalizer": normalizer.name, "reference_units": len(ref_units)}
-    return make_group(row, "model", rejected, report, max_length, **meta)
+    return make_group(row, "model", rejected, report, max_positions, **meta)
 
 
 def model_groups(
@@ -218,7 +222,7 @@ def model_groups(
     vocab: AudioVocab,
     normalizer_name: str | None,
     report: PairReport,
-    max_length: int | None = None,
+    max_positions: int | None = None,
     keep_cut: bool = False,
 ) -> list[PreferenceGroup]:
     groups = []
@@ -228,10 +232,10 @@ def model_groups(
             report.dropped_groups[f"skipped by generate: {row['skipped']}"] += 1
             continue
         if row["task"] == "tts":
-            group = tts_group(row, tokenizer, vocab, report, max_length, keep_cut)
+            group = tts_group(row, tokenizer, vocab, report, max_positions, keep_cut)
         else:
             normalizer = normalizer_for(row["task"], row["lang"], normalizer_name)
-            group = text_group(row, tokenizer, normalizer, report, max_length, keep_cut)
+            group = text_group(row, tokenizer, normalizer, report, max_positions, keep_cut)
         if group is not None:
             groups.append(group)
     return groups
@@ -254,7 +258,7 @@ def perturb_groups(
     mix: dict[str, float] = DEFAULT_MIX,
     num_perturbations: int = 3,
     seed: int = 0,
-    max_length: int | None = None,
+    max_positions: int | None = None,
 ) -> list[PreferenceGroup]:
     vocabularies = unit_vocabularies([i for i in items if i.skipped is None])
     groups = []
@@ -280,7 +284,7 @@ def perturb_groups(
         row = {"id": item.id, "task": "asr", "lang": item.lang, "prompt_ids": item.prompt_ids}
         row["reference_ids"] = item.reference_ids
         meta = {"normalizer": normalizer.name, "reference_units": len(ref_units), "eta": eta, "seed": seed}
-        group = make_group(row, "perturb", rejected, report, max_length, **meta)
+        group = make_group(row, "perturb", rejected, report, max_positions, **meta)
         if group is not None:
             groups.append(group)
     return groups
@@ -348,13 +352,13 @@ def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     vocab = AudioVocab.load(args.model)
-    max_length = AutoConfig.from_pretrained(args.model).max_position_embeddings
+    max_positions = AutoConfig.from_pretrained(args.model).max_position_embeddings
     report = PairReport()
     if args.method == "model":
         if not args.candidates:
             raise SystemExit("--method model needs --candidates (a `speech-lpo generate` output directory)")
         groups = model_groups(
-            args.candidates, tokenizer, vocab, args.normalizer, report, max_length, args.keep_cut_candidates
+            args.candidates, tokenizer, vocab, args.normalizer, report, max_positions, args.keep_cut_candidates
         )
     else:
         if not args.data:
@@ -370,7 +374,7 @@ def main(args: argparse.Namespace) -> None:
             mix,
             args.num_perturbations,
             args.seed,
-            max_length,
+            max_positions,
         )
     out = Path(args.out)
     write_groups(out, groups)

@@ -5,14 +5,18 @@ Two layouts of the same groups (DESIGN.md, Training):
 - **packed** (shared prefix, the default): one row per group, ``[prompt | chosen | rejected_1 | ... |
   rejected_k]``. Every response attends to the prompt and to itself only, through an additive float 4-D
   mask; its position ids restart where the prompt ends. Prompts are left-padded so that they all end at
-  the same column: the logits we need then start at one column for the whole batch, and everything
-  before it (most of an ASR prompt) never goes through the LM head.
+  the same column.
 - **unpacked** (``shared_prefix=False``): one right-padded row ``[prompt | response]`` per response of
   every pair, the chosen response repeated for each of its k pairs, as TRL's DPOTrainer does. It is the
   reference the packed layout is tested and benchmarked against.
 
 Both produce the same flat description of the response tokens (``tok_*``) and of the pairs
 (``pair_*``: indices into the responses), so one function computes response log-probs for either.
+
+Log-probs never build the logits of the whole batch (DESIGN.md, Scale): the final hidden states of the
+positions that predict a response token are gathered first, then go through the LM head and log-softmax
+a chunk of tokens at a time, each chunk recomputed in backward, so memory grows with the chunk times the
+vocabulary (151,936 + audio rows for Qwen2.5), not with the response tokens times the vocabulary.
 """
 
 from __future__ import annotations
@@ -21,10 +25,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from accelerate.utils import extract_model_from_parallel
+from torch.utils.checkpoint import checkpoint
 
 from speech_lpo.groups import PreferenceGroup
 
 Batch = dict[str, Any]
+
+# Response tokens per LM-head chunk: at Qwen2.5's 168,320 rows (with a 16,384-code audio block) one chunk's
+# float32 logits are 172 MB, and a chunk's forward and backward hold about four such tensors.
+LOGPS_CHUNK = 256
 
 
 class _Builder:
@@ -58,6 +68,9 @@ def _pad(rows: list[list[int]], value: int, length: int) -> torch.Tensor:
 
 def collate_groups(groups: Sequence[PreferenceGroup], shared_prefix: bool = True, pad_id: int = 0) -> Batch:
     """Build one batch from preference groups (see the module docstring for the two layouts)."""
+    for g in groups:  # an empty response has no token to predict: its log-prob and length would be 0
+        if not g.chosen_ids or not all(g.rejected_ids):
+            raise ValueError(f"group {g.id!r} has an empty response; load_groups drops such groups")
     b = _Builder()
     pair_chosen: list[int] = []
     pair_rejected: list[int] = []
@@ -82,7 +95,6 @@ def collate_groups(groups: Sequence[PreferenceGroup], shared_prefix: bool = True
                 pair_chosen.append(resp_ids[0])
                 pair_rejected.append(rj)
                 pair_group.append(gi)
-        keep_start = prompt_end - 1
     else:
         for gi, g in enumerate(groups):
             p = len(g.prompt_ids)
@@ -94,14 +106,12 @@ def collate_groups(groups: Sequence[PreferenceGroup], shared_prefix: bool = True
                 pair_chosen.append(pair[0])
                 pair_rejected.append(pair[1])
                 pair_group.append(gi)
-        keep_start = 0
 
     length = max(map(len, b.rows))
     batch: Batch = {
         "input_ids": _pad(b.rows, pad_id, length),
-        "keep_start": keep_start,
         "tok_row": torch.tensor(b.tok_row),
-        "tok_pred": torch.tensor(b.tok_pred) - keep_start,
+        "tok_pred": torch.tensor(b.tok_pred),
         "tok_target": torch.tensor(b.tok_target),
         "tok_resp": torch.tensor(b.tok_resp),
         "resp_len": torch.tensor(b.resp_len),
@@ -140,21 +150,55 @@ def packed_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torc
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def response_logps(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Summed log-prob of every response in the batch, shape (R,), in float32."""
+def _token_logps(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Log-prob of each target token from its final hidden state, in float32."""
+    logits = lm_head(hidden).float()
+    return logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(dim=-1)
+
+
+def _mask_dtype(model: torch.nn.Module, device: torch.device) -> torch.dtype:
+    """The dtype attention computes in: autocast's when it is on, else the weights'."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return next(model.parameters()).dtype
+
+
+def response_logps(model: torch.nn.Module, batch: Batch, chunk_size: int = LOGPS_CHUNK) -> torch.Tensor:
+    """Summed log-prob of every response in the batch, shape (R,), in float32.
+
+    ``model`` may be wrapped (DDP, DeepSpeed, a peft model): it is called as it is, so the wrapper's
+    forward does its work (gradient reduction, parameter gathering, accelerate's autocast), and the
+    decoder's output is taken from a forward hook; the LM head is asked for no logits at all inside the
+    forward. The LM head then runs on the gathered response positions only, ``chunk_size`` tokens at a
+    time, each chunk recomputed in backward (``torch.utils.checkpoint``). The caller's autocast applies.
+    """
+    causal_lm = extract_model_from_parallel(model)
+    if hasattr(causal_lm, "get_base_model"):  # peft: its adapters live inside the transformers model
+        causal_lm = causal_lm.get_base_model()
+    decoder, lm_head = causal_lm.get_decoder(), causal_lm.get_output_embeddings()
     input_ids = batch["input_ids"]
     if "segment_ids" in batch:
-        dtype = next(model.parameters()).dtype
-        kwargs = {
-            "attention_mask": packed_attention_mask(batch["segment_ids"], dtype),
-            "position_ids": batch["position_ids"],
-            "logits_to_keep": input_ids.shape[1] - batch["keep_start"],
-        }
+        mask = packed_attention_mask(batch["segment_ids"], _mask_dtype(model, input_ids.device))
+        kwargs = {"attention_mask": mask, "position_ids": batch["position_ids"]}
     else:
         kwargs = {"attention_mask": batch["attention_mask"]}
-    logits = model(input_ids=input_ids, use_cache=False, **kwargs).logits
-    # Only the rows of the logits that predict a response token go through log-softmax.
-    picked = logits[batch["tok_row"], batch["tok_pred"]].float()
-    token_logps = picked.gather(1, batch["tok_target"][:, None]).squeeze(1) - picked.logsumexp(dim=-1)
+    captured: list[torch.Tensor] = []
+    hook = decoder.register_forward_hook(lambda _m, _a, out: captured.append(out.last_hidden_state))
+    try:
+        no_logits = torch.zeros(0, dtype=torch.long, device=input_ids.device)
+        model(input_ids=input_ids, use_cache=False, logits_to_keep=no_logits, **kwargs)
+    finally:
+        hook.remove()
+    hidden = captured[-1][batch["tok_row"], batch["tok_pred"]]
+    targets = batch["tok_target"]
+    recompute = torch.is_grad_enabled() and hidden.requires_grad
+    token_logps = torch.cat(
+        [
+            checkpoint(_token_logps, lm_head, h, t, use_reentrant=False)
+            if recompute
+            else _token_logps(lm_head, h, t)
+            for h, t in zip(hidden.split(chunk_size), targets.split(chunk_size), strict=True)
+        ]
+    )
     out = torch.zeros(len(batch["resp_len"]), dtype=torch.float32, device=token_logps.device)
     return out.index_add_(0, batch["tok_resp"], token_logps)

@@ -1,13 +1,16 @@
 """Compute reference log-probs of every response once and store them with the preference groups.
 
 Training then needs no reference model in memory. Batches are packed exactly as in training (or one row
-per pair with --no_shared_prefix), run without gradients, and appended to ``<output>.partial`` as they
-finish; a killed run continues after the last complete line, and the finished file is renamed into place.
+per pair with --no_shared_prefix), run without gradients in the training precision (``--bf16``,
+``--fp16``, ``--pure_bf16`` as ``train`` takes them: otherwise x1 and x2 are not 0 at step 0 and LPO's
+positive term fires on rounding alone), and appended to ``<output>.partial`` as they finish; a killed run
+continues after the last complete line, and the finished file is renamed into place.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -19,6 +22,7 @@ from tqdm import tqdm
 
 from speech_lpo.groups import PreferenceGroup, load_groups
 from speech_lpo.packing import collate_groups, response_logps
+from speech_lpo.training_args import add_precision_arguments, autocast_dtype, weights_dtype
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +34,19 @@ def with_ref_logps(
     batch_size: int = 8,
     shared_prefix: bool = True,
     pad_id: int = 0,
+    autocast: torch.dtype | None = None,
 ) -> Iterator[PreferenceGroup]:
-    """Yield the groups, in order, with ``ref_*`` fields filled from ``model``."""
+    """Yield the groups, in order, with ``ref_*`` fields filled from ``model`` (under ``autocast`` to that
+    dtype when given, as the Trainer's mixed precision runs the policy)."""
     model.eval()
     device = next(model.parameters()).device
+    precision = torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext()
     for start in range(0, len(groups), batch_size):
         chunk = groups[start : start + batch_size]
         batch = collate_groups(chunk, shared_prefix=shared_prefix, pad_id=pad_id)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        logps = response_logps(model, batch).tolist()
+        with precision:
+            logps = response_logps(model, batch).tolist()
         lengths = batch["resp_len"].tolist()
         chosen, rejected = batch["pair_chosen"].tolist(), batch["pair_rejected"].tolist()
         pair = 0  # pairs come group by group, k of them each, in either layout
@@ -75,12 +83,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no_shared_prefix", action="store_true", help="one row per pair instead of packed groups"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_precision_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> None:
     from transformers import AutoModelForCausalLM
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    dtype, autocast = weights_dtype(args), autocast_dtype(args)  # bad precision options fail first
     output = Path(args.output)
     if output.exists():
         log.info("%s exists; nothing to do", output)
@@ -96,12 +106,12 @@ def main(args: argparse.Namespace) -> None:
         )
     if done:
         log.info("resuming after %d finished groups in %s", done, partial)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(args.device)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device)
     pad_id = model.config.pad_token_id or 0
     todo = groups[done:]
     with partial.open("a", encoding="utf-8") as f:
         for g in tqdm(
-            with_ref_logps(model, todo, args.batch_size, not args.no_shared_prefix, pad_id),
+            with_ref_logps(model, todo, args.batch_size, not args.no_shared_prefix, pad_id, autocast),
             total=len(todo),
             desc="ref-logps",
             unit="group",

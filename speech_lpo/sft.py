@@ -20,6 +20,8 @@ from speech_lpo.training_args import (
     copy_model_extras,
     extras_callback,
     trainer_kwargs,
+    warn_if_updates_round_away,
+    weights_dtype,
 )
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,7 @@ def main(args: argparse.Namespace) -> None:
     from speech_lpo.vocab import AudioVocab
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    dtype = weights_dtype(args)  # bad precision options fail before the data is read
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     vocab = AudioVocab.load(args.model)
     train_examples, dropped = build_examples(
@@ -107,8 +110,8 @@ def main(args: argparse.Namespace) -> None:
             load_tokenized(args.eval_data), tokenizer, vocab, args.task, args.max_length
         )[0]
 
-    dtype = torch.bfloat16 if args.bf16 else torch.float32
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+    warn_if_updates_round_away(model, args.learning_rate)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     config = TrainingArguments(**trainer_kwargs(args, has_eval=bool(eval_examples)))
     trainer = Trainer(

@@ -13,15 +13,15 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-
 from speech_lpo.groups import load_groups
-from speech_lpo.losses import LOSSES, LPO_VARIANTS
+from speech_lpo.losses import DEFAULT_BETA, LOSSES, LPO_VARIANTS, R2_BY_TASK
 from speech_lpo.training_args import (
     add_optimisation_arguments,
     copy_model_extras,
     extras_callback,
     trainer_kwargs,
+    warn_if_updates_round_away,
+    weights_dtype,
 )
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     loss = parser.add_argument_group("loss (defaults: the paper's Table 9)")
     loss.add_argument("--loss", dest="loss_type", default="lpo", choices=sorted(LOSSES))
-    loss.add_argument("--beta", type=float, default=0.2)
+    loss.add_argument("--beta", type=float, default=None, help=f"default: the loss's own, {DEFAULT_BETA}")
     loss.add_argument("--r1", type=float, default=1.0)
-    loss.add_argument("--r2", type=float, default=1.0, help="LPO: rate of the rejected log-prob's fall")
+    loss.add_argument(
+        "--r2",
+        type=float,
+        default=None,
+        help=f"LPO: rate of the rejected log-prob's fall; default by task {R2_BY_TASK}",
+    )
     loss.add_argument("--gamma", type=float, default=10.0, help="LPO positive-term weight (paper: lambda)")
     loss.add_argument("--lpo_variant", default="ste", choices=LPO_VARIANTS)
     loss.add_argument("--label_smoothing", type=float, default=0.0, help="DPO")
@@ -91,6 +96,22 @@ def build_config(args: argparse.Namespace):
     )
 
 
+def loss_settings(config) -> dict:
+    """The loss settings in effect (defaults resolved), as train_summary.json records them."""
+    return {k: getattr(config, k) for k in ("loss_type", "beta", "r1", "r2", "gamma", "lpo_variant")}
+
+
+def pairs_per_step(config, groups: list) -> str:
+    """The effective pairs per optimiser step, spelled out: what the paper's Table 9 sizes its steps by."""
+    k = sum(g.k for g in groups) / max(len(groups), 1)
+    n = config.per_device_train_batch_size * config.gradient_accumulation_steps * config.world_size * k
+    return (
+        f"pairs per optimiser step: {config.per_device_train_batch_size} groups x "
+        f"{config.gradient_accumulation_steps} accumulation x {config.world_size} processes x {k:g} rejected "
+        f"= {n:g}"
+    )
+
+
 def main(args: argparse.Namespace) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.trainer_utils import get_last_checkpoint
@@ -108,8 +129,9 @@ def main(args: argparse.Namespace) -> None:
     )
     eval_groups = load_groups(args.eval_groups, max_length=args.max_length)[0] if args.eval_groups else None
 
-    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    dtype = weights_dtype(args)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+    warn_if_updates_round_away(model, args.learning_rate)
     config.pad_token_id = model.config.pad_token_id or 0
     if args.lora_r > 0:
         from peft import LoraConfig, get_peft_model
@@ -133,6 +155,7 @@ def main(args: argparse.Namespace) -> None:
         ref_model=ref_model,
         callbacks=[extras_callback(args.model)],
     )
+    log.info("loss %s; %s", loss_settings(config), pairs_per_step(config, train_groups))
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     if last:
         log.info("resuming from %s", last)
@@ -151,7 +174,7 @@ def main(args: argparse.Namespace) -> None:
         "train_loss": result.training_loss,
         "steps": result.global_step,
         "skipped": dict(report.counts),
-        "loss": {k: getattr(args, k) for k in ("loss_type", "beta", "r1", "r2", "gamma", "lpo_variant")},
+        "loss": loss_settings(config),
     }
     Path(args.output_dir, "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info("done: %s", summary)

@@ -33,7 +33,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from speech_lpo.groups import PreferenceGroup
-from speech_lpo.losses import LOSSES, LPO_VARIANTS, NORMALISE, REFERENCE_FREE
+from speech_lpo.losses import DEFAULT_BETA, LOSSES, LPO_VARIANTS, NORMALISE, REFERENCE_FREE, default_r2
 from speech_lpo.packing import collate_groups, response_logps
 
 
@@ -42,9 +42,12 @@ class PreferenceConfig(TrainingArguments):
     """TrainingArguments plus the preference-loss settings (defaults: the paper's Table 9)."""
 
     loss_type: str = field(default="lpo", metadata={"help": f"one of {sorted(LOSSES)}"})
-    beta: float = 0.2
+    beta: float | None = field(default=None, metadata={"help": f"None: the loss's own, {DEFAULT_BETA}"})
     r1: float = 1.0
-    r2: float = 1.0
+    r2: float | None = field(
+        default=None,
+        metadata={"help": "LPO; None: by the training groups' task (speech_lpo.losses.R2_BY_TASK)"},
+    )
     gamma: float = field(default=10.0, metadata={"help": "LPO positive-term weight (the paper's lambda)"})
     lpo_variant: str = field(default="ste", metadata={"help": f"one of {LPO_VARIANTS}"})
     label_smoothing: float = 0.0
@@ -66,6 +69,8 @@ class PreferenceConfig(TrainingArguments):
             raise ValueError(f"unknown lpo_variant {self.lpo_variant!r}; expected one of {LPO_VARIANTS}")
         if self.length_normalise is None:
             self.length_normalise = NORMALISE[self.loss_type]
+        if self.beta is None:
+            self.beta = DEFAULT_BETA[self.loss_type]
 
     def loss_kwargs(self) -> dict:
         return {
@@ -133,6 +138,8 @@ class PreferenceTrainer(Trainer):
         ref_model: torch.nn.Module | None = None,
         **kwargs,
     ):
+        if args.r2 is None and args.loss_type == "lpo":  # resolved here, where the groups' task is known
+            args.r2 = default_r2(g.task for g in train_dataset)
         callbacks = list(kwargs.pop("callbacks", []) or [])
         if args.metrics_file:
             callbacks.append(MetricsJsonlCallback(args.metrics_file))
@@ -155,6 +162,11 @@ class PreferenceTrainer(Trainer):
             "train": defaultdict(list),
             "eval": defaultdict(list),
         }
+
+    def autocast_smart_context_manager(self, cache_enabled: bool | None = True):
+        """accelerate's autocast around the whole loss: accelerate applies mixed precision by wrapping the
+        model's forward, and the LM head runs outside it (speech_lpo.packing.response_logps)."""
+        return self.accelerator.autocast()
 
     def _reference_logps(self, model: torch.nn.Module, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-pair reference log-probs (summed): stored with the groups, or computed now without grad."""

@@ -1,5 +1,11 @@
 """Options shared by the Trainer-based stages (``sft``, ``train``) and what they become for the Trainer.
 
+Precision is done as accelerate and TRL do it: float32 master weights, with bf16 or fp16 autocast
+(``--bf16``, ``--fp16``: the Trainer's own arguments). Pure bf16 weights (``--pure_bf16``) halve the
+memory of weights and optimiser state, but AdamW then rounds every update smaller than half a bf16 step
+of its weight away: at the paper's learning rate 2e-7 almost no weight moves. ``ref-logps`` takes the
+same options, so that reference and policy log-probs agree at step 0.
+
 Also makes the output dirs complete model dirs: the tokenizer, audio vocabulary and codec of the source
 model dir are copied beside the weights of the final model and of every checkpoint.
 """
@@ -7,8 +13,13 @@ model dir are copied beside the weights of the final model and of every checkpoi
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
 
 # Files that save_pretrained writes for the model itself; everything else in a model dir is copied over.
 _MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
@@ -22,11 +33,15 @@ def add_optimisation_arguments(parser: argparse.ArgumentParser, batch_help: str)
     opt.add_argument("--max_steps", type=int, default=-1, help="overrides epochs when > 0")
     opt.add_argument("--batch_size", type=int, default=4, help=batch_help)
     opt.add_argument("--grad_accum", type=int, default=1)
-    opt.add_argument("--warmup_steps", type=int, default=0)
+    opt.add_argument("--warmup_steps", type=float, default=0, help="steps, or a share of them if below 1")
     opt.add_argument("--lr_scheduler_type", default="linear")
+    opt.add_argument(
+        "--min_lr", type=float, default=None, help="the floor of --lr_scheduler_type cosine_with_min_lr"
+    )
     opt.add_argument("--weight_decay", type=float, default=0.0)
+    opt.add_argument("--adam_beta2", type=float, default=0.999)
     opt.add_argument("--max_grad_norm", type=float, default=1.0)
-    opt.add_argument("--bf16", action="store_true")
+    add_precision_arguments(opt)
     opt.add_argument("--gradient_checkpointing", action="store_true")
     opt.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config (with accelerate launch)")
     opt.add_argument("--seed", type=int, default=42)
@@ -37,6 +52,59 @@ def add_optimisation_arguments(parser: argparse.ArgumentParser, batch_help: str)
     opt.add_argument("--save_total_limit", type=int, default=2, help="checkpoints kept; 0 keeps all")
 
 
+def add_precision_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--bf16", action="store_true", help="float32 weights, bf16 autocast")
+    parser.add_argument("--fp16", action="store_true", help="float32 weights, fp16 autocast, loss scaling")
+    parser.add_argument(
+        "--pure_bf16", action="store_true", help="bf16 weights and optimiser state (small updates round away)"
+    )
+
+
+def precision(args: argparse.Namespace) -> str:
+    """``fp32``, ``bf16``, ``fp16`` or ``pure_bf16``, from the options above (at most one of them set)."""
+    chosen = [name for name in ("bf16", "fp16", "pure_bf16") if getattr(args, name)]
+    if len(chosen) > 1:
+        raise SystemExit(f"choose one of --bf16, --fp16, --pure_bf16 (got {', '.join(chosen)})")
+    if chosen == ["fp16"] and not torch.cuda.is_available():
+        # accelerate turns fp16 autocast off on CPU: the run would be float32 under an fp16 name
+        raise SystemExit("--fp16 needs a CUDA GPU (accelerate has no fp16 autocast on CPU); use --bf16 here")
+    return chosen[0] if chosen else "fp32"
+
+
+def weights_dtype(args: argparse.Namespace) -> torch.dtype:
+    """The dtype to load the model in: bf16 only for pure bf16, float32 master weights otherwise."""
+    return torch.bfloat16 if precision(args) == "pure_bf16" else torch.float32
+
+
+def autocast_dtype(args: argparse.Namespace) -> torch.dtype | None:
+    """The dtype the Trainer autocasts to under these options (None: no autocast)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision(args))
+
+
+def rounded_away_share(model: torch.nn.Module, learning_rate: float) -> float:
+    """Share of the trainable bf16 weights for which an update of ``learning_rate`` is under half a bf16
+    step, so that adding it rounds back to the same weight (Adam's updates are about lr in size)."""
+    lost = total = 0
+    for p in model.parameters():
+        if p.requires_grad and p.dtype == torch.bfloat16:
+            # a bf16 step at w is 2**(exponent(w) - 7): 8 significant bits
+            half_step = torch.exp2(torch.floor(torch.log2(p.detach().float().abs())) - 8)
+            lost += int((half_step > learning_rate).sum())
+            total += p.numel()
+    return lost / max(total, 1)
+
+
+def warn_if_updates_round_away(model: torch.nn.Module, learning_rate: float) -> None:
+    share = rounded_away_share(model, learning_rate)
+    if share > 0.01:
+        log.warning(
+            "--pure_bf16 at learning rate %g: for %.1f%% of the weights an update of that size is under half "
+            "a bf16 step and rounds away; use --bf16 (float32 weights, bf16 autocast) instead",
+            learning_rate,
+            100 * share,
+        )
+
+
 def trainer_kwargs(args: argparse.Namespace, has_eval: bool) -> dict:
     """TrainingArguments keyword arguments from the options above."""
     if not has_eval:
@@ -45,6 +113,10 @@ def trainer_kwargs(args: argparse.Namespace, has_eval: bool) -> dict:
         evaluation = {"eval_strategy": "steps", "eval_steps": args.eval_steps}
     else:
         evaluation = {"eval_strategy": "epoch"}
+    if (args.min_lr is None) != (args.lr_scheduler_type != "cosine_with_min_lr"):
+        raise SystemExit(
+            "--min_lr goes with --lr_scheduler_type cosine_with_min_lr, and that scheduler needs it"
+        )
     return {
         "output_dir": args.output_dir,
         "learning_rate": args.learning_rate,
@@ -55,9 +127,13 @@ def trainer_kwargs(args: argparse.Namespace, has_eval: bool) -> dict:
         "gradient_accumulation_steps": args.grad_accum,
         "warmup_steps": args.warmup_steps,
         "lr_scheduler_type": args.lr_scheduler_type,
+        "lr_scheduler_kwargs": {} if args.min_lr is None else {"min_lr": args.min_lr},
         "weight_decay": args.weight_decay,
+        "adam_beta2": args.adam_beta2,
         "max_grad_norm": args.max_grad_norm,
-        "bf16": args.bf16,
+        "use_cpu": not torch.cuda.is_available(),  # the Trainer refuses --bf16 on CPU unless told
+        "bf16": precision(args) == "bf16",
+        "fp16": precision(args) == "fp16",
         "gradient_checkpointing": args.gradient_checkpointing,
         "deepspeed": args.deepspeed,
         "seed": args.seed,

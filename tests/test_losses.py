@@ -6,7 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from speech_lpo.losses import LOSSES, dpo_loss, dpop_loss, hinge_loss, ipo_loss, lpo_loss, simpo_loss
+from speech_lpo.groups import PreferenceGroup
+from speech_lpo.losses import (
+    DEFAULT_BETA,
+    LOSSES,
+    default_r2,
+    dpo_loss,
+    dpop_loss,
+    hinge_loss,
+    ipo_loss,
+    lpo_loss,
+    simpo_loss,
+)
+from speech_lpo.modeling import tiny_qwen2
+from speech_lpo.trainer import PreferenceConfig, PreferenceTrainer
 
 BETA, GAMMA, R1 = 0.2, 10.0, 1.0
 
@@ -105,3 +118,31 @@ def test_baseline_values():
     expected = [-math.log(sig(0.1 * m[0])), -math.log(sig(0.1 * (m[1] - 50 * 0.5)))]
     assert dpop_loss(x1, x2, beta=0.1, lam=50)[0].tolist() == pytest.approx(expected)
     assert set(LOSSES) == {"lpo", "dpo", "ipo", "hinge", "simpo", "dpop"}
+
+
+def test_beta_defaults_by_loss():
+    # LPO: the paper's Table 9; DPO and the other baselines: TRL's 0.1; SimPO: its paper's 2.0
+    assert DEFAULT_BETA == {"lpo": 0.2, "dpo": 0.1, "ipo": 0.1, "hinge": 0.1, "simpo": 2.0, "dpop": 0.1}
+    for loss, beta in DEFAULT_BETA.items():
+        assert PreferenceConfig(output_dir="unused", loss_type=loss).beta == beta
+    assert PreferenceConfig(output_dir="unused", loss_type="dpo", beta=0.3).beta == 0.3
+
+
+def test_r2_defaults_by_task():
+    assert [default_r2([t]) for t in ("tts", "asr", "text", "math")] == [0.4, 1.0, 2.0, 0.2]
+    assert default_r2(["tts", "tts"]) == 0.4
+    with pytest.raises(ValueError, match="tasks \\['asr', 'tts'\\].*--r2"):
+        default_r2(["tts", "asr"])
+    with pytest.raises(ValueError, match="tasks \\['poetry'\\]"):
+        default_r2(["poetry"])
+
+
+@pytest.mark.parametrize(
+    ("task", "r2", "expected"), [("tts", None, 0.4), ("asr", None, 1.0), ("tts", 3.0, 3.0)]
+)
+def test_trainer_takes_r2_from_the_groups_task_unless_given(task, r2, expected, tmp_path):
+    groups = [PreferenceGroup(f"g{i}", task, [5, 6], [7, 8], [[9], [10, 11]]) for i in range(2)]
+    args = PreferenceConfig(output_dir=str(tmp_path), r2=r2, use_cpu=True, report_to=[])
+    trainer = PreferenceTrainer(model=tiny_qwen2(16, hidden_size=16), args=args, train_dataset=groups)
+    assert trainer.args.r2 == expected
+    assert trainer.args.loss_kwargs()["r2"] == expected

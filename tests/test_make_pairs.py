@@ -178,7 +178,7 @@ def test_asr_perturbation_groups(model_dir, data_dir, tokenizer, tmp_path):
     assert report["dropped_groups"] == {
         "empty or missing transcript": 2,
         "no audio codes": 1,
-        "packed group longer than the model's max_position_embeddings": 1,
+        "prompt and longest response longer than the model's max_position_embeddings": 1,
     }
     assert set(report["operators"]) == {"insertion", "deletion", "repetition"}
     assert 0.05 < report["edit_rate"]["mean"] < 0.2
@@ -256,3 +256,19 @@ def test_chain_sft_generate_make_pairs_ref_logps_train(speech_lm, tmp_path):
         + ["--batch_size", "2", "--logging_steps", "1"])  # fmt: skip
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in m for m in metrics)
+
+
+def test_position_limit_is_prompt_plus_longest_response_not_the_packed_length():
+    from speech_lpo.make_pairs import LONGER_THAN_POSITIONS, PairReport, make_group
+
+    row = {"id": "u1", "task": "asr", "lang": "en", "prompt_ids": [1] * 10, "reference_ids": [2] * 6}
+    rejected = [
+        ([3] * 8, {"edit_distance": 8}),
+        ([4] * 5, {"edit_distance": 6}),
+        ([5] * 7, {"edit_distance": 7}),
+    ]
+    report = PairReport()  # packed: 10 + 6 + 20 = 36 tokens; furthest position: 10 + 8 = 18
+    group = make_group(row, "model", rejected, report, max_positions=18, reference_units=6)
+    assert group is not None and group.packed_length() == 36
+    assert make_group(row, "model", rejected, report, max_positions=17, reference_units=6) is None
+    assert report.dropped_groups == {LONGER_THAN_POSITIONS: 1}

@@ -4,9 +4,10 @@ import random
 
 import pytest
 import torch
+from transformers import Qwen2ForCausalLM
 
 from speech_lpo.groups import PreferenceGroup
-from speech_lpo.modeling import tiny_qwen2
+from speech_lpo.modeling import tiny_qwen2, tiny_qwen2_config
 from speech_lpo.packing import collate_groups, packed_attention_mask, response_logps
 
 VOCAB = 97
@@ -80,12 +81,101 @@ def test_packed_mask_isolates_responses():
     assert allowed[0].tolist() == [True] + [False] * 7
 
 
-def test_logits_before_prompt_end_are_not_computed():
+def full_logits_logps(model, batch):
+    """The log-probs from the logits of every column, as the trainer computed them before chunking."""
+    if "segment_ids" in batch:
+        mask = packed_attention_mask(batch["segment_ids"], torch.float32)
+        kwargs = {"attention_mask": mask, "position_ids": batch["position_ids"]}
+    else:
+        kwargs = {"attention_mask": batch["attention_mask"]}
+    logits = model(input_ids=batch["input_ids"], **kwargs).logits
+    picked = logits[batch["tok_row"], batch["tok_pred"]].float()
+    token = picked.gather(1, batch["tok_target"][:, None]).squeeze(1) - picked.logsumexp(-1)
+    return torch.zeros(len(batch["resp_len"])).index_add_(0, batch["tok_resp"], token)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("shared_prefix", [True, False])
+def test_chunked_lm_head_equals_full_logits(tied, shared_prefix):
+    config = tiny_qwen2_config(VOCAB, hidden_size=32)
+    config.tie_word_embeddings = tied
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config)
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
+    batch = collate_groups(random_groups(3), shared_prefix=shared_prefix)
+    n_tokens = len(batch["tok_target"])
+    weights = torch.randn(len(batch["resp_len"]))  # a loss that weighs every response differently
+
+    results = {}
+    for name, fn in {
+        "full": full_logits_logps,
+        "chunk 5": lambda m, b: response_logps(m, b, chunk_size=5),  # several chunks and a ragged last one
+        "one chunk": lambda m, b: response_logps(m, b, chunk_size=n_tokens),
+    }.items():
+        model.zero_grad()
+        logps = fn(model, batch)
+        (logps * weights).sum().backward()
+        results[name] = (logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+
+    values, grads = results["full"]
+    for name in ("chunk 5", "one chunk"):
+        torch.testing.assert_close(results[name][0], values, atol=1e-5, rtol=0, msg=name)
+        for param, grad in grads.items():
+            torch.testing.assert_close(results[name][1][param], grad, atol=1e-5, rtol=1e-5, msg=param)
+
+
+def test_lm_head_sees_response_tokens_only_in_chunks():
+    model = tiny_qwen2(VOCAB, hidden_size=32)
+    batch = collate_groups(random_groups(3), shared_prefix=True)
+    rows = []
+    model.lm_head.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[:-1].numel()))
+    response_logps(model, batch, chunk_size=16).sum().backward()
+    n_tokens = int(batch["resp_len"].sum())
+    # forward: the model asks its head for no logits, then one call per chunk; backward recomputes each chunk
+    chunks = [min(16, n_tokens - s) for s in range(0, n_tokens, 16)]
+    assert rows == [0, *chunks, *reversed(chunks)]
+    assert n_tokens < batch["input_ids"].numel()  # fewer rows than the logits of every column
+
+
+def test_empty_response_is_an_error_naming_the_group():
+    groups = random_groups(2)
+    groups[2].rejected_ids[1] = []
+    with pytest.raises(ValueError, match="'g2' has an empty response"):
+        collate_groups(groups)
+
+
+def test_first_response_token_is_predicted_from_the_last_prompt_column():
     groups = random_groups(3)
     batch = collate_groups(groups, shared_prefix=True)
     prompt_end = max(len(g.prompt_ids) for g in groups)
-    assert batch["keep_start"] == prompt_end - 1
-    assert batch["tok_pred"].min() == 0
-    # every first response token of a group is predicted from the shared last prompt column
     starts = torch.cumsum(torch.cat([torch.tensor([0]), batch["resp_len"][:-1]]), 0)
-    assert (batch["tok_pred"][starts] == 0).all()
+    assert (batch["tok_pred"][starts] == prompt_end - 1).all()
+    assert len(batch["tok_pred"]) == len(batch["tok_target"]) == int(batch["resp_len"].sum())
+
+
+def test_wrapped_model_goes_through_its_wrappers_forward(tmp_path):
+    """Under DDP (one gloo process here) the decoder runs inside DDP's forward, so its gradient reduction
+    sees the step; log-probs and gradients equal the unwrapped model's."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = tiny_qwen2(VOCAB, hidden_size=32)
+    batch = collate_groups(random_groups(3), shared_prefix=True)
+    plain = response_logps(model, batch, chunk_size=7)
+    plain.sum().backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(model)
+        forwards = []
+        wrapped.register_forward_hook(lambda *_: forwards.append(1))
+        logps = response_logps(wrapped, batch, chunk_size=7)
+        logps.sum().backward()
+    finally:
+        dist.destroy_process_group()
+    assert forwards == [1]
+    torch.testing.assert_close(logps, plain, atol=1e-6, rtol=0)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], atol=1e-6, rtol=1e-5, msg=name)

@@ -30,7 +30,7 @@ mos_utterances=8      # test sentences in the listening-test package
 datadir=data          # corpus (when synthesised) and manifests
 dumpdir=dump          # audio tokens and the fitted codec
 expdir=exp            # models, outputs, logs and .done sentinels
-conf_dir=conf          # stage configs (conf/ci: the reduced run CI makes)
+conf_dir=conf          # stage configs (conf/ci: the reduced run CI makes; conf/paper: Table 9, Qwen2.5, 8 GPUs)
 option_names="stage stop_stage force corpus_dir download subsets model codec ngpu nj pref_prompts r2 mos_utterances
 datadir dumpdir expdir conf_dir"
 
@@ -61,8 +61,8 @@ pairs_stage() {
 }
 
 ref_logps_stage() {
-  speech-lpo ref-logps --model "${expdir}/sft" --groups "${expdir}/pairs/model.jsonl" \
-    --output "${expdir}/pairs/model.ref.jsonl"
+  speech-lpo ref-logps --config "${conf_dir}/ref_logps.yaml" --model "${expdir}/sft" \
+    --groups "${expdir}/pairs/model.jsonl" --output "${expdir}/pairs/model.ref.jsonl"
 }
 
 train_stage() {
