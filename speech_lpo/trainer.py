@@ -126,10 +126,12 @@ def deepspeed_reference_config(train_config: dict, hidden_size: int | None) -> d
     """The DeepSpeed config of a frozen reference model beside a policy trained with ``train_config``, as
     TRL's ``prepare_deepspeed`` makes it: under ZeRO-3 the reference is sharded too (buckets sized from the
     hidden size where the training config leaves them "auto"); under ZeRO-0/1/2 it is whole on every rank
-    (stage 0). No optimizer or scheduler: the engine only runs forward passes."""
+    (stage 0). No optimizer or scheduler: the engine only runs forward passes. No ``train_batch_size``:
+    DeepSpeed derives it from the micro batch, the accumulation and the world size (the Trainer may have
+    filled it before the world size was known)."""
     config = copy.deepcopy(train_config)
-    config.pop("optimizer", None)
-    config.pop("scheduler", None)
+    for unused in ("optimizer", "scheduler", "train_batch_size"):
+        config.pop(unused, None)
     zero = config.setdefault("zero_optimization", {})
     if zero.get("stage", 0) != 3:
         config["zero_optimization"] = {"stage": 0}
@@ -153,7 +155,8 @@ def prepare_deepspeed_reference(model: torch.nn.Module, accelerator) -> torch.nn
         accelerator.state.deepspeed_plugin.deepspeed_config, getattr(model.config, "hidden_size", None)
     )
     engine, *_ = deepspeed.initialize(model=model, config=config)
-    return engine.eval()
+    engine.eval()  # DeepSpeedEngine.eval() returns None, not the engine
+    return engine
 
 
 class NonFiniteLossError(FloatingPointError):

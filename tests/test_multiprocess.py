@@ -2,6 +2,7 @@
 train as one process does with the same global batch; only rank 0 writes; a non-finite loss on one rank
 stops both, naming the step and the groups."""
 
+import dataclasses
 import json
 import os
 import re
@@ -28,11 +29,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(*args: str, processes: int = 1, timeout: float = 600) -> subprocess.CompletedProcess:
+def run(
+    *args: str, processes: int = 1, timeout: float = 600, multi_cpu: bool = True
+) -> subprocess.CompletedProcess:
     """`speech-lpo ARGS` in one plain process, or under `accelerate launch` in several CPU processes.
 
-    ACCELERATE_USE_CPU: on a machine without GPUs accelerate then sets up MULTI_CPU with gloo (without it,
-    each process would train alone). A hung run is killed with its whole process group."""
+    ACCELERATE_USE_CPU (``multi_cpu``): on a machine without GPUs accelerate then sets up MULTI_CPU with
+    gloo (without it, each process would train alone); DeepSpeed runs go without it, or the Trainer takes
+    the MULTI_CPU path instead of DeepSpeed's. A hung run is killed with its whole process group."""
     command = [sys.executable, "-m", "speech_lpo.cli", *args]
     if processes > 1:
         command = [
@@ -49,7 +53,8 @@ def run(*args: str, processes: int = 1, timeout: float = 600) -> subprocess.Comp
             "speech_lpo.cli",
             *args,
         ]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env["ACCELERATE_USE_CPU"] = "true" if multi_cpu else "false"
     proc = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
@@ -62,8 +67,8 @@ def run(*args: str, processes: int = 1, timeout: float = 600) -> subprocess.Comp
     return subprocess.CompletedProcess(command, proc.returncode, out)
 
 
-def run_ok(*args: str, processes: int = 1) -> str:
-    result = run(*args, processes=processes)
+def run_ok(*args: str, processes: int = 1, multi_cpu: bool = True) -> str:
+    result = run(*args, processes=processes, multi_cpu=multi_cpu)
     assert result.returncode == 0, result.stdout[-5000:]
     return result.stdout
 
@@ -205,3 +210,65 @@ def test_a_non_finite_loss_on_one_rank_stops_both(tmp_path):
     assert len(raised) == 2, result.stdout[-5000:]  # both ranks, the same step
     assert len(set(raised)) == 1
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_deepspeed_reference_config_as_trl_prepares_it():
+    from speech_lpo.trainer import deepspeed_reference_config
+
+    train = {
+        "zero_optimization": {"stage": 3, "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": 1000},
+        "optimizer": {"type": "AdamW"},
+        "train_batch_size": 8,
+        "train_micro_batch_size_per_gpu": 2,
+    }
+    zero3 = deepspeed_reference_config(train, hidden_size=64)
+    # sharded like the policy; "auto" buckets sized from the hidden size, set values kept; no optimizer
+    assert zero3["zero_optimization"] == {
+        "stage": 3,
+        "reduce_bucket_size": 64 * 64,
+        "stage3_prefetch_bucket_size": 1000,
+        "stage3_param_persistence_threshold": 640,
+    }
+    assert "optimizer" not in zero3 and "train_batch_size" not in zero3
+    assert zero3["train_micro_batch_size_per_gpu"] == 2
+    assert train["zero_optimization"]["reduce_bucket_size"] == "auto"  # the training config is untouched
+    # ZeRO-2: the reference is whole on every rank
+    zero2 = deepspeed_reference_config({**train, "zero_optimization": {"stage": 2}}, hidden_size=64)
+    assert zero2["zero_optimization"] == {"stage": 0}
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_with_a_live_reference_matches_one_process(stage, tmp_path):
+    """ZeRO-2 (reference whole on each rank) and ZeRO-3 (reference sharded) with `--ref_model`: the same
+    losses and rewards as one process. Every group is the same group, so the comparison holds whichever
+    rank gets which group: on CPU accelerate gives both DeepSpeed ranks the whole dataset (its device
+    detection finds no accelerator for DeepSpeed and reports one process), which this test does not cover."""
+    pytest.importorskip("deepspeed")
+    tiny_qwen2(VOCAB, hidden_size=64, num_layers=2).save_pretrained(tmp_path / "sft")
+    group = random_groups(k=3, seed=0)[1]
+    groups = [dataclasses.replace(group, id=f"g{i}") for i in range(8)]
+    write_groups(tmp_path / "groups.jsonl", groups)
+    config = {
+        "zero_optimization": {"stage": stage, "reduce_bucket_size": "auto"},
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+    }
+    if stage == 3:
+        config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    (tmp_path / "ds.json").write_text(json.dumps(config))
+    common = ["--groups", str(tmp_path / "groups.jsonl"), "--model", str(tmp_path / "sft")]
+    common += ["--ref_model", str(tmp_path / "sft"), "--batch_size", "2", "--learning_rate", "1e-3"]
+    common += ["--max_steps", "3", "--logging_steps", "1"]
+    run_ok("train", *common, "--output_dir", str(tmp_path / "one"))
+    deepspeed = ["--deepspeed", str(tmp_path / "ds.json")]
+    run_ok("train", *common, "--output_dir", str(tmp_path / "ds"), *deepspeed, processes=2, multi_cpu=False)
+
+    def by_step(path: Path) -> dict[int, dict]:
+        return {r["step"]: r for r in map(json.loads, path.read_text().splitlines()) if "loss" in r}
+
+    one, ds = by_step(tmp_path / "one" / "metrics.jsonl"), by_step(tmp_path / "ds" / "metrics.jsonl")
+    assert one[1]["rewards/margins"] == 0.0  # the reference is the policy at step 1
+    assert ds[3]["rewards/margins"] != 0.0  # and not after it: the reference engine stayed frozen
+    assert_same_log(one, ds, ("loss", "grad_norm", "rewards/chosen", "rewards/margins", "logps/rejected"))
+    assert (tmp_path / "ds" / "model.safetensors").exists()
