@@ -358,7 +358,13 @@ def main(args: argparse.Namespace) -> None:
         if not args.candidates:
             raise SystemExit("--method model needs --candidates (a `speech-lpo generate` output directory)")
         groups = model_groups(
-            args.candidates, tokenizer, vocab, args.normalizer, report, max_positions, args.keep_cut_candidates
+            args.candidates,
+            tokenizer,
+            vocab,
+            args.normalizer,
+            report,
+            max_positions,
+            args.keep_cut_candidates,
         )
     else:
         if not args.data:

@@ -5,6 +5,10 @@ per pair with --no_shared_prefix), run without gradients in the training precisi
 ``--fp16``, ``--pure_bf16`` as ``train`` takes them: otherwise x1 and x2 are not 0 at step 0 and LPO's
 positive term fires on rounding alone), and appended to ``<output>.partial`` as they finish; a killed run
 continues after the last complete line, and the finished file is renamed into place.
+
+Under ``accelerate launch`` the groups are sharded over the processes: each takes one batch of every
+``processes x batch_size`` groups, rank 0 gathers the results and appends them in the input order, so the
+partial file, the resume and the output are those of one process.
 """
 
 from __future__ import annotations
@@ -82,15 +86,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no_shared_prefix", action="store_true", help="one row per pair instead of packed groups"
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="default: this process's device under accelerate")
     add_precision_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> None:
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list, gather_object, parse_flag_from_env
     from transformers import AutoModelForCausalLM
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     dtype, autocast = weights_dtype(args), autocast_dtype(args)  # bad precision options fail first
+    # several CPU processes need ACCELERATE_USE_CPU, which the Trainer reads and PartialState alone does not
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     output = Path(args.output)
     if output.exists():
         log.info("%s exists; nothing to do", output)
@@ -98,7 +106,8 @@ def main(args: argparse.Namespace) -> None:
     groups, report = load_groups(args.groups, max_length=args.max_length)
     log.info("%d groups from %s; skipped: %s", len(groups), args.groups, report.summary())
     partial = output.with_name(output.name + ".partial")
-    finished = _finished_ids(partial)
+    finished = [_finished_ids(partial) if state.is_main_process else None]
+    finished = broadcast_object_list(finished)[0]  # rank 0 read (and cut a torn line off) the file
     done = len(finished)
     if finished != [g.id for g in groups[:done]]:
         raise ValueError(
@@ -106,18 +115,32 @@ def main(args: argparse.Namespace) -> None:
         )
     if done:
         log.info("resuming after %d finished groups in %s", done, partial)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device)
+    device = args.device or state.device
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(device)
     pad_id = model.config.pad_token_id or 0
     todo = groups[done:]
-    with partial.open("a", encoding="utf-8") as f:
-        for g in tqdm(
-            with_ref_logps(model, todo, args.batch_size, not args.no_shared_prefix, pad_id, autocast),
-            total=len(todo),
-            desc="ref-logps",
-            unit="group",
-        ):
-            f.write(g.to_json() + "\n")
-            f.flush()
-        os.fsync(f.fileno())
-    partial.replace(output)
-    log.info("wrote %d groups with reference log-probs to %s", len(groups), output)
+    per_round = args.batch_size * state.num_processes
+    mine = slice(state.process_index * args.batch_size, (state.process_index + 1) * args.batch_size)
+    with contextlib.ExitStack() as stack:
+        f = stack.enter_context(partial.open("a", encoding="utf-8")) if state.is_main_process else None
+        progress = tqdm(total=len(todo), desc="ref-logps", unit="group", disable=not state.is_main_process)
+        for start in range(0, len(todo), per_round):
+            shard = todo[start : start + per_round][mine]
+            lines = [
+                g.to_json()
+                for g in with_ref_logps(
+                    model, shard, args.batch_size, not args.no_shared_prefix, pad_id, autocast
+                )
+            ]
+            lines = gather_object(lines)  # rank order is input order: rank r held the r-th batch
+            if f is not None:
+                f.write("".join(line + "\n" for line in lines))
+                f.flush()
+            progress.update(len(lines))
+        progress.close()
+        if f is not None:
+            os.fsync(f.fileno())
+    if state.is_main_process:
+        partial.replace(output)
+        log.info("wrote %d groups with reference log-probs to %s", len(groups), output)
+    state.wait_for_everyone()

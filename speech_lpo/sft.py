@@ -127,13 +127,15 @@ def main(args: argparse.Namespace) -> None:
     )
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     result = trainer.train(resume_from_checkpoint=last)
-    trainer.save_model(args.output_dir)
-    copy_model_extras(args.model, args.output_dir)
-    summary = {
-        "train_loss": result.training_loss,
-        "steps": result.global_step,
-        "examples": len(train_examples),
-        "dropped_too_long": dropped,
-    }
-    Path(args.output_dir, "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log.info("done: %s", summary)
+    trainer.save_model(args.output_dir)  # on every rank (ZeRO-3 gathers the shards); rank 0 writes
+    if trainer.is_world_process_zero():
+        copy_model_extras(args.model, args.output_dir)
+        summary = {
+            "train_loss": result.training_loss,
+            "steps": result.global_step,
+            "examples": len(train_examples),
+            "dropped_too_long": dropped,
+        }
+        Path(args.output_dir, "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        log.info("done: %s", summary)
+    trainer.accelerator.wait_for_everyone()  # no rank exits while rank 0 still writes

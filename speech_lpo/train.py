@@ -161,20 +161,24 @@ def main(args: argparse.Namespace) -> None:
         log.info("resuming from %s", last)
     result = trainer.train(resume_from_checkpoint=last)
 
+    # Every rank takes part in saving (ZeRO-3 gathers the shards); only rank 0 writes files.
     if args.lora_r > 0:
         model = model.merge_and_unload()  # later stages load a plain model dir
-        model.save_pretrained(args.output_dir)
+        if trainer.is_world_process_zero():
+            model.save_pretrained(args.output_dir)
     else:
         trainer.save_model(args.output_dir)
     trainer.save_state()  # trainer_state.json: the epoch and the log history beside the final model
-    copy_model_extras(args.model, args.output_dir)
-    if not Path(args.model).is_dir():
-        AutoTokenizer.from_pretrained(args.model).save_pretrained(args.output_dir)
-    summary = {
-        "train_loss": result.training_loss,
-        "steps": result.global_step,
-        "skipped": dict(report.counts),
-        "loss": loss_settings(config),
-    }
-    Path(args.output_dir, "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log.info("done: %s", summary)
+    if trainer.is_world_process_zero():
+        copy_model_extras(args.model, args.output_dir)
+        if not Path(args.model).is_dir():
+            AutoTokenizer.from_pretrained(args.model).save_pretrained(args.output_dir)
+        summary = {
+            "train_loss": result.training_loss,
+            "steps": result.global_step,
+            "skipped": dict(report.counts),
+            "loss": loss_settings(config),
+        }
+        Path(args.output_dir, "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        log.info("done: %s", summary)
+    trainer.accelerator.wait_for_everyone()  # no rank exits while rank 0 still writes

@@ -6,7 +6,8 @@ Trainer and accelerate; this class adds the group batches (speech_lpo.packing), 
 (``speech-lpo ref-logps``), from a live reference model, or, for a LoRA model, from the base model
 with the adapter disabled.
 
-Logged metrics (averaged over the pairs of each logging window; a group of k rejected is k pairs):
+Logged metrics (averaged over the pairs of each logging window, on every process together: each step's
+sums are added up across ranks, as TRL gathers its metrics; a group of k rejected is k pairs):
 
 - ``rewards/chosen``, ``rewards/rejected``: beta times the log-ratios the loss saw (x1, x2), so they are
   length-normalised exactly when the loss is (``length_normalise``); ``rewards/margins``,
@@ -23,6 +24,7 @@ Logged metrics (averaged over the pairs of each logging window; a group of k rej
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from collections import defaultdict
 from collections.abc import Sequence
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from speech_lpo.groups import PreferenceGroup
@@ -124,6 +127,43 @@ class MetricsJsonlCallback(TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
+def deepspeed_reference_config(train_config: dict, hidden_size: int | None) -> dict:
+    """The DeepSpeed config of a frozen reference model beside a policy trained with ``train_config``, as
+    TRL's ``prepare_deepspeed`` makes it: under ZeRO-3 the reference is sharded too (buckets sized from the
+    hidden size where the training config leaves them "auto"); under ZeRO-0/1/2 it is whole on every rank
+    (stage 0). No optimizer or scheduler: the engine only runs forward passes. No ``train_batch_size``:
+    DeepSpeed derives it from the micro batch, the accumulation and the world size (the Trainer may have
+    filled it before the world size was known)."""
+    config = copy.deepcopy(train_config)
+    for unused in ("optimizer", "scheduler", "train_batch_size"):
+        config.pop(unused, None)
+    zero = config.setdefault("zero_optimization", {})
+    if zero.get("stage", 0) != 3:
+        config["zero_optimization"] = {"stage": 0}
+        return config
+    if hidden_size is not None:
+        for key, value in (
+            ("reduce_bucket_size", hidden_size * hidden_size),
+            ("stage3_param_persistence_threshold", 10 * hidden_size),
+            ("stage3_prefetch_bucket_size", int(0.9 * hidden_size * hidden_size)),
+        ):
+            if zero.get(key, "auto") == "auto":
+                zero[key] = value
+    return config
+
+
+def prepare_deepspeed_reference(model: torch.nn.Module, accelerator) -> torch.nn.Module:
+    """Wrap a frozen reference model in a DeepSpeed inference engine (see ``deepspeed_reference_config``)."""
+    import deepspeed  # imported here: only DeepSpeed runs need it installed
+
+    config = deepspeed_reference_config(
+        accelerator.state.deepspeed_plugin.deepspeed_config, getattr(model.config, "hidden_size", None)
+    )
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.eval()  # DeepSpeedEngine.eval() returns None, not the engine
+    return engine
+
+
 class NonFiniteLossError(FloatingPointError):
     """A NaN or infinite loss: training stops instead of silently continuing."""
 
@@ -157,7 +197,10 @@ class PreferenceTrainer(Trainer):
         self.ref_model = ref_model
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
-            self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+            if self.is_deepspeed_enabled:
+                self.ref_model = prepare_deepspeed_reference(ref_model, self.accelerator)
+            else:
+                self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
         self._metrics: dict[str, dict[str, list[float]]] = {
             "train": defaultdict(list),
             "eval": defaultdict(list),
@@ -202,38 +245,48 @@ class PreferenceTrainer(Trainer):
 
         losses, extras = LOSSES[args.loss_type](x1, x2, **args.loss_kwargs())
         loss = losses.mean()
-        if not torch.isfinite(loss):
-            bad = sorted(
-                {inputs["group_ids"][g] for g in inputs["pair_group"][~torch.isfinite(losses)].tolist()}
-            )
-            step = self.state.global_step
-            raise NonFiniteLossError(
-                f"non-finite loss {loss.item()} at step {step}; groups {bad or inputs['group_ids']}"
-            )
 
-        mode = "train" if model.training else "eval"
-        m = self._metrics[mode]
+        # Per-pair sums of every metric, added up across ranks in one collective per step.
+        sums: dict[str, torch.Tensor] = {}
         if x1.requires_grad:
             g1, g2 = torch.autograd.grad(loss, (x1, x2), retain_graph=True)
             g1, g2 = g1 * len(losses), g2 * len(losses)  # per-pair derivatives, not of the mean
-            m["grad/x1"].append(g1.mean().item())
-            m["grad/x2"].append(g2.mean().item())
-            m["grad/ratio"].append((g2.abs().mean() / g1.abs().mean().clamp_min(1e-12)).item())
+            sums["grad/x1"], sums["grad/x2"] = g1.sum(), g2.sum()
+            sums["|grad/x1|"], sums["|grad/x2|"] = g1.abs().sum(), g2.abs().sum()
         with torch.no_grad():
             r1, r2 = args.beta * x1, args.beta * x2
-            m["rewards/chosen"].append(r1.mean().item())
-            m["rewards/rejected"].append(r2.mean().item())
-            m["rewards/margins"].append((r1 - r2).mean().item())
-            m["rewards/accuracies"].append((r1 > r2).float().mean().item())
-            m["logps/chosen"].append(chosen.mean().item())
-            m["logps/rejected"].append(rejected.mean().item())
-            m["logps_per_token/chosen"].append((chosen / len_c).mean().item())
-            m["logps_per_token/rejected"].append((rejected / len_r).mean().item())
+            sums["rewards/chosen"] = r1.sum()
+            sums["rewards/rejected"] = r2.sum()
+            sums["rewards/margins"] = (r1 - r2).sum()
+            sums["rewards/accuracies"] = (r1 > r2).float().sum()
+            sums["logps/chosen"] = chosen.sum()
+            sums["logps/rejected"] = rejected.sum()
+            sums["logps_per_token/chosen"] = (chosen / len_c).sum()
+            sums["logps_per_token/rejected"] = (rejected / len_r).sum()
             if ref_c is not None:
-                m["logratio_per_token/chosen"].append(((chosen - ref_c) / len_c).mean().item())
-                m["logratio_per_token/rejected"].append(((rejected - ref_r) / len_r).mean().item())
+                sums["logratio_per_token/chosen"] = ((chosen - ref_c) / len_c).sum()
+                sums["logratio_per_token/rejected"] = ((rejected - ref_r) / len_r).sum()
             for key, value in extras.items():
-                m[key].append(value.mean().item())
+                sums[key] = value.sum()
+            finite = torch.isfinite(losses)
+            sums["pairs"] = torch.tensor(float(len(losses)), device=losses.device)
+            sums["non_finite"] = (~finite).sum().float()
+            names = list(sums)
+            reduced = self.accelerator.reduce(torch.stack([sums[k] for k in names]), "sum")
+            totals = dict(zip(names, reduced, strict=True))
+        if totals.pop("non_finite") > 0:
+            # every rank raises together: one that raised alone would leave the others in the next collective
+            bad = sorted({inputs["group_ids"][g] for g in inputs["pair_group"][~finite].tolist()})
+            bad = sorted(set(gather_object(bad)))
+            raise NonFiniteLossError(f"non-finite loss at step {self.state.global_step}; groups {bad}")
+
+        pairs = totals.pop("pairs")
+        m = self._metrics["train" if model.training else "eval"]
+        if "|grad/x1|" in totals:
+            ratio = totals.pop("|grad/x2|") / totals.pop("|grad/x1|").clamp_min(1e-12)
+            m["grad/ratio"].append(ratio.item())
+        for key, total in totals.items():
+            m[key].append((total / pairs).item())
         return (loss, {"losses": losses}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
