@@ -36,7 +36,7 @@ def dir_size(path: Path) -> int:
 @pytest.mark.parametrize("name", sorted(NEURAL_CODECS))
 def test_a_checkpoint_needs_a_count_and_keeps_that_many_codebooks(name, mini_manifests, tmp_path):
     tiny_neural_model(name, codebooks=12).save_pretrained(tmp_path / "ckpt")
-    manifest = mini_manifests["librispeech"] / "test.jsonl"
+    manifest = mini_manifests["librispeech"] / "test-clean.jsonl"
     argv = ["tokenize", "--manifests", str(manifest), "--codec", str(tmp_path / "ckpt"), "--jobs", "1"]
     with pytest.raises(ValueError, match="holds 12 codebooks; say how many to keep with --num-quantizers"):
         cli(argv + ["--out", str(tmp_path / "refused")])
@@ -61,7 +61,7 @@ def test_a_checkpoint_needs_a_count_and_keeps_that_many_codebooks(name, mini_man
 @pytest.mark.parametrize("name", sorted(NEURAL_CODECS))
 def test_batched_codec_equals_one_at_a_time(name, mini_manifests):
     codec = NEURAL_CODECS[name](tiny_neural_model(name), num_quantizers=2, device="cpu")
-    lines = read_manifest(mini_manifests["librispeech"] / "test.jsonl")[:3]
+    lines = read_manifest(mini_manifests["librispeech"] / "test-clean.jsonl")[:3]
     audio = []
     for line, seconds in zip(lines, (0.31, 0.5, 0.77), strict=True):  # three lengths, none whole frames
         wav, sr = load_audio(line["audio"])
@@ -140,7 +140,7 @@ def test_model_dirs_refer_to_the_codec_and_synthesize_counts_malformed_answers(m
     tiny_neural_model("mimi", codebooks=8).save_pretrained(tmp_path / "mimi")
     manifest = tmp_path / "short.jsonl"  # 0.15 s of each utterance: 75 frames of this 500 Hz Mimi
     with manifest.open("w") as f:
-        for line in read_manifest(mini_manifests["librispeech"] / "test.jsonl"):
+        for line in read_manifest(mini_manifests["librispeech"] / "test-clean.jsonl"):
             wav, sr = load_audio(line["audio"])
             sf.write(tmp_path / f"{line['id']}.wav", wav[: int(0.15 * sr)], sr)
             f.write(
