@@ -14,14 +14,14 @@ speaker and speaks in every split. Deterministic for a given seed. Output (16 kH
 espeak-ng is the library bundled in the ``espeakng-loader`` wheel, driven through ctypes (no system
 package). Audio files are written atomically and existing ones are kept, so a killed run resumes.
 
-Reproducibility: sentences, ids, speakers and splits depend on the seed alone. espeak-ng seeds its noise
-generator here before every utterance, but it also carries a little state from one utterance to the
-next, so the audio bytes are reproduced exactly by a fresh run with ``--jobs 1`` (same order); files
-filled in by a resumed or parallel run differ slightly (a few milliseconds of timing, filter state).
+Reproducibility: sentences, ids, speakers and splits depend on the seed alone, and every utterance is
+spoken by a freshly loaded espeak-ng (see ``espeak``), so the corpus is the same bytes for a given seed
+whatever ``--jobs`` is and however often a run is killed and resumed.
 """
 
 from __future__ import annotations
 
+import _ctypes
 import argparse
 import ctypes
 import math
@@ -132,70 +132,77 @@ AUDIO_OUTPUT_SYNCHRONOUS = 2
 POS_CHARACTER = 1
 ESPEAK_CHARS_UTF8 = 1
 ESPEAK_RATE = 1
+ESPEAK_SAMPLE_RATE = 22050  # what espeak_Initialize reports for every voice
 SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 
-class Espeak:
-    """One espeak-ng instance per process (the library keeps global state)."""
+def _load_espeak() -> ctypes.CDLL:
+    """A fresh image of the espeak-ng library, initialised for synchronous output."""
+    import espeakng_loader
 
-    def __init__(self):
-        import espeakng_loader
+    lib = ctypes.CDLL(espeakng_loader.get_library_path())
+    lib.espeak_Initialize.restype = ctypes.c_int
+    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+    lib.espeak_Synth.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_uint,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_uint,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
+    data = espeakng_loader.get_data_path().encode()
+    if lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0) != ESPEAK_SAMPLE_RATE:
+        raise RuntimeError(f"espeak_Initialize failed with data path {data.decode()}")
+    return lib
 
-        self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        self.lib.espeak_Initialize.restype = ctypes.c_int
-        self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        self.lib.espeak_Synth.argtypes = [
-            ctypes.c_char_p,
-            ctypes.c_size_t,
-            ctypes.c_uint,
-            ctypes.c_int,
-            ctypes.c_uint,
-            ctypes.c_uint,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-        ]
-        data = espeakng_loader.get_data_path().encode()
-        self.sample_rate = self.lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0)
-        if self.sample_rate <= 0:
-            raise RuntimeError(f"espeak_Initialize failed with data path {data.decode()}")
-        self._chunks: list[np.ndarray] = []
-        self._callback = SYNTH_CALLBACK(self._collect)  # keep a reference: ctypes does not
-        self.lib.espeak_SetSynthCallback(self._callback)
-        self._voice: str | None = None
 
-    def _collect(self, wav, num_samples, events) -> int:
-        if num_samples > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
-        return 0
+def _unload(lib: ctypes.CDLL) -> None:
+    lib.espeak_Terminate()
+    _ctypes.dlclose(lib._handle)
 
-    def synth(self, text: str, voice: str, rate_wpm: int = 160) -> np.ndarray:
-        """Float32 samples at ``self.sample_rate`` (22,050 Hz)."""
-        if voice != self._voice:
-            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                raise ValueError(f"espeak-ng has no voice {voice!r}")
-            self._voice = voice
-        self.lib.espeak_SetParameter(ESPEAK_RATE, rate_wpm, 0)
-        self.lib.espeak_ng_SetRandSeed(0)  # the +f voices breathe noise from espeak's own generator
-        self._chunks = []
+
+def espeak(text: str, voice: str, rate_wpm: int = 160) -> np.ndarray:
+    """Float32 samples at 22,050 Hz of ``text`` in an espeak-ng voice, from a freshly loaded library.
+
+    espeak-ng keeps synthesis state in static variables (pitch flutter phase, resonator and echo
+    buffers, ...) that neither its API nor espeak_Terminate/espeak_Initialize resets, so the same
+    sentence comes out differently depending on what was spoken before it. Unloading the library and
+    loading it again (about 4 ms) starts every utterance from the same state: the audio depends on the
+    utterance alone, not on the order, the number of processes or an earlier killed run.
+    """
+    lib = _load_espeak()
+    try:
+        chunks: list[np.ndarray] = []
+
+        def collect(wav, num_samples, events) -> int:
+            if num_samples > 0:
+                chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
+            return 0
+
+        callback = SYNTH_CALLBACK(collect)  # referenced until the library is unloaded
+        lib.espeak_SetSynthCallback(callback)
+        if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise ValueError(f"espeak-ng has no voice {voice!r}")
+        lib.espeak_SetParameter(ESPEAK_RATE, rate_wpm, 0)
+        lib.espeak_ng_SetRandSeed(0)  # the +f voices breathe noise from espeak's own generator
         data = text.encode("utf-8")
-        err = self.lib.espeak_Synth(data, len(data) + 1, 0, POS_CHARACTER, 0, ESPEAK_CHARS_UTF8, None, None)
+        err = lib.espeak_Synth(data, len(data) + 1, 0, POS_CHARACTER, 0, ESPEAK_CHARS_UTF8, None, None)
         if err != 0:
             raise RuntimeError(f"espeak_Synth failed ({err}) on {text!r}")
-        if not self._chunks:
-            return np.zeros(0, dtype=np.float32)
-        return np.concatenate(self._chunks).astype(np.float32) / 32768.0
-
-
-_ESPEAK: Espeak | None = None
+    finally:
+        _unload(lib)
+    if not chunks:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate(chunks).astype(np.float32) / 32768.0
 
 
 def synthesize(text: str, voice: str) -> np.ndarray:
     """16 kHz float32 audio of ``text`` spoken by an espeak-ng voice."""
-    global _ESPEAK
-    if _ESPEAK is None:
-        _ESPEAK = Espeak()
-    wav = soxr.resample(_ESPEAK.synth(text, voice), _ESPEAK.sample_rate, SAMPLE_RATE)
+    wav = soxr.resample(espeak(text, voice), ESPEAK_SAMPLE_RATE, SAMPLE_RATE)
     peak = float(np.abs(wav).max()) if wav.size else 0.0
     return (wav * (PEAK / peak) if peak > 0 else wav).astype(np.float32)  # klatt voices overshoot 1.0
 
