@@ -150,6 +150,7 @@ def main(args: argparse.Namespace) -> None:
     summary = {
         "train_loss": result.training_loss,
         "steps": result.global_step,
+        "seed": args.seed,
         "skipped": dict(report.counts),
         "loss": {k: getattr(args, k) for k in ("loss_type", "beta", "r1", "r2", "gamma", "lpo_variant")},
     }
