@@ -25,53 +25,63 @@ methods="model perturb"   # candidate methods: model-sampled and/or perturbation
 pref_prompts=600      # training utterances (a fixed random subset) given candidates / perturbations; 0: all
 r2_grid="1.0 2.0 3.0" # one LPO run per value and method
 epoch_curves="dpo lpo_r2_2.0"  # systems (of the first method) decoded at every epoch for Figure 2
+seeds="0"             # training seeds: every preference system is trained, decoded and scored once per seed
+sft_seeds=false       # true: SFT (and its candidates, pairs, reference log-probs) once per seed as well
+seed_jobs=2           # seeds trained / decoded at once, one process and one BLAS thread each
 datadir=data          # corpus (when synthesised) and manifests
 dumpdir=dump          # audio tokens and the fitted codec
 expdir=exp            # models, outputs, logs and .done sentinels
 conf_dir=conf          # stage configs (conf/ci: the reduced run CI makes)
 option_names="stage stop_stage force corpus corpus_dir download subsets benchmark model codec ngpu nj methods
-pref_prompts r2_grid epoch_curves datadir dumpdir expdir conf_dir"
+pref_prompts r2_grid epoch_curves seeds sft_seeds seed_jobs datadir dumpdir expdir conf_dir"
 
 resume_command="${RECIPE_COMMAND:-$0 $*}"
 utils=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/utils
 . "${utils}/parse_options.sh"
 . "${utils}/stages.sh"
 . "${utils}/common.sh"
+. "${utils}/seeds.sh"
 
 benchmark=${benchmark:-$([[ ${corpus} == aishell ]] && echo aishell1 || echo librispeech)}
 [[ -n "${corpus_dir}" ]] || corpus_dir=${datadir}/corpus/$([[ ${corpus} == aishell ]] && echo aishell1 || echo librispeech)
 
-sft_stage() {
+# Stages 4-7 run once (SEED "") or, with --sft_seeds true, once per seed under $expdir/seed<SEED>.
+sft_one() {  # sft_one SEED
+  local root; root=$(sft_root "$1")
   train_cmd sft --config "${conf_dir}/sft.yaml" --task asr --data "${dumpdir}/tokens/train" \
-    --eval_data "${dumpdir}/tokens/dev" --model "${expdir}/init" --output_dir "${expdir}/sft"
+    --eval_data "${dumpdir}/tokens/dev" --model "${expdir}/init" --output_dir "${root}/sft" ${1:+--seed "$1"}
 }
 
-candidates_stage() {
+candidates_one() {  # candidates_one SEED
   [[ " ${methods} " == *" model "* ]] || { echo "no model-based method requested"; return; }
-  speech-lpo generate --config "${conf_dir}/generate.yaml" $(gen_backend) --task asr --model "${expdir}/sft" \
-    --data "${dumpdir}/tokens/train" --max-prompts "${pref_prompts}" --out "${expdir}/candidates"
+  local root; root=$(sft_root "$1")
+  speech-lpo generate --config "${conf_dir}/generate.yaml" $(gen_backend) --task asr --model "${root}/sft" \
+    --data "${dumpdir}/tokens/train" --max-prompts "${pref_prompts}" --out "${root}/candidates" ${1:+--seed "$1"}
 }
 
-pairs_stage() {
+pairs_one() {  # pairs_one SEED
+  local root method; root=$(sft_root "$1")
   for method in ${methods}; do
     if [[ ${method} == model ]]; then
-      speech-lpo make-pairs --method model --model "${expdir}/sft" --candidates "${expdir}/candidates" \
-        --out "${expdir}/pairs/model.jsonl"
+      speech-lpo make-pairs --method model --model "${root}/sft" --candidates "${root}/candidates" \
+        --out "${root}/pairs/model.jsonl"
     else
-      speech-lpo make-pairs --config "${conf_dir}/perturb.yaml" --method perturb --model "${expdir}/sft" \
-        --data "${dumpdir}/tokens/train" --max-prompts "${pref_prompts}" --out "${expdir}/pairs/perturb.jsonl"
+      speech-lpo make-pairs --config "${conf_dir}/perturb.yaml" --method perturb --model "${root}/sft" \
+        --data "${dumpdir}/tokens/train" --max-prompts "${pref_prompts}" --out "${root}/pairs/perturb.jsonl" \
+        ${1:+--seed "$1"}
     fi
   done
 }
 
-ref_logps_stage() {
+ref_logps_one() {  # ref_logps_one SEED
+  local root method; root=$(sft_root "$1")
   for method in ${methods}; do
-    speech-lpo ref-logps --model "${expdir}/sft" --groups "${expdir}/pairs/${method}.jsonl" \
-      --output "${expdir}/pairs/${method}.ref.jsonl"
+    speech-lpo ref-logps --model "${root}/sft" --groups "${root}/pairs/${method}.jsonl" \
+      --output "${root}/pairs/${method}.ref.jsonl"
   done
 }
 
-# Trained systems: <method>/lpo_r2_<r2> for each r2 and <method>/dpo, under $expdir/train.
+# Trained systems: <method>/lpo_r2_<r2> for each r2 and <method>/dpo, under $expdir/seed<S>/train.
 systems() {
   for method in ${methods}; do
     for r2 in ${r2_grid}; do echo "${method}/lpo_r2_${r2}"; done
@@ -79,13 +89,16 @@ systems() {
   done
 }
 
-train_stage() {
+sft_seed() { if ${sft_seeds}; then echo "$1"; fi; }  # the SFT run a seed's systems start from
+
+train_one() {  # train_one SEED: every system, trained with this seed
+  local root system; root=$(sft_root "$(sft_seed "$1")")
   for system in $(systems); do
     local method=${system%%/*} name=${system#*/} conf="${conf_dir}/lpo.yaml" extra=()
     if [[ ${name} == dpo ]]; then conf="${conf_dir}/dpo.yaml"; else extra+=(--r2 "${name#lpo_r2_}"); fi
     echo "== ${system}"
-    train_cmd train --config "${conf}" --groups "${expdir}/pairs/${method}.ref.jsonl" --model "${expdir}/sft" \
-      --output_dir "${expdir}/train/${system}" "${extra[@]}"
+    train_cmd train --config "${conf}" --groups "${root}/pairs/${method}.ref.jsonl" --model "${root}/sft" \
+      --output_dir "${expdir}/seed$1/train/${system}" --seed "$1" "${extra[@]}"
   done
 }
 
@@ -93,50 +106,74 @@ decode_one() {  # decode_one MODEL_DIR OUT_DIR
   speech-lpo decode --config "${conf_dir}/decode.yaml" --model "$1" --data "${dumpdir}/tokens/test" --out-dir "$2"
 }
 
-decode_stage() {
-  decode_one "${expdir}/sft" "${expdir}/decode/sft"
-  local first=${methods%% *}
+decode_seed() {  # decode_seed SEED: the systems of one seed (and its SFT when SFT is trained per seed)
+  local dir="${expdir}/seed$1" first=${methods%% *} system ckpt
+  ${sft_seeds} && decode_one "${dir}/sft" "${dir}/decode/sft"
   for system in $(systems); do
-    decode_one "${expdir}/train/${system}" "${expdir}/decode/${system}"
+    decode_one "${dir}/train/${system}" "${dir}/decode/${system}"
     if [[ " ${epoch_curves} " == *" ${system#*/} "* && ${system%%/*} == "${first}" ]]; then
-      for ckpt in "${expdir}/train/${system}"/checkpoint-*; do
-        decode_one "${ckpt}" "${expdir}/decode/${system}/epochs/${ckpt##*/}"
+      for ckpt in "${dir}/train/${system}"/checkpoint-*; do
+        decode_one "${ckpt}" "${dir}/decode/${system}/epochs/${ckpt##*/}"
       done
     fi
   done
 }
 
+decode_stage() {
+  ${sft_seeds} || decode_one "${expdir}/sft" "${expdir}/decode/sft"
+  for_each_seed decode_seed
+}
+
 # epoch reached by a training output dir or checkpoint (its trainer_state.json)
 epoch_of() { python -c "import json,sys; print(round(json.load(open(sys.argv[1]))['epoch']))" "$1/trainer_state.json"; }
 
-score_one() {  # score_one DECODE_DIR NAME TAGS...
+score_one() {  # score_one DECODE_DIR NAME BASELINE_DIR TAGS...
+  local dir=$1 name=$2 baseline=$3; shift 3
+  local tags=()
+  for t in "$@"; do tags+=(--tag "$t"); done
+  speech-lpo score asr --ref "${dir}/ref_text" --hyp "${dir}/text" --benchmark "${benchmark}" \
+    --baseline-hyp "${baseline}/text" --out-dir "${expdir}/score" --name "${name}" \
+    --tag benchmark="${benchmark}" "${tags[@]}"
+}
+
+score_sft() {  # score_sft DECODE_DIR NAME TAGS...
   local dir=$1 name=$2; shift 2
   local tags=()
   for t in "$@"; do tags+=(--tag "$t"); done
   speech-lpo score asr --ref "${dir}/ref_text" --hyp "${dir}/text" --benchmark "${benchmark}" \
-    --baseline-hyp "${expdir}/decode/sft/text" --out-dir "${expdir}/score" --name "${name}" \
-    --tag benchmark="${benchmark}" "${tags[@]}"
+    --out-dir "${expdir}/score" --name "${name}" --tag benchmark="${benchmark}" --tag method=sft "${tags[@]}"
 }
 
 score_stage() {
-  speech-lpo score asr --ref "${expdir}/decode/sft/ref_text" --hyp "${expdir}/decode/sft/text" \
-    --benchmark "${benchmark}" --out-dir "${expdir}/score" --name sft --tag benchmark="${benchmark}" --tag method=sft
-  for system in $(systems); do
-    local method=${system%%/*} name=${system#*/} r2=- loss=dpo
-    [[ ${name} == lpo_r2_* ]] && { r2=${name#lpo_r2_}; loss=lpo; }
-    score_one "${expdir}/decode/${system}" "${method}_${name}" candidates="${method}" method="${loss}" r2="${r2}" \
-      epoch="$(epoch_of "${expdir}/train/${system}")"
-    for ckpt in "${expdir}/decode/${system}"/epochs/checkpoint-*; do
-      [[ -d ${ckpt} ]] || continue
-      score_one "${ckpt}" "${method}_${name}_${ckpt##*/}" candidates="${method}" method="${loss}" r2="${r2}" \
-        epoch="$(epoch_of "${expdir}/train/${system}/${ckpt##*/}")"
+  local s system sft_decode=${expdir}/decode/sft runs=() first=${methods%% *}
+  ${sft_seeds} || score_sft "${sft_decode}" sft
+  for s in ${seeds}; do
+    local dir="${expdir}/seed${s}"
+    if ${sft_seeds}; then sft_decode=${dir}/decode/sft; score_sft "${sft_decode}" "seed${s}_sft" seed="${s}"; fi
+    for system in $(systems); do
+      local method=${system%%/*} name=${system#*/} r2=- loss=dpo
+      [[ ${name} == lpo_r2_* ]] && { r2=${name#lpo_r2_}; loss=lpo; }
+      local tags=(candidates="${method}" method="${loss}" r2="${r2}" seed="${s}")
+      score_one "${dir}/decode/${system}" "seed${s}_${method}_${name}" "${sft_decode}" "${tags[@]}" \
+        epoch="$(epoch_of "${dir}/train/${system}")"
+      for ckpt in "${dir}/decode/${system}"/epochs/checkpoint-*; do
+        [[ -d ${ckpt} ]] || continue
+        score_one "${ckpt}" "seed${s}_${method}_${name}_${ckpt##*/}" "${sft_decode}" "${tags[@]}" \
+          epoch="$(epoch_of "${dir}/train/${system}/${ckpt##*/}")"
+      done
     done
+    for r2 in ${r2_grid}; do runs+=("${dir}/train/${first}/lpo_r2_${r2}"); done
+    runs+=("${dir}/train/${first}/dpo")
   done
-  local first=${methods%% *} runs=()
-  for r2 in ${r2_grid}; do runs+=("${expdir}/train/${first}/lpo_r2_${r2}"); done
   speech-lpo score table "${expdir}"/score/summary-*.json --out RESULTS.md --plot-dir "${expdir}/plots" \
-    --runs "${runs[@]}" "${expdir}/train/${first}/dpo"
+    --runs "${runs[@]}"
 }
+
+sft_stage() { for_each_sft sft_one; }
+candidates_stage() { for_each_sft candidates_one; }
+pairs_stage() { for_each_sft pairs_one; }
+ref_logps_stage() { for_each_sft ref_logps_one; }
+train_stage() { for_each_seed train_one; }
 
 run_stage 0 corpus corpus_stage
 run_stage 1 prepare prepare_stage

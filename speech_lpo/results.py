@@ -18,6 +18,8 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from speech_lpo.plot import plot_runs, read_metric
 from speech_lpo.score import format_counts, write_atomic
 from speech_lpo.seed_compare import REPLICATIONS, Comparison, Counts, compare, spread
@@ -466,12 +468,17 @@ def _trend(values: list[float], claim: str, how: str) -> str:
 def logps_section(runs: list[str | Path], plot_path: str | Path, out: str | Path) -> list[str]:
     """The paper's Figure 1 (chosen and rejected log-probs over steps) with a table of where each run ends
     and the paper's claim checked against it."""
-    labels = [Path(r).name for r in runs]
+    summaries = [json.loads((Path(run) / "train_summary.json").read_text()) for run in runs]
+    seeds = {summ.get("seed") for summ in summaries}
+    labels = [
+        Path(r).name + (f" (seed {summ.get('seed')})" if len(seeds) > 1 else "")
+        for r, summ in zip(runs, summaries, strict=True)
+    ]
     plot_runs([str(r) for r in runs], labels, plot_path, "logratio_per_token", window=5)
-    rows = []
-    for run, label in zip(runs, labels, strict=True):
-        loss = json.loads((Path(run) / "train_summary.json").read_text())["loss"]
-        rows.append((label, loss, *final_logratios(run)))
+    rows = [
+        (label, summ["loss"], *final_logratios(run))
+        for run, label, summ in zip(runs, labels, summaries, strict=True)
+    ]
     rel = os.path.relpath(Path(plot_path).resolve(), Path(out).resolve().parent)
     lines = [
         f"![chosen and rejected log-probs over training steps]({rel})",
@@ -484,7 +491,7 @@ def logps_section(runs: list[str | Path], plot_path: str | Path, out: str | Path
         lines.append(f"| {label} | {loss['loss_type']} | {r2} | {chosen:+.4f} | {rejected:+.4f} |")
     lines += ["", "Δ: policy minus reference, averaged over the last 20% of the logged training steps.", ""]
     lpo = sorted((row for row in rows if row[1]["loss_type"] == "lpo"), key=lambda row: row[1]["r2"])
-    if len(lpo) > 1:
+    if len(lpo) > 1 and len(seeds) == 1:  # several seeds: see the claim line (claim_figure1)
         r2s = ", ".join(f"{row[1]['r2']:g}" for row in lpo)
         lines.append(f"Measured, LPO at r2 = {r2s}:")
         lines.append(
@@ -509,20 +516,80 @@ def _axes_per_benchmark(benchmarks: list[str]):
     return plt, fig, dict(zip(benchmarks, axes[0], strict=True))
 
 
-def _baselines(ax, rows: list[dict], skip_method: str | None = None, colors: dict | None = None) -> None:
-    """SFT (grey, dotted) and DPO (dashed, in the colour of its candidate method's LPO curve) as lines."""
+def _seed_means(rows: list[dict]) -> list[dict]:
+    """One point per system and epoch: the error rate averaged over seeds, its bars the bootstrap 95%
+    interval for one seed and the range over seeds for several (the final model and the last epoch's
+    checkpoint of a seed count once)."""
+    groups: dict[tuple, dict] = defaultdict(dict)
+    for s in rows:
+        groups[(*_key(s), _tag(s, "epoch"))][_seed(s)] = s
+    out = []
+    for per_seed in groups.values():
+        first = next(iter(per_seed.values()))
+        rates = [s["error_rate"] for s in per_seed.values()]
+        if len(rates) == 1:
+            low, high = first["ci95"]["low"], first["ci95"]["high"]
+        else:
+            low, high = min(rates), max(rates)
+        mean = float(np.mean(rates))
+        out.append({**first, "error_rate": mean, "ci95": {"low": low, "high": high}, "seeds": len(rates)})
+    return out
+
+
+def _y_limits(values: list[float]) -> tuple[float, float]:
+    """Limits that fit the LPO points and SFT with a margin; what falls outside is marked, not fitted."""
+    lo, hi = min(values), max(values)
+    pad = max(0.3 * (hi - lo), 1.0)
+    return max(0.0, lo - pad), hi + pad
+
+
+def _off_scale(ax, y: float, limits: tuple[float, float], label: str, color) -> bool:
+    """An arrow at the edge of the axis with the value, for a line far outside the others' range."""
+    lo, hi = limits
+    if lo <= y <= hi:
+        return False
+    edge, marker, va = (hi, "^", "top") if y > hi else (lo, "v", "bottom")
+    ax.plot([0.97], [edge], marker=marker, color=color, transform=ax.get_yaxis_transform(), clip_on=False)
+    ax.annotate(
+        f"{label} {y:.1f} (off scale)",
+        xy=(0.95, edge),
+        xycoords=ax.get_yaxis_transform(),
+        ha="right",
+        va=va,
+        fontsize=8,
+        color=color,
+    )
+    return True
+
+
+def _baselines(
+    ax,
+    rows: list[dict],
+    skip_method: str | None = None,
+    colors: dict | None = None,
+    limits: tuple[float, float] | None = None,
+) -> None:
+    """SFT (grey, dotted) and DPO (dashed, in the colour of its candidate method's LPO curve) as lines;
+    a line outside ``limits`` as a marked arrow with its value instead."""
     styles = {"sft": ":", "dpo": "--"}
     for s in rows:
         method = _tag(s, "method")
         if method in styles and method != skip_method:
             label = method.upper() + (f" ({_tag(s, 'candidates')})" if _tag(s, "candidates") else "")
             color = "grey" if method == "sft" else (colors or {}).get(_tag(s, "candidates"))
-            ax.axhline(s["error_rate"], linestyle=styles[method], color=color, label=label)
+            if limits is None or not _off_scale(ax, s["error_rate"], limits, label, color):
+                ax.axhline(s["error_rate"], linestyle=styles[method], color=color, label=label)
 
 
 def plot_vs_r2(summaries: list[dict], path: str | Path) -> None:
-    """The paper's Figure 3: error rate against r2 for LPO, with DPO and SFT as horizontal lines."""
-    rows = last_epochs([s for s in summaries if s["kind"] == "asr"])
+    _save(*r2_figure(summaries), path)
+
+
+def r2_figure(summaries: list[dict]):
+    """The paper's Figure 3: error rate against r2 for LPO (mean over seeds), with DPO and SFT as
+    horizontal lines. The y axis fits LPO and SFT; a DPO far off that scale (DPO on perturbation pairs
+    reached 125% where LPO stayed near 27%) is an arrow at the edge labelled with its value."""
+    rows = _seed_means(last_epochs([s for s in summaries if s["kind"] == "asr"]))
     benchmarks = sorted({_tag(s, "benchmark", "?") for s in rows})
     plt, fig, axes = _axes_per_benchmark(benchmarks)
     for bench, ax in axes.items():
@@ -531,6 +598,9 @@ def plot_vs_r2(summaries: list[dict], path: str | Path) -> None:
         for s in in_bench:
             if not math.isnan(_num(_tag(s, "r2", "nan"))):
                 lines[(_tag(s, "method"), _tag(s, "candidates"))].append(s)
+        fitted = [v for pts in lines.values() for s in pts for v in (s["ci95"]["low"], s["ci95"]["high"])]
+        fitted += [s["error_rate"] for s in in_bench if _tag(s, "method") == "sft"]
+        limits = _y_limits(fitted) if fitted else None
         colors = {}
         for (method, cand), pts in sorted(lines.items()):
             pts.sort(key=lambda s: _num(_tag(s, "r2")))
@@ -549,15 +619,20 @@ def plot_vs_r2(summaries: list[dict], path: str | Path) -> None:
                 label=f"{method.upper()} ({cand})" if cand else method.upper(),
             )
             colors.setdefault(cand, bars.lines[0].get_color())
-        _baselines(ax, in_bench, colors=colors)
-        ax.set(title=bench, xlabel="r2", ylabel=f"%{in_bench[0]['metric']}")
-        ax.legend(fontsize=8)
-    _save(plt, fig, path)
+        _baselines(ax, in_bench, colors=colors, limits=limits)
+        if limits:
+            ax.set_ylim(*limits)
+        seeds = max(s["seeds"] for s in in_bench)
+        bars = "range over seeds" if seeds > 1 else "bootstrap 95% CI"
+        ax.set(title=f"{bench} ({seeds} seed{'s' if seeds > 1 else ''}; bars: {bars})", xlabel="r2")
+        ax.set_ylabel(f"%{in_bench[0]['metric']}")
+        ax.legend(fontsize=8, loc="upper left")
+    return plt, fig
 
 
 def plot_vs_epoch(summaries: list[dict], path: str | Path) -> None:
-    """The paper's Figure 2: error rate over epochs for DPO and LPO, SFT as a horizontal line."""
-    rows = [s for s in summaries if s["kind"] == "asr"]
+    """The paper's Figure 2: error rate over epochs (mean over seeds) for DPO and LPO, SFT as a line."""
+    rows = _seed_means([s for s in summaries if s["kind"] == "asr"])
     benchmarks = sorted({_tag(s, "benchmark", "?") for s in rows})
     plt, fig, axes = _axes_per_benchmark(benchmarks)
     for bench, ax in axes.items():
@@ -574,7 +649,7 @@ def plot_vs_epoch(summaries: list[dict], path: str | Path) -> None:
             ax.plot(
                 [_num(_tag(s, "epoch")) for s in pts], [s["error_rate"] for s in pts], marker="o", label=label
             )
-        _baselines(ax, last_epochs(in_bench), skip_method="dpo")
+        _baselines(ax, [s for s in in_bench if _tag(s, "method") == "sft"])
         ax.set(title=bench, xlabel="epoch", ylabel=f"%{in_bench[0]['metric']}")
         ax.legend(fontsize=8)
     _save(plt, fig, path)

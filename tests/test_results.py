@@ -276,3 +276,44 @@ def test_tts_claim_needs_per_utterance_counts():
     for row, errs in zip(rows, (units, worse, units), strict=True):
         row["intelligibility"] = {**synth, "utterance_errors": errs}
     assert "**holds**" in claim_tts(rows)
+
+
+def plotted(method: str, rate: float, seed: int, cand: str = "perturb", r2: str = "-") -> dict:
+    tags = {"benchmark": "aishell1", "candidates": cand, "method": method, "r2": r2, "seed": str(seed)}
+    if method == "sft":
+        tags = {"benchmark": "aishell1", "method": "sft", "seed": str(seed)}
+    ci = {"low": rate - 1.5, "high": rate + 1.5}
+    return {
+        "kind": "asr",
+        "system": f"{method}{r2}{seed}",
+        "tags": tags,
+        "error_rate": rate,
+        "ci95": ci,
+        "metric": "CER",
+    }
+
+
+def test_r2_plot_marks_a_system_far_off_scale(tmp_path):
+    """DPO at 125% (as a real run gave) does not flatten the LPO points: the axis fits LPO and SFT and
+    DPO is an arrow at the top edge labelled with its mean over seeds."""
+    from speech_lpo.results import r2_figure
+
+    rows = []
+    for seed, shift in ((0, 0.0), (1, 1.0)):
+        rows += [plotted("sft", 27.4 + shift, seed), plotted("dpo", 124.3 + shift, seed)]
+        rows += [plotted("dpo", 29.0 + shift, seed, cand="model")]
+        rows += [plotted("lpo", 26.0 + r + shift, seed, r2=f"{r:.1f}") for r in (1.0, 2.0, 3.0)]
+    plt, fig = r2_figure(rows)
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    assert 20 < low < 27 and 30 < high < 40  # LPO (27-30 over seeds) and SFT fill the axis
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["DPO (perturb) 124.8 (off scale)"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "DPO (model)" in legend and "DPO (perturb)" not in legend  # in range: an ordinary line
+    assert "2 seeds; bars: range over seeds" in ax.get_title()
+    plt.close(fig)
+
+    plt, fig = r2_figure([r for r in rows if r["tags"]["method"] != "dpo" or r["error_rate"] < 100])
+    assert len(fig.axes[0].texts) == 0  # nothing off scale, nothing marked
+    plt.close(fig)
