@@ -63,6 +63,11 @@ def _key(summ: dict) -> tuple[str, str, str, str]:
 def _seed(summ: dict) -> int | None:
     """The training seed; None for a system shared by every seed (an SFT trained once)."""
     seed = _tag(summ, "seed")
+    if (
+        not seed and summ.get("kind") == "tts"
+    ):  # `score tts` takes no tags: the recipes' seed<S>/synth/<system>
+        parts = Path(summ.get("synth_dir", "")).parts
+        seed = next((p[4:] for p in parts if p.startswith("seed") and p[4:].isdigit()), "")
     return int(seed) if seed else None
 
 
@@ -142,10 +147,11 @@ def tts_table(summaries: list[dict]) -> str:
         "| Duration ratio mean / median | Utts | Problems |",
         "|---|---|---|---|---|---|---|",
     ]
-    for s in sorted(rows, key=lambda s: s["system"]):
+    for s in sorted(rows, key=lambda s: (s["system"], _seed(s) or -1)):
         synth, ceiling = s["intelligibility"], s["codec_ceiling"]
+        name = s["system"] + (f" (seed {_seed(s)})" if _seed(s) is not None else "")
         lines.append(
-            f"| {s['system']} | {s['metric']} {_fmt(synth['error_rate'])} ({_fmt(synth['ci95']['low'])}–"
+            f"| {name} | {s['metric']} {_fmt(synth['error_rate'])} ({_fmt(synth['ci95']['low'])}–"
             f"{_fmt(synth['ci95']['high'])}) | {s['metric']} {_fmt(ceiling['error_rate'])} | "
             f"{_fmt(100 * s['no_audio_end_rate'], 1)}% | {_fmt(s['duration_ratio_mean'])} / "
             f"{_fmt(s['duration_ratio_median'])} | {s['utterances']} "

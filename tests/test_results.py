@@ -317,3 +317,33 @@ def test_r2_plot_marks_a_system_far_off_scale(tmp_path):
     plt, fig = r2_figure([r for r in rows if r["tags"]["method"] != "dpo" or r["error_rate"] < 100])
     assert len(fig.axes[0].texts) == 0  # nothing off scale, nothing marked
     plt.close(fig)
+
+
+def test_tts_seed_comes_from_the_recipes_synth_dir():
+    errs = [[f"u{i}", i % 2, 10] for i in range(50)]
+    synth = {
+        "error_rate": 5.0,
+        "ci95": {"low": 4.0, "high": 6.0},
+        "problem_counts": {},
+        "utterance_errors": errs,
+    }
+    rows = [
+        {
+            "kind": "tts",
+            "system": name,
+            "path": name,
+            "synth_dir": f"exp/{where}synth/{name}",
+            "intelligibility": synth,
+        }
+        for name, where in [
+            ("sft", ""),
+            ("lpo_r2_0.4", "seed0/"),
+            ("lpo_r2_0.4", "seed1/"),
+            ("dpo", "seed1/"),
+        ]
+    ]
+    from speech_lpo.results import _seed
+
+    assert [_seed(r) for r in rows] == [None, 0, 1, 1]
+    line = claim_tts(rows)
+    assert "LPO +0.00 points" in line and "lower in 0 of 2 seeds" in line  # two LPO seeds against one SFT

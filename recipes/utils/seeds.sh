@@ -7,6 +7,9 @@
 # The dir holding sft/, candidates/ and pairs/ for a seed ("" : the shared one).
 sft_root() { if [[ -n "$1" ]]; then echo "${expdir}/seed$1"; else echo "${expdir}"; fi; }
 
+# The sft_root that a seed's preference systems start from.
+seed_sft_root() { if ${sft_seeds}; then sft_root "$1"; else sft_root ""; fi; }
+
 # for_each_seed FUNCTION [SEEDS]: FUNCTION SEED for every seed, --seed_jobs at a time, each in its own
 # process with one BLAS thread (the cores go to the seeds) and its own log, printed in seed order after.
 for_each_seed() {
