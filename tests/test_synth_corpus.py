@@ -33,9 +33,9 @@ def test_sentences_are_short_distinct_bounded_and_seeded(lang):
     assert a == sentences(lang, 300, seed=1)
     assert a != sentences(lang, 300, seed=2)
     assert len({tuple(s) for s in a}) == 300
-    assert all(3 <= len(s) <= 8 for s in a)
+    assert all(3 <= len(s) <= (12 if lang == "en_large" else 8) for s in a)
     assert {w for s in a for w in s} <= vocabulary(lang)
-    assert len(vocabulary(lang)) < 100
+    assert len(vocabulary(lang)) < (200 if lang == "en_large" else 100)
 
 
 def test_grammar_refuses_more_sentences_than_it_has():
@@ -181,3 +181,45 @@ def test_word_loop_grammar_is_written_and_restricts_pocketsphinx(mini_corpus, tm
     print(f"pocketsphinx WER: {wer_general:.2f} general LM, {wer_restricted:.2f} word loop")
     assert wer_restricted < 0.6 < wer_general
     assert len(cache.read_text().splitlines()) == 2 * len(ids)  # the second ASR transcribed everything
+
+
+def test_harder_english_task_is_perturbed_per_utterance_and_reproducible(tmp_path):
+    """en_large with speaking rates and noise drawn per utterance: more words, varied durations, noise in
+    the pauses, the same bytes with one or two processes."""
+    from speech_lpo.synth_corpus import Perturbation
+
+    counts = {"train": 30, "dev": 0, "test": 6}
+    hard = Perturbation(rate_wpm=(120, 220), snr_db=(10.0, 20.0))
+    for out, jobs in (("a", 1), ("b", 2)):
+        synth_corpus(
+            tmp_path / out,
+            counts,
+            seed=3,
+            jobs=jobs,
+            langs=("en",),
+            en_grammar="en_large",
+            en_perturbation=hard,
+        )
+    assert checksums(tmp_path / "a") == checksums(tmp_path / "b")
+    words = {
+        w
+        for t in (tmp_path / "a").rglob("*.trans.txt")
+        for line in t.read_text().splitlines()
+        for w in line.split()[1:]
+    }
+    assert words <= vocabulary("en_large") and not words <= vocabulary("en")
+    grammar = (tmp_path / "a" / "librispeech" / "corpus_words.jsgf").read_text()
+    assert " horse " in grammar or "| horse |" in grammar
+    flacs = sorted((tmp_path / "a").rglob("*.flac"))
+    n_words = {
+        line.split()[0]: len(line.split()) - 1
+        for t in (tmp_path / "a").rglob("*.trans.txt")
+        for line in t.read_text().splitlines()
+    }
+    rates = [len(sf.read(f)[0]) / n_words[f.stem] for f in flacs]  # samples per word
+    assert max(rates) / min(rates) > 1.3  # speaking rates differ
+    wav, _ = sf.read(flacs[0])
+    assert np.abs(wav[:40]).mean() > 1e-3  # the first samples, silent in clean audio, carry noise
+    synth_corpus(tmp_path / "clean", counts, seed=3, langs=("en",), en_grammar="en_large")
+    clean, _ = sf.read(sorted((tmp_path / "clean").rglob("*.flac"))[0])
+    assert np.abs(clean[:40]).max() == 0.0
