@@ -89,10 +89,8 @@ systems() {
   done
 }
 
-sft_seed() { if ${sft_seeds}; then echo "$1"; fi; }  # the SFT run a seed's systems start from
-
 train_one() {  # train_one SEED: every system, trained with this seed
-  local root system; root=$(sft_root "$(sft_seed "$1")")
+  local root system; root=$(seed_sft_root "$1")
   for system in $(systems); do
     local method=${system%%/*} name=${system#*/} conf="${conf_dir}/lpo.yaml" extra=()
     if [[ ${name} == dpo ]]; then conf="${conf_dir}/dpo.yaml"; else extra+=(--r2 "${name#lpo_r2_}"); fi
@@ -102,27 +100,25 @@ train_one() {  # train_one SEED: every system, trained with this seed
   done
 }
 
-decode_one() {  # decode_one MODEL_DIR OUT_DIR
-  speech-lpo decode --config "${conf_dir}/decode.yaml" --model "$1" --data "${dumpdir}/tokens/test" --out-dir "$2"
-}
-
-decode_seed() {  # decode_seed SEED: the systems of one seed (and its SFT when SFT is trained per seed)
-  local dir="${expdir}/seed$1" first=${methods%% *} system ckpt
-  ${sft_seeds} && decode_one "${dir}/sft" "${dir}/decode/sft"
+decode_seed() {  # decode_seed SEED: the systems of one seed (and the SFT it starts from), in one process
+  local dir="${expdir}/seed$1" first=${methods%% *} system ckpt models=() outs=()
+  # the shared SFT is decoded with the first seed
+  if ${sft_seeds} || [[ $1 == "${seeds%% *}" ]]; then
+    models+=("$(seed_sft_root "$1")/sft"); outs+=("$(seed_sft_root "$1")/decode/sft")
+  fi
   for system in $(systems); do
-    decode_one "${dir}/train/${system}" "${dir}/decode/${system}"
+    models+=("${dir}/train/${system}"); outs+=("${dir}/decode/${system}")
     if [[ " ${epoch_curves} " == *" ${system#*/} "* && ${system%%/*} == "${first}" ]]; then
       for ckpt in "${dir}/train/${system}"/checkpoint-*; do
-        decode_one "${ckpt}" "${dir}/decode/${system}/epochs/${ckpt##*/}"
+        models+=("${ckpt}"); outs+=("${dir}/decode/${system}/epochs/${ckpt##*/}")
       done
     fi
   done
+  speech-lpo decode --config "${conf_dir}/decode.yaml" --data "${dumpdir}/tokens/test" --model "${models[@]}" \
+    --out-dir "${outs[@]}"
 }
 
-decode_stage() {
-  ${sft_seeds} || decode_one "${expdir}/sft" "${expdir}/decode/sft"
-  for_each_seed decode_seed
-}
+decode_stage() { for_each_seed decode_seed; }
 
 # epoch reached by a training output dir or checkpoint (its trainer_state.json)
 epoch_of() { python -c "import json,sys; print(round(json.load(open(sys.argv[1]))['epoch']))" "$1/trainer_state.json"; }

@@ -371,7 +371,7 @@ def claim_figure3(groups: dict[tuple, dict], bench: str) -> str:
         return f"- Figure 3 ({bench}), the error rate depends on r2: {OPEN}: fewer than two r2 values."
     adjusted = _holm(pvalues)
     overall = HOLDS if min(adjusted) < 0.05 else OPEN
-    shown = "; ".join(f"{n} (p {p:.3f})" for n, p in zip(names, adjusted, strict=True))
+    shown = "; ".join(f"{n} (Holm-adjusted p {p:.3f})" for n, p in zip(names, adjusted, strict=True))
     return (
         f"- Figure 3 ({bench}), the error rate depends on r2: **{overall}**. {shown}. Test: {TEST}, "
         "two-sided, Holm-corrected over the pairs of r2."
