@@ -2,7 +2,9 @@
 
 Sentences come from a small grammar with a bounded vocabulary (3 to 8 words), drawn without repeats
 and split into train/dev/test so that no test sentence is seen in training. Every espeak voice is one
-speaker and speaks in every split. Deterministic for a given seed. Output (16 kHz, 16-bit PCM):
+speaker and speaks in every split. ``--en-grammar en_large`` with ``--en-rate`` and ``--en-snr-db`` makes
+a harder English task: a larger grammar, and a speaking rate and white noise drawn per utterance.
+Deterministic for a given seed. Output (16 kHz, 16-bit PCM):
 
   <out>/aishell1/data_aishell/wav/{train,dev,test}/S<spk>/BAC009S<spk>W<utt>.wav
   <out>/aishell1/data_aishell/transcript/aishell_transcript_v0.8.txt   (words separated by spaces)
