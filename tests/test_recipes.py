@@ -104,7 +104,7 @@ gen_backend
 def test_for_each_seed_runs_seeds_side_by_side_with_one_thread_and_fails_with_one(tmp_path):
     script = f"""
 set -euo pipefail
-expdir=exp seeds="0 1 2" seed_jobs=2 sft_seeds=false
+expdir=exp seeds="0 1 2" seed_jobs=2 sft_seeds=false ngpu=0
 . {RECIPES}/utils/seeds.sh
 work() {{
   touch "started$1"

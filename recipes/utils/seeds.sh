@@ -10,8 +10,9 @@ sft_root() { if [[ -n "$1" ]]; then echo "${expdir}/seed$1"; else echo "${expdir
 # The sft_root that a seed's preference systems start from.
 seed_sft_root() { if ${sft_seeds}; then sft_root "$1"; else sft_root ""; fi; }
 
-# for_each_seed FUNCTION [SEEDS]: FUNCTION SEED for every seed, --seed_jobs at a time, each in its own
-# process with one BLAS thread (the cores go to the seeds) and its own log, printed in seed order after.
+# for_each_seed FUNCTION [SEEDS]: FUNCTION SEED for every seed, --seed_jobs at a time (one with --ngpu),
+# each in its own process with one BLAS thread (the cores go to the seeds) and its own log, printed in seed
+# order after.
 for_each_seed() {
   local fn=$1 list=${2:-${seeds}} batch=() s failed=0
   local logdir="${expdir}/logs/${fn}"
@@ -28,10 +29,13 @@ for_each_seed() {
     for s in "${batch[@]}"; do echo "== seed ${s}"; cat "${logdir}/seed${s}.log"; done
     batch=()
   }
-  if (( seed_jobs > 1 )); then export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; fi
+  # on GPUs every seed already uses them all (--ngpu): one seed at a time
+  local jobs=${seed_jobs}
+  (( ${ngpu:-0} == 0 )) || jobs=1
+  if (( jobs > 1 )); then export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; fi
   for s in ${list}; do
     batch+=("${s}")
-    (( ${#batch[@]} < seed_jobs )) || run_batch
+    (( ${#batch[@]} < jobs )) || run_batch
   done
   (( ${#batch[@]} == 0 )) || run_batch
   return "${failed}"
