@@ -27,54 +27,64 @@ methods="model perturb"   # candidate methods: model-sampled and/or perturbation
 pref_prompts=600      # training utterances (a fixed random subset) given candidates / perturbations; 0: all
 r2_grid="1.0 2.0 3.0" # one LPO run per value and method
 epoch_curves="dpo lpo_r2_2.0"  # systems (of the first method) decoded at every epoch for Figure 2
+seeds="0"             # training seeds: every preference system is trained, decoded and scored once per seed
+sft_seeds=false       # true: SFT (and its candidates, pairs, reference log-probs) once per seed as well
+seed_jobs=2           # seeds trained / decoded at once, one process and one BLAS thread each
 datadir=data          # corpus (when synthesised) and manifests
 dumpdir=dump          # audio tokens and the fitted codec
 expdir=exp            # models, outputs, logs and .done sentinels
 conf_dir=conf          # stage configs (conf/ci: the reduced run CI makes; conf/paper: Table 9, Qwen2.5, 8 GPUs)
 option_names="stage stop_stage force corpus corpus_dir download subsets test_sets valid_set benchmark model codec ngpu
-nj methods pref_prompts r2_grid epoch_curves datadir dumpdir expdir conf_dir"
+nj methods pref_prompts r2_grid epoch_curves seeds sft_seeds seed_jobs datadir dumpdir expdir conf_dir"
 
 resume_command="${RECIPE_COMMAND:-$0 $*}"
 utils=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/utils
 . "${utils}/parse_options.sh"
 . "${utils}/stages.sh"
 . "${utils}/common.sh"
+. "${utils}/seeds.sh"
 
 benchmark=${benchmark:-$([[ ${corpus} == aishell ]] && echo aishell1 || echo librispeech)}
 [[ -n "${corpus_dir}" ]] || corpus_dir=${datadir}/corpus/$([[ ${corpus} == aishell ]] && echo aishell1 || echo librispeech)
 
-sft_stage() {
+# Stages 4-7 run once (SEED "") or, with --sft_seeds true, once per seed under $expdir/seed<SEED>.
+sft_one() {  # sft_one SEED
+  local root; root=$(sft_root "$1")
   train_cmd sft --config "${conf_dir}/sft.yaml" --task asr --data "${dumpdir}/tokens/train" \
     --eval_data "${dumpdir}/tokens/${valid_set:-$(prepared_sets dev | head -n 1)}" --model "${expdir}/init" \
-    --output_dir "${expdir}/sft"
+    --output_dir "${root}/sft" ${1:+--seed "$1"}
 }
 
-candidates_stage() {
+candidates_one() {  # candidates_one SEED
   [[ " ${methods} " == *" model "* ]] || { echo "no model-based method requested"; return; }
-  speech-lpo generate --config "${conf_dir}/generate.yaml" $(gen_backend) --task asr --model "${expdir}/sft" \
-    --data "${dumpdir}/tokens/train" --max-prompts "${pref_prompts}" --out "${expdir}/candidates"
+  local root; root=$(sft_root "$1")
+  speech-lpo generate --config "${conf_dir}/generate.yaml" $(gen_backend) --task asr --model "${root}/sft" \
+    --data "${dumpdir}/tokens/train" --max-prompts "${pref_prompts}" --out "${root}/candidates" ${1:+--seed "$1"}
 }
 
-pairs_stage() {
+pairs_one() {  # pairs_one SEED
+  local root method; root=$(sft_root "$1")
   for method in ${methods}; do
     if [[ ${method} == model ]]; then
-      speech-lpo make-pairs --method model --model "${expdir}/sft" --candidates "${expdir}/candidates" \
-        --out "${expdir}/pairs/model.jsonl"
+      speech-lpo make-pairs --method model --model "${root}/sft" --candidates "${root}/candidates" \
+        --out "${root}/pairs/model.jsonl"
     else
-      speech-lpo make-pairs --config "${conf_dir}/perturb.yaml" --method perturb --model "${expdir}/sft" \
-        --data "${dumpdir}/tokens/train" --max-prompts "${pref_prompts}" --out "${expdir}/pairs/perturb.jsonl"
+      speech-lpo make-pairs --config "${conf_dir}/perturb.yaml" --method perturb --model "${root}/sft" \
+        --data "${dumpdir}/tokens/train" --max-prompts "${pref_prompts}" --out "${root}/pairs/perturb.jsonl" \
+        ${1:+--seed "$1"}
     fi
   done
 }
 
-ref_logps_stage() {
+ref_logps_one() {  # ref_logps_one SEED
+  local root method; root=$(sft_root "$1")
   for method in ${methods}; do
-    speech-lpo ref-logps --config "${conf_dir}/ref_logps.yaml" --model "${expdir}/sft" \
-      --groups "${expdir}/pairs/${method}.jsonl" --output "${expdir}/pairs/${method}.ref.jsonl"
+    speech-lpo ref-logps --config "${conf_dir}/ref_logps.yaml" --model "${root}/sft" \
+      --groups "${root}/pairs/${method}.jsonl" --output "${root}/pairs/${method}.ref.jsonl"
   done
 }
 
-# Trained systems: <method>/lpo_r2_<r2> for each r2 and <method>/dpo, under $expdir/train.
+# Trained systems: <method>/lpo_r2_<r2> for each r2 and <method>/dpo, under $expdir/seed<S>/train.
 systems() {
   for method in ${methods}; do
     for r2 in ${r2_grid}; do echo "${method}/lpo_r2_${r2}"; done
@@ -82,75 +92,99 @@ systems() {
   done
 }
 
-train_stage() {
+train_one() {  # train_one SEED: every system, trained with this seed
+  local root system; root=$(seed_sft_root "$1")
   for system in $(systems); do
     local method=${system%%/*} name=${system#*/} conf="${conf_dir}/lpo.yaml" extra=()
     if [[ ${name} == dpo ]]; then conf="${conf_dir}/dpo.yaml"; else extra+=(--r2 "${name#lpo_r2_}"); fi
     echo "== ${system}"
-    train_cmd train --config "${conf}" --groups "${expdir}/pairs/${method}.ref.jsonl" --model "${expdir}/sft" \
-      --output_dir "${expdir}/train/${system}" "${extra[@]}"
+    train_cmd train --config "${conf}" --groups "${root}/pairs/${method}.ref.jsonl" --model "${root}/sft" \
+      --output_dir "${expdir}/seed$1/train/${system}" --seed "$1" "${extra[@]}"
   done
 }
 
 # Test sets: --test_sets, or every test set prepared (AISHELL-1: test; LibriSpeech: test-clean test-other).
 eval_sets() { echo "${test_sets:-$(prepared_sets test)}"; }
 
-decode_one() {  # decode_one MODEL_DIR TEST_SET SYSTEM: hypotheses in $expdir/decode/TEST_SET/SYSTEM
-  speech-lpo decode --config "${conf_dir}/decode.yaml" --model "$1" --data "${dumpdir}/tokens/$2" \
-    --out-dir "${expdir}/decode/$2/$3"
-}
-
-decode_stage() {
-  local first=${methods%% *} test
+# decode_seed SEED: on each test set, the systems of one seed (and the SFT it starts from) in one process;
+# hypotheses in <root>/decode/<test set>/<system>
+decode_seed() {
+  local dir="${expdir}/seed$1" first=${methods%% *} test system ckpt
   for test in $(eval_sets); do
-    decode_one "${expdir}/sft" "${test}" sft
+    local models=() outs=()
+    # the shared SFT is decoded with the first seed
+    if ${sft_seeds} || [[ $1 == "${seeds%% *}" ]]; then
+      models+=("$(seed_sft_root "$1")/sft"); outs+=("$(seed_sft_root "$1")/decode/${test}/sft")
+    fi
     for system in $(systems); do
-      decode_one "${expdir}/train/${system}" "${test}" "${system}"
+      models+=("${dir}/train/${system}"); outs+=("${dir}/decode/${test}/${system}")
       if [[ " ${epoch_curves} " == *" ${system#*/} "* && ${system%%/*} == "${first}" ]]; then
-        for ckpt in "${expdir}/train/${system}"/checkpoint-*; do
-          decode_one "${ckpt}" "${test}" "${system}/epochs/${ckpt##*/}"
+        for ckpt in "${dir}/train/${system}"/checkpoint-*; do
+          models+=("${ckpt}"); outs+=("${dir}/decode/${test}/${system}/epochs/${ckpt##*/}")
         done
       fi
     done
+    speech-lpo decode --config "${conf_dir}/decode.yaml" --data "${dumpdir}/tokens/${test}" \
+      --model "${models[@]}" --out-dir "${outs[@]}"
   done
 }
+
+decode_stage() { for_each_seed decode_seed; }
 
 # epoch reached by a training output dir or checkpoint (its trainer_state.json)
 epoch_of() { python -c "import json,sys; print(round(json.load(open(sys.argv[1]))['epoch']))" "$1/trainer_state.json"; }
 
-# score_one TEST_SET DECODE_DIR NAME TAGS...: against the data dir's Kaldi text of the test set, so an
-# utterance that prepare kept but tokenize or decode lost counts as deletions
+# score_one TEST_SET DECODE_DIR NAME BASELINE_DIR TAGS...: against the data dir's Kaldi text of the test set,
+# so an utterance that prepare kept but tokenize or decode lost counts as deletions; BASELINE_DIR is the SFT
+# decode the system is paired with ("" for an SFT itself)
 score_one() {
-  local test=$1 dir=$2 name=$3; shift 3
+  local test=$1 dir=$2 name=$3 baseline=$4; shift 4
   local extra=()
   for t in "$@"; do extra+=(--tag "$t"); done
-  [[ ${name} == sft ]] || extra+=(--baseline-hyp "${expdir}/decode/${test}/sft/text")
+  [[ -z ${baseline} ]] || extra+=(--baseline-hyp "${baseline}/text")
   speech-lpo score asr --ref "${datadir}/manifests/kaldi/${test}/text" --hyp "${dir}/text" \
     --benchmark "${benchmark}" --out-dir "${expdir}/score/${test}" --name "${name}" \
     --tag benchmark="${benchmark}" --tag test_set="${test}" "${extra[@]}"
 }
 
 score_stage() {
-  local test
+  local test s system r2 runs=() first=${methods%% *}
+  for s in ${seeds}; do
+    for r2 in ${r2_grid}; do runs+=("${expdir}/seed${s}/train/${first}/lpo_r2_${r2}"); done
+    runs+=("${expdir}/seed${s}/train/${first}/dpo")
+  done
   for test in $(eval_sets); do
-    score_one "${test}" "${expdir}/decode/${test}/sft" sft method=sft
-    for system in $(systems); do
-      local method=${system%%/*} name=${system#*/} r2=- loss=dpo dir="${expdir}/decode/${test}/${system}"
-      [[ ${name} == lpo_r2_* ]] && { r2=${name#lpo_r2_}; loss=lpo; }
-      score_one "${test}" "${dir}" "${method}_${name}" candidates="${method}" method="${loss}" r2="${r2}" \
-        epoch="$(epoch_of "${expdir}/train/${system}")"
-      for ckpt in "${dir}"/epochs/checkpoint-*; do
-        [[ -d ${ckpt} ]] || continue
-        score_one "${test}" "${ckpt}" "${method}_${name}_${ckpt##*/}" candidates="${method}" method="${loss}" \
-          r2="${r2}" epoch="$(epoch_of "${expdir}/train/${system}/${ckpt##*/}")"
+    local sft_decode=${expdir}/decode/${test}/sft
+    ${sft_seeds} || score_one "${test}" "${sft_decode}" sft "" method=sft
+    for s in ${seeds}; do
+      local dir="${expdir}/seed${s}"
+      if ${sft_seeds}; then
+        sft_decode=${dir}/decode/${test}/sft
+        score_one "${test}" "${sft_decode}" "seed${s}_sft" "" method=sft seed="${s}"
+      fi
+      for system in $(systems); do
+        local method=${system%%/*} name=${system#*/} r2=- loss=dpo
+        [[ ${name} == lpo_r2_* ]] && { r2=${name#lpo_r2_}; loss=lpo; }
+        local tags=(candidates="${method}" method="${loss}" r2="${r2}" seed="${s}")
+        score_one "${test}" "${dir}/decode/${test}/${system}" "seed${s}_${method}_${name}" "${sft_decode}" \
+          "${tags[@]}" epoch="$(epoch_of "${dir}/train/${system}")"
+        for ckpt in "${dir}/decode/${test}/${system}"/epochs/checkpoint-*; do
+          [[ -d ${ckpt} ]] || continue
+          score_one "${test}" "${ckpt}" "seed${s}_${method}_${name}_${ckpt##*/}" "${sft_decode}" "${tags[@]}" \
+            epoch="$(epoch_of "${dir}/train/${system}/${ckpt##*/}")"
+        done
       done
     done
   done
-  local first=${methods%% *} runs=()
-  for r2 in ${r2_grid}; do runs+=("${expdir}/train/${first}/lpo_r2_${r2}"); done
   speech-lpo score table "${expdir}"/score/*/summary-*.json --out RESULTS.md --plot-dir "${expdir}/plots" \
-    --runs "${runs[@]}" "${expdir}/train/${first}/dpo"
+    --runs "${runs[@]}"
 }
+
+sft_stage() { for_each_sft sft_one; }
+candidates_stage() { for_each_sft candidates_one; }
+pairs_stage() { for_each_sft pairs_one; }
+ref_logps_stage() { for_each_sft ref_logps_one; }
+train_stage() { for_each_seed train_one; }
 
 run_stage 0 corpus corpus_stage
 run_stage 1 prepare prepare_stage

@@ -219,10 +219,15 @@ def decode(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model dir (build-model, sft or train output)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        nargs="+",
+        help="model dir(s) (build-model, sft or train output); several are decoded in one process",
+    )
     parser.add_argument("--data", required=True, help="tokenised dataset (speech-lpo tokenize)")
     parser.add_argument("--split", help="decode only this split of the dataset")
-    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--out-dir", required=True, nargs="+", help="one per --model")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--beam-size", type=int, default=1, help="1: greedy search")
     parser.add_argument(
@@ -232,18 +237,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    report = decode(
-        args.model,
-        args.data,
-        args.out_dir,
-        args.split,
-        args.batch_size,
-        args.beam_size,
-        args.max_new_tokens,
-        args.limit,
-    )
-    print(
-        f"decoded {report['decoded']}/{report['utterances']} ({report['search']}); "
-        f"cut by max_new_tokens {report['max_new_tokens']}: {len(report['unfinished'])}, "
-        f"failed {len(report['failed'])} -> {args.out_dir}/text"
-    )
+    if len(args.model) != len(args.out_dir):
+        raise SystemExit(
+            f"{len(args.model)} --model dirs for {len(args.out_dir)} --out-dir dirs: give one each"
+        )
+    # several models in one process: the interpreter, torch and the dataset load once (on CPU that
+    # start-up takes far longer than decoding a small test set)
+    for model, out_dir in zip(args.model, args.out_dir, strict=True):
+        report = decode(
+            model,
+            args.data,
+            out_dir,
+            args.split,
+            args.batch_size,
+            args.beam_size,
+            args.max_new_tokens,
+            args.limit,
+        )
+        print(
+            f"{model}: decoded {report['decoded']}/{report['utterances']} ({report['search']}); "
+            f"cut by max_new_tokens {report['max_new_tokens']}: {len(report['unfinished'])}, "
+            f"failed {len(report['failed'])} -> {out_dir}/text"
+        )

@@ -20,9 +20,12 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from speech_lpo import stats
 from speech_lpo.plot import plot_runs, read_metric
 from speech_lpo.score import format_counts, write_atomic
+from speech_lpo.seed_compare import REPLICATIONS, Comparison, Counts, compare, spread
 
 
 def load_summaries(paths: list[str | Path]) -> list[dict]:
@@ -65,11 +68,28 @@ def _key(summ: dict) -> tuple[str, str, str, str]:
     )
 
 
+def _seed(summ: dict) -> int | None:
+    """The training seed; None for a system shared by every seed (an SFT trained once)."""
+    seed = _tag(summ, "seed")
+    if (
+        not seed and summ.get("kind") == "tts"
+    ):  # `score tts` takes no tags: the recipes' seed<S>/synth/<system>
+        parts = Path(summ.get("source", "")).parts
+        seed = next((p[4:] for p in parts if p.startswith("seed") and p[4:].isdigit()), "")
+    return int(seed) if seed else None
+
+
+def _of_seed(summaries: list[dict], seed: int | None) -> list[dict]:
+    """The summaries of one seed, with the systems shared by every seed."""
+    return [s for s in summaries if _seed(s) in (seed, None)]
+
+
 def last_epochs(summaries: list[dict]) -> list[dict]:
-    """One summary per (benchmark and test set, candidates, method, r2): the one of the largest epoch."""
+    """One summary per (benchmark and test set, candidates, method, r2) and seed: the one of the largest
+    epoch."""
     best: dict[tuple, dict] = {}
     for summ in summaries:
-        key = _key(summ)
+        key = (*_key(summ), _seed(summ))
         epoch = _num(_tag(summ, "epoch", "nan"))
         kept = best.get(key)
         if kept is None or (not math.isnan(epoch) and not epoch <= _num(_tag(kept, "epoch", "-inf"))):
@@ -81,13 +101,14 @@ def _sft_of(summ: dict, sft_by_benchmark: dict[str, dict]) -> tuple[float | None
     """Baseline error rate and P(better than it): the paired baseline if scored, else the SFT system."""
     if "baseline" in summ:
         return summ["baseline"]["error_rate"], summ["baseline"]["p_improvement"]
-    sft = sft_by_benchmark.get(_bench(summ))
+    sft = sft_by_benchmark.get((_bench(summ), _seed(summ))) or sft_by_benchmark.get(_bench(summ))
     return (sft["error_rate"], None) if sft else (None, None)
 
 
 def table_per_test_set(summaries: list[dict]) -> str:
-    """The paper's Table 7 layout: a row per system, a column of error rates per test set."""
-    rows = last_epochs([s for s in summaries if s["kind"] == "asr"])
+    """The paper's Table 7 layout: a row per system, a column of error rates per test set (the mean over
+    seeds where a system was trained with several)."""
+    rows = _seed_means(last_epochs([s for s in summaries if s["kind"] == "asr"]))
     columns = sorted({(_tag(s, "benchmark", "?"), _tag(s, "test_set", "test")) for s in rows})
     cells: dict[tuple, dict[tuple, dict]] = defaultdict(dict)
     for s in rows:
@@ -95,8 +116,8 @@ def table_per_test_set(summaries: list[dict]) -> str:
         cells[system][(_tag(s, "benchmark", "?"), _tag(s, "test_set", "test"))] = s
     heads = [f"{bench} {test}" if len({b for b, _ in columns}) > 1 else test for bench, test in columns]
     lines = [
-        "| Candidates | Method | r2 | " + " | ".join(heads) + " |",
-        "|---|---|---|" + "---|" * len(columns),
+        "| Candidates | Method | r2 | " + " | ".join(heads) + " | Seeds |",
+        "|---|---|---|" + "---|" * len(columns) + "---|",
     ]
     for system in sorted(cells, key=lambda k: (k[0], k[1], k[2], k[3], _num(k[4]))):
         _, _, cand, method, r2 = system
@@ -104,21 +125,32 @@ def table_per_test_set(summaries: list[dict]) -> str:
         lines.append(
             f"| {cand} | {method} | {r2} | "
             + " | ".join(f"{s['metric']} {_fmt(s['error_rate'])}" if s else "" for s in shown)
-            + " |"
+            + f" | {max(s['seeds'] for s in shown if s)} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def asr_table(summaries: list[dict]) -> str:
     rows = last_epochs([s for s in summaries if s["kind"] == "asr"])
-    sft = {_bench(s): s for s in rows if _tag(s, "method") == "sft"}
+    sft: dict = {}
+    for s in (s for s in rows if _tag(s, "method") == "sft"):
+        sft[_bench(s)] = s  # an SFT shared by every seed
+        sft[(_bench(s), _seed(s))] = s
     lines = [
         "| Benchmark | Candidates | Method | r2 | Error rate (95% CI) | SFT baseline | Δ vs SFT "
-        "| P(better than SFT) | Mean per-utt. rate | Utts | No hypothesis (deletions) | Problems |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| P(better than SFT) | Mean per-utt. rate | Utts | No hypothesis (deletions) | Problems | Seed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = sorted(
-        rows, key=lambda s: (_key(s)[0], _tag(s, "method") != "sft", _key(s)[1], _key(s)[2], _num(_key(s)[3]))
+        rows,
+        key=lambda s: (
+            _key(s)[0],
+            _tag(s, "method") != "sft",
+            _key(s)[1],
+            _key(s)[2],
+            _num(_key(s)[3]),
+            _seed(s) or -1,
+        ),
     )
     for s in order:
         bench, cand, method, r2 = _key(s)
@@ -130,7 +162,7 @@ def asr_table(summaries: list[dict]) -> str:
             f"{'' if delta is None else f'{delta:+.2f}'} | {_fmt(p, 3)} "
             f"| {_fmt(s['mean_utterance_error_rate'])} | {s['utterances']} "
             f"| {s['missing_hypotheses']} ({s['missing_hypothesis_deletions']}) "
-            f"| {format_counts(s['problem_counts'])} |"
+            f"| {format_counts(s['problem_counts'])} | {_tag(s, 'seed', '-')} |"
         )
     normalizers = sorted({f"{_tag(s, 'benchmark', '?')}: {s['normalizer']}" for s in rows})
     lines += [
@@ -187,7 +219,7 @@ def tts_table(summaries: list[dict], baseline: str = "sft") -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if with_utmos else ""),
         ]
         for s in _tts_order(in_set, baseline):
-            name = TTS_ROWS.get(s.get("row", "system"), s["system"])
+            name = TTS_ROWS.get(s.get("row", "system"), _tts_name(s))
             lines.append(
                 f"| {name} | {_cell(s['wer'])} | {_cell(s['wer_utt_mean'])} "
                 f"| {_cell(s.get('wer_over_50_pct'), 1, ci=False)} | {_cell(s.get('sim'), 3)} "
@@ -233,13 +265,19 @@ def _paired_values(base: dict, system: dict, key: str) -> tuple[list, list, list
     return [b[key] for b, _ in common], [r[key] for _, r in common], den, speakers if all(speakers) else None
 
 
+def _tts_name(summ: dict) -> str:
+    seed = _seed(summ)
+    return summ["system"] + ("" if seed is None else f" (seed {seed})")
+
+
 def tts_paired_tests(rows: list[dict], baseline: str = "sft") -> list[str]:
-    """Each system against the baseline on the same utterances: the difference with its paired bootstrap
-    interval, the permutation p-value, Holm's adjustment over the systems compared, and the probability of
-    improvement."""
-    base = next((s for s in rows if s["system"] == baseline and s.get("row", "system") == "system"), None)
-    others = [s for s in rows if s is not base and s.get("row", "system") == "system"]
-    if base is None or not others:
+    """Each system against the baseline (of the same seed, where the baseline was trained per seed) on the
+    same utterances: the difference with its paired bootstrap interval, the permutation p-value, Holm's
+    adjustment over the systems compared, and the probability of improvement."""
+    systems = [s for s in rows if s.get("row", "system") == "system"]
+    bases = {_seed(s): s for s in systems if s["system"] == baseline}
+    others = [s for s in systems if s["system"] != baseline]
+    if not bases or not others:
         return []
     lines = [
         f"Paired tests against {baseline.upper()} (same utterances):",
@@ -249,13 +287,14 @@ def tts_paired_tests(rows: list[dict], baseline: str = "sft") -> list[str]:
     ]
     for key, unit_key, lower, label in TTS_TESTS:
         tests = {}
-        for s in sorted(others, key=lambda s: s["system"]):
-            if key not in s or key not in base:
+        for s in sorted(others, key=_tts_name):
+            base = bases.get(_seed(s), bases.get(None))
+            if base is None or key not in s or key not in base:
                 continue
             b, x, den, groups = _paired_values(base, s, unit_key)
             if b:
                 scale = 100 if key == "wer" else 1
-                tests[s["system"]] = stats.paired(
+                tests[_tts_name(s)] = stats.paired(
                     b, x, den, scale=scale, lower_is_better=lower, groups=groups
                 )
         adjusted = stats.holm({name: t["p_value"] for name, t in tests.items()})
@@ -278,9 +317,18 @@ def tts_paired_tests(rows: list[dict], baseline: str = "sft") -> list[str]:
 
 
 def asr_findings(summaries: list[dict]) -> list[str]:
-    """One line per benchmark and candidate method: SFT, DPO and LPO at each r2 (Figure 3), the best
-    system; one line per system decoded at every epoch (Figure 2)."""
-    rows = last_epochs([s for s in summaries if s["kind"] == "asr"])
+    """Per seed, one line per benchmark and candidate method: SFT, DPO and LPO at each r2 (Figure 3), the
+    best system; one line per system decoded at every epoch (Figure 2)."""
+    asr = [s for s in summaries if s["kind"] == "asr"]
+    seeds = sorted({_seed(s) for s in asr} - {None}) or [None]
+    lines = []
+    for seed in seeds:
+        lines += _findings_of_one_seed(_of_seed(asr, seed), f", seed {seed}" if len(seeds) > 1 else "")
+    return lines
+
+
+def _findings_of_one_seed(summaries: list[dict], seed_label: str) -> list[str]:
+    rows = last_epochs(summaries)
     lines = []
     for bench in sorted({_bench(s) for s in rows}):
         in_bench = [s for s in rows if _bench(s) == bench]
@@ -302,7 +350,9 @@ def asr_findings(summaries: list[dict]) -> list[str]:
                 verdict += f", {best['error_rate'] - base:+.2f} points against SFT"
             if p is not None:
                 verdict += f" (P(better) {p:.3f})"
-            lines.append(f"- {bench}, {cand} candidates, %{best['metric']}: {'; '.join(parts)}; {verdict}.")
+            lines.append(
+                f"- {bench}, {cand} candidates{seed_label}, %{best['metric']}: {'; '.join(parts)}; {verdict}."
+            )
     curves = defaultdict(list)
     for s in summaries:
         if s["kind"] == "asr" and not math.isnan(_num(_tag(s, "epoch", "nan"))):
@@ -314,8 +364,235 @@ def asr_findings(summaries: list[dict]) -> list[str]:
         if len(pts) > 1:
             name = method.upper() + (f" r2={r2}" if r2 != "-" else "")
             curve = ", ".join(f"{_fmt(s['error_rate'])} (epoch {_tag(s, 'epoch')})" for s in pts)
-            lines.append(f"- {bench}, {cand} candidates, {name} over epochs: {curve}.")
+            lines.append(f"- {bench}, {cand} candidates{seed_label}, {name} over epochs: {curve}.")
     return lines
+
+
+# -- across seeds -------------------------------------------------------------------------------------------
+def _by_seed(rows: list[dict]) -> dict[tuple, dict[int | None, dict]]:
+    """{(benchmark, candidates, method, r2): {seed: summary}}."""
+    out: dict[tuple, dict] = defaultdict(dict)
+    for s in rows:
+        out[_key(s)][_seed(s)] = s
+    return out
+
+
+def _counts(group: dict[int | None, dict]) -> dict[int | None, Counts]:
+    return {seed: Counts.from_summary(s) for seed, s in group.items()}
+
+
+def _compare(system: dict, baseline: dict) -> Comparison | None:
+    """None where a summary has no per-utterance counts (scored before they were recorded)."""
+    try:
+        return compare(_counts(system), _counts(baseline))
+    except ValueError:
+        return None
+
+
+def across_seeds_table(summaries: list[dict]) -> str:
+    """Per system: its error rate's mean and spread over seeds and the two-level paired bootstrap
+    comparison with SFT (the SFT of the same seed, or the one SFT every seed starts from)."""
+    groups = _by_seed(last_epochs([s for s in summaries if s["kind"] == "asr"]))
+    sft = {key[0]: group for key, group in groups.items() if key[2] == "sft"}
+    lines = [
+        "| Benchmark | Candidates | Method | r2 | Seeds | Mean (sd) | Min–max | Δ vs SFT (95% CI) "
+        "| P(better than SFT) | Lower than SFT in | Verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(groups, key=lambda k: (k[0], k[2] != "sft", k[1], k[2], _num(k[3]))):
+        group = groups[key]
+        sp = spread([s["error_rate"] for s in group.values()])
+        cmp = _compare(group, sft[key[0]]) if key[2] != "sft" and key[0] in sft else None
+        head = f"| {' | '.join(key)} | {sp.seeds} | {_fmt(sp.mean)} ({_fmt(sp.sd)})"
+        head += f" | {_fmt(sp.low)}–{_fmt(sp.high)}"
+        if cmp is None:
+            lines.append(f"{head} | | | | |")
+            continue
+        lines.append(
+            f"{head} | {cmp.delta:+.2f} ({cmp.low:+.2f} to {cmp.high:+.2f}) | {cmp.p_better:.3f} "
+            f"| {cmp.better_in} of {len(cmp.per_seed)} | {cmp.verdict} |"
+        )
+    lines += [
+        "",
+        "Mean and sd over training seeds of the pooled error rate; Δ: mean over seeds of the per-seed "
+        "difference from SFT, 95% CI and P(better) from a two-level paired bootstrap (seeds, then test "
+        f"utterances within each seed; {REPLICATIONS} replications); verdict: resolved only when the "
+        "interval excludes zero.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+HOLDS, FAILS, OPEN = "holds", "does not hold", "not resolved at this scale"
+
+
+def _claim(verdicts: list[str], wanted: str, opposite: str) -> str:
+    """holds when every comparison is resolved the claimed way, fails when one is resolved the other way."""
+    if verdicts and all(v == wanted for v in verdicts):
+        return HOLDS
+    return FAILS if opposite in verdicts else OPEN
+
+
+def _sign_test(diffs: list[float]) -> float:
+    """One-sided binomial P(at least this many negative differences) under no effect."""
+    n, k = len(diffs), sum(d < 0 for d in diffs)
+    return sum(math.comb(n, i) for i in range(k, n + 1)) / 2**n
+
+
+TEST = "two-level paired bootstrap over seeds and test utterances, 95% interval"
+
+
+def claim_table7(groups: dict[tuple, dict], bench: str) -> str:
+    sft = next((g for k, g in groups.items() if k[0] == bench and k[2] == "sft"), None)
+    cands = sorted({k[1] for k in groups if k[0] == bench and k[2] == "lpo"})
+    if sft is None or not cands:
+        return f"- Table 7 ({bench}), LPO below SFT for every candidate method: {OPEN}: no SFT or LPO scored."
+    parts, claims = [], []
+    for cand in cands:
+        lpo = sorted((k for k in groups if k[:3] == (bench, cand, "lpo")), key=lambda k: _num(k[3]))
+        cmps = [(k[3], _compare(groups[k], sft)) for k in lpo]
+        verdicts = [c.verdict if c else "n/a" for _, c in cmps]
+        claims.append(_claim(verdicts, "better", "worse"))
+        parts.append(
+            f"{cand} candidates: "
+            + "; ".join(
+                f"r2={r2} {c.describe() if c else 'n/a'} {v}"
+                for (r2, c), v in zip(cmps, verdicts, strict=True)
+            )
+        )
+    overall = HOLDS if all(c == HOLDS for c in claims) else (FAILS if FAILS in claims else OPEN)
+    return (
+        f"- Table 7 ({bench}), LPO below SFT for every candidate method ({', '.join(cands)}): **{overall}**. "
+        + " | ".join(parts)
+        + f". Test: {TEST}, LPO at every r2 against SFT."
+    )
+
+
+def claim_figure2(summaries: list[dict], bench: str) -> str:
+    """DPO worse at its last epoch than at its first, LPO better, in the runs decoded at every epoch."""
+    curves: dict[tuple, dict] = defaultdict(lambda: defaultdict(dict))
+    for s in summaries:
+        if s["kind"] == "asr" and _bench(s) == bench and _tag(s, "epoch"):
+            curves[_key(s)][_seed(s)][_num(_tag(s, "epoch"))] = s
+    verdicts, parts = {"dpo": [], "lpo": []}, []
+    for key, per_seed in sorted(curves.items()):
+        method = key[2]
+        if method not in verdicts or any(len(epochs) < 2 for epochs in per_seed.values()):
+            continue
+        first = {seed: epochs[min(epochs)] for seed, epochs in per_seed.items()}
+        last = {seed: epochs[max(epochs)] for seed, epochs in per_seed.items()}
+        cmp = _compare(last, first)
+        verdicts[method].append(cmp.verdict if cmp else "n/a")
+        name = method.upper() + (f" r2={key[3]}" if key[3] != "-" else "") + f" ({key[1]})"
+        parts.append(f"{name} last vs first epoch {cmp.describe() if cmp else 'n/a'} {verdicts[method][-1]}")
+    if not verdicts["dpo"] or not verdicts["lpo"]:
+        return f"- Figure 2 ({bench}), DPO degrades over epochs while LPO improves: {OPEN}: no epoch curves."
+    dpo, lpo = _claim(verdicts["dpo"], "worse", "better"), _claim(verdicts["lpo"], "better", "worse")
+    overall = HOLDS if dpo == lpo == HOLDS else (FAILS if FAILS in (dpo, lpo) else OPEN)
+    return (
+        f"- Figure 2 ({bench}), DPO degrades over epochs while LPO keeps improving: **{overall}**. "
+        + "; ".join(parts)
+        + f". Test: {TEST}, last epoch against first."
+    )
+
+
+def claim_figure3(groups: dict[tuple, dict], bench: str) -> str:
+    """Some pair of r2 values differs in error rate, Holm-corrected over all pairs of every method."""
+    names, pvalues = [], []
+    for cand in sorted({k[1] for k in groups if k[0] == bench and k[2] == "lpo"}):
+        lpo = sorted((k for k in groups if k[:3] == (bench, cand, "lpo")), key=lambda k: _num(k[3]))
+        for i, a in enumerate(lpo):
+            for b in lpo[i + 1 :]:
+                cmp = _compare(groups[b], groups[a])
+                if cmp:
+                    names.append(f"{cand} r2={b[3]} vs {a[3]} {cmp.delta:+.2f}")
+                    pvalues.append(min(1.0, 2 * min(cmp.p_better, 1 - cmp.p_better)))
+    if not pvalues:
+        return f"- Figure 3 ({bench}), the error rate depends on r2: {OPEN}: fewer than two r2 values."
+    adjusted = list(stats.holm(dict(enumerate(pvalues))).values())
+    overall = HOLDS if min(adjusted) < 0.05 else OPEN
+    shown = "; ".join(f"{n} (Holm-adjusted p {p:.3f})" for n, p in zip(names, adjusted, strict=True))
+    return (
+        f"- Figure 3 ({bench}), the error rate depends on r2: **{overall}**. {shown}. Test: {TEST}, "
+        "two-sided, Holm-corrected over the pairs of r2."
+    )
+
+
+def claim_figure1(runs: list[str | Path]) -> str:
+    """Larger r2: lower final rejected and chosen log-ratios, in every seed (a sign test over the
+    differences between neighbouring r2 values of every seed)."""
+    by_seed: dict[int, list[tuple[float, float, float]]] = defaultdict(list)
+    for run in runs:
+        summ = json.loads((Path(run) / "train_summary.json").read_text())
+        if summ["loss"]["loss_type"] == "lpo":
+            by_seed[summ.get("seed", 0)].append((summ["loss"]["r2"], *final_logratios(run)))
+    diffs: dict[str, list[float]] = {"chosen": [], "rejected": []}
+    for rows in by_seed.values():
+        rows.sort()
+        for (_, c1, r1), (_, c2, r2) in zip(rows, rows[1:], strict=False):
+            diffs["chosen"].append(c2 - c1)
+            diffs["rejected"].append(r2 - r1)
+    if not diffs["chosen"]:
+        return f"- Figure 1, larger r2: faster fall of rejected, slower rise of chosen: {OPEN}: one r2 only."
+    p = {which: _sign_test(d) for which, d in diffs.items()}
+    p_other = {which: _sign_test([-x for x in d]) for which, d in diffs.items()}
+    if max(p.values()) < 0.05:
+        overall = HOLDS
+    elif min(p_other.values()) < 0.05:
+        overall = FAILS
+    else:
+        overall = OPEN
+    shown = "; ".join(
+        f"{which} lower with the larger r2 in {sum(x < 0 for x in d)} of {len(d)} "
+        f"(one-sided p {p[which]:.3f})"
+        for which, d in diffs.items()
+    )
+    return (
+        f"- Figure 1, larger r2 gives a faster fall of rejected and a slower rise of chosen log-probs: "
+        f"**{overall}**. {shown}, over neighbouring r2 values in {len(by_seed)} seed(s). Test: sign test."
+    )
+
+
+def claim_tts(summaries: list[dict]) -> str | None:
+    """LPO holds or improves SFT's intelligibility where DPO degrades it (TTS summaries whose
+    ``intelligibility`` carries per-utterance counts; ``method`` and ``seed`` tags, or the system name)."""
+    rows = [s for s in summaries if s["kind"] == "tts"]
+    if not rows:
+        return None
+    groups: dict[str, dict] = defaultdict(dict)
+    for s in rows:
+        method = _tag(s, "method", s["system"].split("_")[0])
+        groups[method][_seed(s)] = {**s["intelligibility"], "path": s["path"]}
+    if not {"sft", "dpo", "lpo"} <= set(groups):
+        return (
+            f"- TTS, LPO holds or improves SFT's intelligibility where DPO does not: {OPEN}: no SFT/DPO/LPO."
+        )
+    lpo, dpo = _compare(groups["lpo"], groups["sft"]), _compare(groups["dpo"], groups["sft"])
+    if lpo is None or dpo is None:
+        return (
+            f"- TTS, LPO holds or improves SFT's intelligibility where DPO does not: {OPEN}: the summaries "
+            "have no per-utterance counts."
+        )
+    if lpo.verdict != "worse" and dpo.verdict == "worse":
+        overall = HOLDS
+    else:
+        overall = FAILS if lpo.verdict == "worse" or dpo.verdict == "better" else OPEN
+    return (
+        f"- TTS, LPO holds or improves SFT's intelligibility where DPO does not: **{overall}**. LPO "
+        f"{lpo.describe()} {lpo.verdict}; DPO {dpo.describe()} {dpo.verdict}. Test: {TEST}."
+    )
+
+
+def claims(summaries: list[dict], runs: list[str | Path] | None = None) -> list[str]:
+    """One line per claim of the paper: holds / does not hold / not resolved at this scale."""
+    asr = [s for s in summaries if s["kind"] == "asr"]
+    groups = _by_seed(last_epochs(asr))
+    lines = []
+    for bench in sorted({_bench(s) for s in asr}):
+        lines += [claim_table7(groups, bench), claim_figure2(asr, bench), claim_figure3(groups, bench)]
+    if runs:
+        lines.append(claim_figure1(runs))
+    tts = claim_tts(summaries)
+    return lines + ([tts] if tts else [])
 
 
 def final_logratios(run: str | Path, tail: float = 0.2) -> tuple[float, float]:
@@ -336,12 +613,17 @@ def _trend(values: list[float], claim: str, how: str) -> str:
 def logps_section(runs: list[str | Path], plot_path: str | Path, out: str | Path) -> list[str]:
     """The paper's Figure 1 (chosen and rejected log-probs over steps) with a table of where each run ends
     and the paper's claim checked against it."""
-    labels = [Path(r).name for r in runs]
+    summaries = [json.loads((Path(run) / "train_summary.json").read_text()) for run in runs]
+    seeds = {summ.get("seed") for summ in summaries}
+    labels = [
+        Path(r).name + (f" (seed {summ.get('seed')})" if len(seeds) > 1 else "")
+        for r, summ in zip(runs, summaries, strict=True)
+    ]
     plot_runs([str(r) for r in runs], labels, plot_path, "logratio_per_token", window=5)
-    rows = []
-    for run, label in zip(runs, labels, strict=True):
-        loss = json.loads((Path(run) / "train_summary.json").read_text())["loss"]
-        rows.append((label, loss, *final_logratios(run)))
+    rows = [
+        (label, summ["loss"], *final_logratios(run))
+        for run, label, summ in zip(runs, labels, summaries, strict=True)
+    ]
     rel = os.path.relpath(Path(plot_path).resolve(), Path(out).resolve().parent)
     lines = [
         f"![chosen and rejected log-probs over training steps]({rel})",
@@ -354,7 +636,7 @@ def logps_section(runs: list[str | Path], plot_path: str | Path, out: str | Path
         lines.append(f"| {label} | {loss['loss_type']} | {r2} | {chosen:+.4f} | {rejected:+.4f} |")
     lines += ["", "Δ: policy minus reference, averaged over the last 20% of the logged training steps.", ""]
     lpo = sorted((row for row in rows if row[1]["loss_type"] == "lpo"), key=lambda row: row[1]["r2"])
-    if len(lpo) > 1:
+    if len(lpo) > 1 and len(seeds) == 1:  # several seeds: see the claim line (claim_figure1)
         r2s = ", ".join(f"{row[1]['r2']:g}" for row in lpo)
         lines.append(f"Measured, LPO at r2 = {r2s}:")
         lines.append(
@@ -379,20 +661,80 @@ def _axes_per_benchmark(benchmarks: list[str]):
     return plt, fig, dict(zip(benchmarks, axes[0], strict=True))
 
 
-def _baselines(ax, rows: list[dict], skip_method: str | None = None, colors: dict | None = None) -> None:
-    """SFT (grey, dotted) and DPO (dashed, in the colour of its candidate method's LPO curve) as lines."""
+def _seed_means(rows: list[dict]) -> list[dict]:
+    """One point per system and epoch: the error rate averaged over seeds, its bars the bootstrap 95%
+    interval for one seed and the range over seeds for several (the final model and the last epoch's
+    checkpoint of a seed count once)."""
+    groups: dict[tuple, dict] = defaultdict(dict)
+    for s in rows:
+        groups[(*_key(s), _tag(s, "epoch"))][_seed(s)] = s
+    out = []
+    for per_seed in groups.values():
+        first = next(iter(per_seed.values()))
+        rates = [s["error_rate"] for s in per_seed.values()]
+        if len(rates) == 1:
+            low, high = first["ci95"]["low"], first["ci95"]["high"]
+        else:
+            low, high = min(rates), max(rates)
+        mean = float(np.mean(rates))
+        out.append({**first, "error_rate": mean, "ci95": {"low": low, "high": high}, "seeds": len(rates)})
+    return out
+
+
+def _y_limits(values: list[float]) -> tuple[float, float]:
+    """Limits that fit the LPO points and SFT with a margin; what falls outside is marked, not fitted."""
+    lo, hi = min(values), max(values)
+    pad = max(0.3 * (hi - lo), 1.0)
+    return max(0.0, lo - pad), hi + pad
+
+
+def _off_scale(ax, y: float, limits: tuple[float, float], label: str, color) -> bool:
+    """An arrow at the edge of the axis with the value, for a line far outside the others' range."""
+    lo, hi = limits
+    if lo <= y <= hi:
+        return False
+    edge, marker, va = (hi, "^", "top") if y > hi else (lo, "v", "bottom")
+    ax.plot([0.97], [edge], marker=marker, color=color, transform=ax.get_yaxis_transform(), clip_on=False)
+    ax.annotate(
+        f"{label} {y:.1f} (off scale)",
+        xy=(0.95, edge),
+        xycoords=ax.get_yaxis_transform(),
+        ha="right",
+        va=va,
+        fontsize=8,
+        color=color,
+    )
+    return True
+
+
+def _baselines(
+    ax,
+    rows: list[dict],
+    skip_method: str | None = None,
+    colors: dict | None = None,
+    limits: tuple[float, float] | None = None,
+) -> None:
+    """SFT (grey, dotted) and DPO (dashed, in the colour of its candidate method's LPO curve) as lines;
+    a line outside ``limits`` as a marked arrow with its value instead."""
     styles = {"sft": ":", "dpo": "--"}
     for s in rows:
         method = _tag(s, "method")
         if method in styles and method != skip_method:
             label = method.upper() + (f" ({_tag(s, 'candidates')})" if _tag(s, "candidates") else "")
             color = "grey" if method == "sft" else (colors or {}).get(_tag(s, "candidates"))
-            ax.axhline(s["error_rate"], linestyle=styles[method], color=color, label=label)
+            if limits is None or not _off_scale(ax, s["error_rate"], limits, label, color):
+                ax.axhline(s["error_rate"], linestyle=styles[method], color=color, label=label)
 
 
 def plot_vs_r2(summaries: list[dict], path: str | Path) -> None:
-    """The paper's Figure 3: error rate against r2 for LPO, with DPO and SFT as horizontal lines."""
-    rows = last_epochs([s for s in summaries if s["kind"] == "asr"])
+    _save(*r2_figure(summaries), path)
+
+
+def r2_figure(summaries: list[dict]):
+    """The paper's Figure 3: error rate against r2 for LPO (mean over seeds), with DPO and SFT as
+    horizontal lines. The y axis fits LPO and SFT; a DPO far off that scale (DPO on perturbation pairs
+    reached 125% where LPO stayed near 27%) is an arrow at the edge labelled with its value."""
+    rows = _seed_means(last_epochs([s for s in summaries if s["kind"] == "asr"]))
     benchmarks = sorted({_bench(s) for s in rows})
     plt, fig, axes = _axes_per_benchmark(benchmarks)
     for bench, ax in axes.items():
@@ -401,6 +743,9 @@ def plot_vs_r2(summaries: list[dict], path: str | Path) -> None:
         for s in in_bench:
             if not math.isnan(_num(_tag(s, "r2", "nan"))):
                 lines[(_tag(s, "method"), _tag(s, "candidates"))].append(s)
+        fitted = [v for pts in lines.values() for s in pts for v in (s["ci95"]["low"], s["ci95"]["high"])]
+        fitted += [s["error_rate"] for s in in_bench if _tag(s, "method") == "sft"]
+        limits = _y_limits(fitted) if fitted else None
         colors = {}
         for (method, cand), pts in sorted(lines.items()):
             pts.sort(key=lambda s: _num(_tag(s, "r2")))
@@ -419,15 +764,20 @@ def plot_vs_r2(summaries: list[dict], path: str | Path) -> None:
                 label=f"{method.upper()} ({cand})" if cand else method.upper(),
             )
             colors.setdefault(cand, bars.lines[0].get_color())
-        _baselines(ax, in_bench, colors=colors)
-        ax.set(title=bench, xlabel="r2", ylabel=f"%{in_bench[0]['metric']}")
-        ax.legend(fontsize=8)
-    _save(plt, fig, path)
+        _baselines(ax, in_bench, colors=colors, limits=limits)
+        if limits:
+            ax.set_ylim(*limits)
+        seeds = max(s["seeds"] for s in in_bench)
+        bars = "range over seeds" if seeds > 1 else "bootstrap 95% CI"
+        ax.set(title=f"{bench} ({seeds} seed{'s' if seeds > 1 else ''}; bars: {bars})", xlabel="r2")
+        ax.set_ylabel(f"%{in_bench[0]['metric']}")
+        ax.legend(fontsize=8, loc="upper left")
+    return plt, fig
 
 
 def plot_vs_epoch(summaries: list[dict], path: str | Path) -> None:
-    """The paper's Figure 2: error rate over epochs for DPO and LPO, SFT as a horizontal line."""
-    rows = [s for s in summaries if s["kind"] == "asr"]
+    """The paper's Figure 2: error rate over epochs (mean over seeds) for DPO and LPO, SFT as a line."""
+    rows = _seed_means([s for s in summaries if s["kind"] == "asr"])
     benchmarks = sorted({_bench(s) for s in rows})
     plt, fig, axes = _axes_per_benchmark(benchmarks)
     for bench, ax in axes.items():
@@ -444,7 +794,7 @@ def plot_vs_epoch(summaries: list[dict], path: str | Path) -> None:
             ax.plot(
                 [_num(_tag(s, "epoch")) for s in pts], [s["error_rate"] for s in pts], marker="o", label=label
             )
-        _baselines(ax, last_epochs(in_bench), skip_method="dpo")
+        _baselines(ax, [s for s in in_bench if _tag(s, "method") == "sft"])
         ax.set(title=bench, xlabel="epoch", ylabel=f"%{in_bench[0]['metric']}")
         ax.legend(fontsize=8)
     _save(plt, fig, path)
@@ -471,6 +821,7 @@ def write_results(
     if any(s["kind"] == "asr" for s in summaries):
         parts += ["## ASR", "", table_per_test_set(summaries), asr_table(summaries)]
         parts += ["Measured:", *asr_findings(summaries), ""]
+        parts += ["## Across seeds", "", across_seeds_table(summaries)]
         if plot_dir:
             plot_vs_r2(summaries, Path(plot_dir) / "error_rate_vs_r2.png")
             plot_vs_epoch(summaries, Path(plot_dir) / "error_rate_vs_epoch.png")
@@ -488,6 +839,7 @@ def write_results(
             raise ValueError("--runs needs --plot-dir for the log-prob plot")
         parts += ["## Log-probs during training (Figure 1)", ""]
         parts += logps_section(runs, Path(plot_dir) / "logps_vs_step.png", out)
+    parts += ["## The paper's claims", "", *claims(summaries, runs), ""]
     text = "\n".join(parts)
     write_atomic(out, text)
     return text

@@ -226,6 +226,8 @@ def summary(system: SystemScore, tags: dict[str, str], baseline: SystemScore | N
         "mean_utterance_error_rate": system.mean_utterance_error_rate,
         "problem_counts": dict(sorted(kinds.items())),
         "problems": [vars(p) for p in system.problems],
+        # per utterance [id, errors, reference units]: comparisons across seeds resample utterances
+        "utterance_errors": [[u.id, u.errors, len(u.ref)] for u in system.utts],
     }
     if baseline is None:
         out["ci95"] = bootstrap(system)

@@ -2,7 +2,9 @@
 
 Sentences come from a small grammar with a bounded vocabulary (3 to 8 words), drawn without repeats
 and split into train/dev/test so that no test sentence is seen in training. Every espeak voice is one
-speaker and speaks in every split. Deterministic for a given seed. Output (16 kHz, 16-bit PCM):
+speaker and speaks in every split. ``--en-grammar en_large`` with ``--en-rate`` and ``--en-snr-db`` makes
+a harder English task: a larger grammar, and a speaking rate and white noise drawn per utterance.
+Deterministic for a given seed. Output (16 kHz, 16-bit PCM):
 
   <out>/aishell1/data_aishell/wav/{train,dev,test}/S<spk>/BAC009S<spk>W<utt>.wav
   <out>/aishell1/data_aishell/transcript/aishell_transcript_v0.8.txt   (words separated by spaces)
@@ -14,19 +16,20 @@ speaker and speaks in every split. Deterministic for a given seed. Output (16 kH
 espeak-ng is the library bundled in the ``espeakng-loader`` wheel, driven through ctypes (no system
 package). Audio files are written atomically and existing ones are kept, so a killed run resumes.
 
-Reproducibility: sentences, ids, speakers and splits depend on the seed alone. espeak-ng seeds its noise
-generator here before every utterance, but it also carries a little state from one utterance to the
-next, so the audio bytes are reproduced exactly by a fresh run with ``--jobs 1`` (same order); files
-filled in by a resumed or parallel run differ slightly (a few milliseconds of timing, filter state).
+Reproducibility: sentences, ids, speakers and splits depend on the seed alone, and every utterance is
+spoken by a freshly loaded espeak-ng (see ``espeak``), so the corpus is the same bytes for a given seed
+whatever ``--jobs`` is and however often a run is killed and resumed.
 """
 
 from __future__ import annotations
 
+import _ctypes
 import argparse
 import ctypes
 import math
 import os
 import random
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -90,11 +93,59 @@ CMN_TEMPLATES = [
     "name 和 name 去 place",
     "name time 在 place 看 书",
 ]
-GRAMMARS = {"en": (EN_TEMPLATES, EN_WORDS), "cmn": (CMN_TEMPLATES, CMN_WORDS)}
+# A harder English task (``--en-grammar en_large``): about five times the words, longer templates, so that
+# a small model cannot learn every sentence shape and its error rate leaves room to move
+EN_LARGE_WORDS = {
+    "name": EN_WORDS["name"]
+    + ["JAMES", "EMMA", "THOMAS", "LUCY", "GEORGE", "ALICE", "HENRY", "KATE", "FRANK"],
+    "adj": EN_WORDS["adj"]
+    + ["BLUE", "WHITE", "BLACK", "NEW", "LONG", "SHORT", "WARM", "QUIET", "BRIGHT", "DARK", "HEAVY", "EMPTY"],
+    "noun": EN_WORDS["noun"]
+    + [
+        "HORSE",
+        "WINDOW",
+        "CHAIR",
+        "LETTER",
+        "BOX",
+        "BRIDGE",
+        "CASTLE",
+        "FOREST",
+        "SHIP",
+        "TRAIN",
+        "DOOR",
+        "PICTURE",
+        "FLOWER",
+        "MOUNTAIN",
+        "KITCHEN",
+        "BOTTLE",
+        "BASKET",
+        "HAT",
+    ],
+    "plural": EN_WORDS["plural"]
+    + ["HORSES", "LETTERS", "BOXES", "FLOWERS", "SHIPS", "CHAIRS", "BOTTLES", "STONES", "SHOES", "PENS"],
+    "verb": EN_WORDS["verb"]
+    + ["BOUGHT", "CARRIED", "WASHED", "MOVED", "BROKE", "SOLD", "CLEANED", "WATCHED", "DREW", "HID", "LOST"],
+    "num": EN_WORDS["num"] + ["SEVEN", "EIGHT", "NINE", "TWELVE", "TWENTY"],
+    "adv": EN_WORDS["adv"] + ["YESTERDAY", "TOMORROW", "NOW", "SOON", "ALWAYS", "NEVER", "QUIETLY"],
+    "place": EN_WORDS["place"] + ["CHURCH", "MARKET", "LONDON", "THE CITY", "THE BEACH", "THE STATION"],
+    "prep": ["NEAR", "UNDER", "BEHIND", "ABOVE", "BESIDE", "INSIDE"],
+}
+EN_LARGE_TEMPLATES = EN_TEMPLATES + [
+    "name verb THE adj noun prep THE adj noun adv",
+    "name AND name WENT TO place adv",
+    "THE num adj plural WERE prep THE noun",
+    "I verb num adj plural AT place",
+    "WHY DID name verb THE noun prep THE noun",
+]
+GRAMMARS = {
+    "en": (EN_TEMPLATES, EN_WORDS),
+    "en_large": (EN_LARGE_TEMPLATES, EN_LARGE_WORDS),
+    "cmn": (CMN_TEMPLATES, CMN_WORDS),
+}
 
 
 def sentences(lang: str, count: int, seed: int) -> list[list[str]]:
-    """``count`` distinct sentences (lists of words) from the language's grammar."""
+    """``count`` distinct sentences (lists of words) from a grammar of ``GRAMMARS``."""
     templates, words = GRAMMARS[lang]
     capacity = sum(math.prod(len(words.get(slot, [slot])) for slot in t.split()) for t in templates)
     if count > capacity // 2:  # past half the grammar, rejection sampling slows down for little gain
@@ -106,7 +157,10 @@ def sentences(lang: str, count: int, seed: int) -> list[list[str]]:
     out: list[list[str]] = []
     while len(out) < count:
         template = rng.choice(templates).split()
-        sentence = tuple(rng.choice(words[slot]) if slot in words else slot for slot in template)
+        # a slot may fill in several words ("THE CITY"): a sentence is a list of single words
+        sentence = tuple(
+            " ".join(rng.choice(words[slot]) if slot in words else slot for slot in template).split()
+        )
         if sentence not in seen:
             seen.add(sentence)
             out.append(list(sentence))
@@ -116,7 +170,7 @@ def sentences(lang: str, count: int, seed: int) -> list[list[str]]:
 def vocabulary(lang: str) -> set[str]:
     templates, words = GRAMMARS[lang]
     fixed = {w for t in templates for w in t.split() if w not in words}
-    return fixed | {w for ws in words.values() for w in ws}
+    return fixed | {w for ws in words.values() for phrase in ws for w in phrase.split()}
 
 
 def jsgf_word_loop(lang: str = "en") -> str:
@@ -132,70 +186,77 @@ AUDIO_OUTPUT_SYNCHRONOUS = 2
 POS_CHARACTER = 1
 ESPEAK_CHARS_UTF8 = 1
 ESPEAK_RATE = 1
+ESPEAK_SAMPLE_RATE = 22050  # what espeak_Initialize reports for every voice
 SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 
-class Espeak:
-    """One espeak-ng instance per process (the library keeps global state)."""
+def _load_espeak() -> ctypes.CDLL:
+    """A fresh image of the espeak-ng library, initialised for synchronous output."""
+    import espeakng_loader
 
-    def __init__(self):
-        import espeakng_loader
+    lib = ctypes.CDLL(espeakng_loader.get_library_path())
+    lib.espeak_Initialize.restype = ctypes.c_int
+    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+    lib.espeak_Synth.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_uint,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_uint,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
+    data = espeakng_loader.get_data_path().encode()
+    if lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0) != ESPEAK_SAMPLE_RATE:
+        raise RuntimeError(f"espeak_Initialize failed with data path {data.decode()}")
+    return lib
 
-        self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        self.lib.espeak_Initialize.restype = ctypes.c_int
-        self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        self.lib.espeak_Synth.argtypes = [
-            ctypes.c_char_p,
-            ctypes.c_size_t,
-            ctypes.c_uint,
-            ctypes.c_int,
-            ctypes.c_uint,
-            ctypes.c_uint,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-        ]
-        data = espeakng_loader.get_data_path().encode()
-        self.sample_rate = self.lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0)
-        if self.sample_rate <= 0:
-            raise RuntimeError(f"espeak_Initialize failed with data path {data.decode()}")
-        self._chunks: list[np.ndarray] = []
-        self._callback = SYNTH_CALLBACK(self._collect)  # keep a reference: ctypes does not
-        self.lib.espeak_SetSynthCallback(self._callback)
-        self._voice: str | None = None
 
-    def _collect(self, wav, num_samples, events) -> int:
-        if num_samples > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
-        return 0
+def _unload(lib: ctypes.CDLL) -> None:
+    lib.espeak_Terminate()
+    _ctypes.dlclose(lib._handle)
 
-    def synth(self, text: str, voice: str, rate_wpm: int = 160) -> np.ndarray:
-        """Float32 samples at ``self.sample_rate`` (22,050 Hz)."""
-        if voice != self._voice:
-            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                raise ValueError(f"espeak-ng has no voice {voice!r}")
-            self._voice = voice
-        self.lib.espeak_SetParameter(ESPEAK_RATE, rate_wpm, 0)
-        self.lib.espeak_ng_SetRandSeed(0)  # the +f voices breathe noise from espeak's own generator
-        self._chunks = []
+
+def espeak(text: str, voice: str, rate_wpm: int = 160) -> np.ndarray:
+    """Float32 samples at 22,050 Hz of ``text`` in an espeak-ng voice, from a freshly loaded library.
+
+    espeak-ng keeps synthesis state in static variables (pitch flutter phase, resonator and echo
+    buffers, ...) that neither its API nor espeak_Terminate/espeak_Initialize resets, so the same
+    sentence comes out differently depending on what was spoken before it. Unloading the library and
+    loading it again (about 4 ms) starts every utterance from the same state: the audio depends on the
+    utterance alone, not on the order, the number of processes or an earlier killed run.
+    """
+    lib = _load_espeak()
+    try:
+        chunks: list[np.ndarray] = []
+
+        def collect(wav, num_samples, events) -> int:
+            if num_samples > 0:
+                chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
+            return 0
+
+        callback = SYNTH_CALLBACK(collect)  # referenced until the library is unloaded
+        lib.espeak_SetSynthCallback(callback)
+        if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise ValueError(f"espeak-ng has no voice {voice!r}")
+        lib.espeak_SetParameter(ESPEAK_RATE, rate_wpm, 0)
+        lib.espeak_ng_SetRandSeed(0)  # the +f voices breathe noise from espeak's own generator
         data = text.encode("utf-8")
-        err = self.lib.espeak_Synth(data, len(data) + 1, 0, POS_CHARACTER, 0, ESPEAK_CHARS_UTF8, None, None)
+        err = lib.espeak_Synth(data, len(data) + 1, 0, POS_CHARACTER, 0, ESPEAK_CHARS_UTF8, None, None)
         if err != 0:
             raise RuntimeError(f"espeak_Synth failed ({err}) on {text!r}")
-        if not self._chunks:
-            return np.zeros(0, dtype=np.float32)
-        return np.concatenate(self._chunks).astype(np.float32) / 32768.0
+    finally:
+        _unload(lib)
+    if not chunks:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate(chunks).astype(np.float32) / 32768.0
 
 
-_ESPEAK: Espeak | None = None
-
-
-def synthesize(text: str, voice: str) -> np.ndarray:
+def synthesize(text: str, voice: str, rate_wpm: int = 160) -> np.ndarray:
     """16 kHz float32 audio of ``text`` spoken by an espeak-ng voice."""
-    global _ESPEAK
-    if _ESPEAK is None:
-        _ESPEAK = Espeak()
-    wav = soxr.resample(_ESPEAK.synth(text, voice), _ESPEAK.sample_rate, SAMPLE_RATE)
+    wav = soxr.resample(espeak(text, voice, rate_wpm), ESPEAK_SAMPLE_RATE, SAMPLE_RATE)
     peak = float(np.abs(wav).max()) if wav.size else 0.0
     return (wav * (PEAK / peak) if peak > 0 else wav).astype(np.float32)  # klatt voices overshoot 1.0
 
@@ -209,6 +270,8 @@ class Utterance:
     voice: str
     speaker: str
     split: str
+    rate_wpm: int = 160  # espeak speaking rate
+    snr_db: float | None = None  # white noise added at this signal-to-noise ratio; None: clean
 
 
 def write_audio(path: Path, wav: np.ndarray) -> None:
@@ -251,16 +314,35 @@ def aishell_utterances(
     return out
 
 
+@dataclass(frozen=True)
+class Perturbation:
+    """Per-utterance speaking rate and noise, drawn uniformly from these ranges (a seeded draw per
+    utterance id, so an utterance's audio does not depend on the others)."""
+
+    rate_wpm: tuple[int, int] = (160, 160)
+    snr_db: tuple[float, float] | None = None
+
+    def draw(self, seed: int, uid: str) -> dict:
+        rng = random.Random(f"{seed}/{uid}")
+        rate = rng.randint(*self.rate_wpm)
+        return {"rate_wpm": rate, "snr_db": round(rng.uniform(*self.snr_db), 2) if self.snr_db else None}
+
+
 def librispeech_utterances(
-    root: Path, counts: dict[str, int], seed: int, voices: tuple[str, ...]
+    root: Path,
+    counts: dict[str, int],
+    seed: int,
+    voices: tuple[str, ...],
+    grammar: str = "en",
+    perturbation: Perturbation = Perturbation(),
 ) -> list[Utterance]:
     out = []
-    for split, v, n, words in assign("en", counts, voices, seed + 1):
+    for split, v, n, words in assign(grammar, counts, voices, seed + 1):
         spk = str(EN_SPEAKER_BASE + v)
         chapter = str(100 + SPLITS.index(split))  # one chapter per speaker and split
         uid = f"{spk}-{chapter}-{n:04d}"
         path = root / "LibriSpeech" / LIBRISPEECH_SUBSETS[split] / spk / chapter / f"{uid}.flac"
-        out.append(Utterance(uid, path, words, voices[v], spk, split))
+        out.append(Utterance(uid, path, words, voices[v], spk, split, **perturbation.draw(seed, uid)))
     return out
 
 
@@ -270,7 +352,14 @@ def render(utt: Utterance) -> str:
         # Mandarin is written without spaces; English is spoken from lower case, because espeak reads
         # short all-capital words as letter-by-letter abbreviations
         text = "".join(utt.words) if utt.voice.startswith("cmn") else " ".join(utt.words).lower()
-        write_audio(utt.path, synthesize(text, utt.voice))
+        wav = synthesize(text, utt.voice, utt.rate_wpm)
+        if utt.snr_db is not None:
+            noise = np.random.default_rng(zlib.crc32(utt.id.encode())).standard_normal(len(wav))
+            power = float(np.mean(wav**2)) if wav.size else 0.0
+            wav = np.clip(wav + noise * math.sqrt(power / 10 ** (utt.snr_db / 10)), -1.0, 1.0).astype(
+                np.float32
+            )
+        write_audio(utt.path, wav)
     return utt.id
 
 
@@ -302,6 +391,8 @@ def synth_corpus(
     langs: tuple[str, ...] = ("cmn", "en"),
     cmn_voices: tuple[str, ...] = CMN_VOICES,
     en_voices: tuple[str, ...] = EN_VOICES,
+    en_grammar: str = "en",
+    en_perturbation: Perturbation = Perturbation(),
 ) -> dict:
     """Write both layouts under ``out``; returns {layout: number of utterances}."""
     plan = {}
@@ -309,7 +400,8 @@ def synth_corpus(
         plan["aishell"] = (out / "aishell1", aishell_utterances(out / "aishell1", counts, seed, cmn_voices))
     if "en" in langs:
         root = out / "librispeech"
-        plan["librispeech"] = (root, librispeech_utterances(root, counts, seed, en_voices))
+        utts = librispeech_utterances(root, counts, seed, en_voices, en_grammar, en_perturbation)
+        plan["librispeech"] = (root, utts)
     for layout, (root, utts) in plan.items():
         if jobs > 1:
             with ProcessPoolExecutor(jobs) as pool:
@@ -318,7 +410,7 @@ def synth_corpus(
             list(tqdm(map(render, utts), total=len(utts), desc=f"synth {layout}"))
         write_transcripts(root, utts, layout)
         if layout == "librispeech":  # for pocketsphinx in `speech-lpo score tts --grammar`
-            write_text(root / GRAMMAR_FILE, jsgf_word_loop("en"))
+            write_text(root / GRAMMAR_FILE, jsgf_word_loop(en_grammar))
     return {layout: len(utts) for layout, (_, utts) in plan.items()}
 
 
@@ -332,6 +424,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--langs", nargs="+", choices=["cmn", "en"], default=["cmn", "en"])
     parser.add_argument("--cmn-voices", nargs="+", default=list(CMN_VOICES), help="one speaker each")
     parser.add_argument("--en-voices", nargs="+", default=list(EN_VOICES), help="one speaker each")
+    parser.add_argument(
+        "--en-grammar", choices=["en", "en_large"], default="en", help="en_large: the harder English task"
+    )
+    parser.add_argument(
+        "--en-rate",
+        type=int,
+        nargs=2,
+        default=[160, 160],
+        metavar=("MIN", "MAX"),
+        help="English speaking rate in words per minute, drawn per utterance",
+    )
+    parser.add_argument(
+        "--en-snr-db",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="white noise on the English audio at an SNR drawn per utterance (default: clean)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1, help="synthesis processes")
 
@@ -346,6 +456,8 @@ def main(args: argparse.Namespace) -> None:
         langs=tuple(args.langs),
         cmn_voices=tuple(args.cmn_voices),
         en_voices=tuple(args.en_voices),
+        en_grammar=args.en_grammar,
+        en_perturbation=Perturbation(tuple(args.en_rate), tuple(args.en_snr_db) if args.en_snr_db else None),
     )
     for layout, n in written.items():
         print(f"{layout}: {n} utterances under {args.out}")

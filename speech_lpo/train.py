@@ -176,6 +176,7 @@ def main(args: argparse.Namespace) -> None:
         summary = {
             "train_loss": result.training_loss,
             "steps": result.global_step,
+            "seed": args.seed,
             "skipped": dict(report.counts),
             "loss": loss_settings(config),
         }

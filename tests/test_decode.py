@@ -249,3 +249,16 @@ def test_duplicate_ids_and_codes_of_another_codec_are_refused_by_name(asr_model,
                     str(tmp_path / f"out_{name}"),
                 ]
             )
+
+
+@needs_data
+def test_several_models_in_one_process_decode_as_one_each(asr_model, tmp_path):
+    model_dir, tokens = asr_model
+    one = ["decode", "--data", str(tokens), "--limit", "4", "--model", str(model_dir)]
+    cli_main([*one, "--out-dir", str(tmp_path / "alone")])
+    cli_main([*one, str(model_dir), "--out-dir", str(tmp_path / "a"), str(tmp_path / "b")])
+    for out in ("a", "b"):
+        assert (tmp_path / out / "text").read_text() == (tmp_path / "alone" / "text").read_text()
+        assert json.loads((tmp_path / out / "decode.json").read_text())["decoded_this_run"] == 4
+    with pytest.raises(SystemExit, match="2 --model dirs for 1 --out-dir"):
+        cli_main([*one, str(model_dir), "--out-dir", str(tmp_path / "c")])

@@ -118,3 +118,31 @@ def test_prepared_sets_are_the_splits_prepare_wrote(tmp_path):
         out = bash(script, tmp_path).stdout.splitlines()
         tests = [s for s in splits if s.startswith("test")]
         assert out == [" ".join(tests), splits[1], "[]"]
+
+
+def test_for_each_seed_runs_seeds_side_by_side_with_one_thread_and_fails_with_one(tmp_path):
+    script = f"""
+set -euo pipefail
+expdir=exp seeds="0 1 2" seed_jobs=2 sft_seeds=false ngpu=0
+. {RECIPES}/utils/seeds.sh
+work() {{
+  touch "started$1"
+  if [[ $1 == 0 ]]; then  # finishes only if seed 1 runs at the same time
+    for _ in $(seq 200); do [[ -e started1 ]] && break; sleep 0.05; done
+    [[ -e started1 ]]
+  fi
+  echo "seed $1 threads ${{OMP_NUM_THREADS}} root $(sft_root "$1") shared $(sft_root "")"
+  [[ $1 != "${{FAIL:-none}}" ]]
+}}
+for_each_seed work
+"""
+    done = bash(script, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [
+        line
+        for seed in "012"
+        for line in (f"== seed {seed}", f"seed {seed} threads 1 root exp/seed{seed} shared exp")
+    ]
+    assert sorted(p.name for p in (tmp_path / "exp/logs/work").iterdir()) == [f"seed{s}.log" for s in "012"]
+    failed = bash(f"FAIL=2\n{script}", tmp_path)
+    assert failed.returncode != 0 and "seed 2 FAILED (log exp/logs/work/seed2.log)" in failed.stdout

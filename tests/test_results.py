@@ -5,12 +5,17 @@ import random
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 from speech_lpo.cli import main as cli_main
 from speech_lpo.results import (
+    across_seeds_table,
     asr_findings,
     asr_table,
+    claim_figure1,
+    claim_tts,
+    claims,
     last_epochs,
     load_summaries,
     logps_section,
@@ -251,10 +256,11 @@ def test_one_column_per_test_set(tmp_path):
     loaded = load_summaries(paths)
     rate = {(s["tags"]["test_set"], s["tags"]["method"]): s["error_rate"] for s in loaded}
     lines = table_per_test_set(loaded).splitlines()
-    assert lines[0] == "| Candidates | Method | r2 | test-clean | test-other |"
+    assert lines[0] == "| Candidates | Method | r2 | test-clean | test-other | Seeds |"
     for row, method, shown in ((lines[2], "sft", "| - | sft | -"), (lines[3], "lpo", "| model | lpo | 2.0")):
         assert (
-            row == f"{shown} | WER {rate['test-clean', method]:.2f} | WER {rate['test-other', method]:.2f} |"
+            row
+            == f"{shown} | WER {rate['test-clean', method]:.2f} | WER {rate['test-other', method]:.2f} | 1 |"
         )
     rows = asr_table(loaded).splitlines()
     other = next(row for row in rows if row.startswith("| librispeech test-other | model | lpo |"))
@@ -262,3 +268,164 @@ def test_one_column_per_test_set(tmp_path):
     assert f"| {sft:.2f} | {lpo - sft:+.2f} |" in other
     findings = [line.split(",")[0] for line in asr_findings(loaded)]
     assert findings == ["- librispeech test-clean", "- librispeech test-other"]
+
+
+def seeded_systems(tmp_path: Path, lpo_drop, seeds=(0, 1, 2)) -> list[dict]:
+    """SFT, DPO and LPO (r2 1 and 3, two candidate methods) trained with several seeds; ``lpo_drop(seed,
+    r2)`` is LPO's share of deleted words (SFT's 0.30). DPO and LPO r2=3 of the model method are also
+    scored at epochs 1 to 3: DPO deletes more words every epoch, LPO fewer."""
+    paths = []
+    for seed in seeds:
+        bench = {"benchmark": "librispeech", "seed": str(seed)}
+        paths.append(system(tmp_path, f"sft_s{seed}", 0.30, {**bench, "method": "sft"}))
+        sft_hyp = tmp_path / f"sft_s{seed}" / "text"
+        for cand in ("model", "perturb"):
+            for r2 in (1.0, 3.0):
+                tags = {**bench, "candidates": cand, "method": "lpo", "r2": str(r2), "epoch": "3"}
+                paths.append(system(tmp_path, f"{cand}_lpo{r2}_s{seed}", lpo_drop(seed, r2), tags, sft_hyp))
+            tags = {**bench, "candidates": cand, "method": "dpo", "epoch": "3"}
+            paths.append(system(tmp_path, f"{cand}_dpo_s{seed}", 0.5, tags, sft_hyp))
+        for epoch in (1, 2):
+            tags = {**bench, "candidates": "model", "method": "dpo", "epoch": str(epoch)}
+            paths.append(system(tmp_path, f"dpo_e{epoch}_s{seed}", 0.25 + 0.1 * epoch, tags, sft_hyp))
+            tags = {**tags, "method": "lpo", "r2": "3.0"}
+            drop = lpo_drop(seed, 3.0) + 0.1 * (3 - epoch)
+            paths.append(system(tmp_path, f"lpo_e{epoch}_s{seed}", drop, tags, sft_hyp))
+    return load_summaries(paths)
+
+
+def claim(lines: list[str], name: str) -> str:
+    return next(line for line in lines if line.startswith(f"- {name}"))
+
+
+def test_claims_hold_when_lpo_is_better_in_every_seed(tmp_path):
+    loaded = seeded_systems(tmp_path, lambda seed, r2: 0.22 if r2 == 1.0 else 0.08)
+    lines = claims(loaded)
+    assert "**holds**" in claim(lines, "Table 7 (librispeech)")
+    assert "model candidates: r2=1.0 " in claim(lines, "Table 7") and "lower in 3 of 3 seeds" in lines[0]
+    assert "**holds**" in claim(lines, "Figure 2 (librispeech)")
+    assert "DPO (model) last vs first epoch +" in claim(lines, "Figure 2")
+    assert "**holds**" in claim(lines, "Figure 3 (librispeech)")
+    table = across_seeds_table(loaded)
+    row = next(
+        line for line in table.splitlines() if line.startswith("| librispeech | model | lpo | 3.0 | 3 |")
+    )
+    rates = [s["error_rate"] for s in loaded if s["system"].startswith("model_lpo3.0")]
+    assert f"| {np.mean(rates):.2f} ({np.std(rates, ddof=1):.2f}) |" in row and row.endswith("| better |")
+    assert "| librispeech | model | dpo | - | 3 |" in table and "| worse |" in table
+
+
+def test_claim_not_resolved_when_lpo_is_better_in_one_seed_only(tmp_path):
+    lines = claims(seeded_systems(tmp_path, lambda seed, r2: 0.10 if seed == 0 else 0.30))
+    table7 = claim(lines, "Table 7 (librispeech)")
+    assert "**not resolved at this scale**" in table7 and "not resolved" in table7.split("r2=1.0")[1]
+    assert "Figure 3 (librispeech), the error rate depends on r2: **not resolved at this scale**" in lines[2]
+
+
+def test_claim_fails_when_lpo_is_worse(tmp_path):
+    lines = claims(seeded_systems(tmp_path, lambda seed, r2: 0.45, seeds=(0, 1)))
+    assert "**does not hold**" in claim(lines, "Table 7 (librispeech)")
+
+
+@pytest.mark.parametrize("as_in_the_paper", [True, False])
+def test_figure_1_claim_across_seeds(tmp_path, as_in_the_paper):
+    runs = []
+    for seed in range(3):
+        for r2, (chosen, rejected) in {1.0: (0.3, -0.1), 2.0: (0.2, -0.3), 3.0: (0.1, -0.5)}.items():
+            if not as_in_the_paper:
+                chosen, rejected = -chosen, -rejected
+            run = training_run(
+                tmp_path / f"s{seed}" / f"lpo_r2_{r2}", {"loss_type": "lpo", "r2": r2}, chosen, rejected
+            )
+            summ = json.loads((run / "train_summary.json").read_text())
+            (run / "train_summary.json").write_text(json.dumps({**summ, "seed": seed}))
+            runs.append(run)
+    line = claim_figure1(runs)
+    assert ("**holds**" if as_in_the_paper else "**does not hold**") in line
+    assert "rejected lower with the larger r2 in " + ("6 of 6" if as_in_the_paper else "0 of 6") in line
+    assert "**not resolved at this scale**" in claim_figure1(runs[:2])  # one seed, one difference
+
+
+def test_tts_claim_needs_per_utterance_counts():
+    synth = {"error_rate": 12.5, "ci95": {"low": 8.0, "high": 17.0}, "problem_counts": {}}
+    rows = [
+        {"kind": "tts", "system": name, "path": name, "intelligibility": synth}
+        for name in ("sft", "dpo", "lpo")
+    ]
+    assert "not resolved at this scale: the summaries have no per-utterance counts" in claim_tts(rows)
+    units = [[f"u{i}", 0, 10] for i in range(50)]
+    worse = [[f"u{i}", 3, 10] for i in range(50)]
+    for row, errs in zip(rows, (units, worse, units), strict=True):
+        row["intelligibility"] = {**synth, "utterance_errors": errs}
+    assert "**holds**" in claim_tts(rows)
+
+
+def plotted(method: str, rate: float, seed: int, cand: str = "perturb", r2: str = "-") -> dict:
+    tags = {"benchmark": "aishell1", "candidates": cand, "method": method, "r2": r2, "seed": str(seed)}
+    if method == "sft":
+        tags = {"benchmark": "aishell1", "method": "sft", "seed": str(seed)}
+    ci = {"low": rate - 1.5, "high": rate + 1.5}
+    return {
+        "kind": "asr",
+        "system": f"{method}{r2}{seed}",
+        "tags": tags,
+        "error_rate": rate,
+        "ci95": ci,
+        "metric": "CER",
+    }
+
+
+def test_r2_plot_marks_a_system_far_off_scale(tmp_path):
+    """DPO at 125% (as a real run gave) does not flatten the LPO points: the axis fits LPO and SFT and
+    DPO is an arrow at the top edge labelled with its mean over seeds."""
+    from speech_lpo.results import r2_figure
+
+    rows = []
+    for seed, shift in ((0, 0.0), (1, 1.0)):
+        rows += [plotted("sft", 27.4 + shift, seed), plotted("dpo", 124.3 + shift, seed)]
+        rows += [plotted("dpo", 29.0 + shift, seed, cand="model")]
+        rows += [plotted("lpo", 26.0 + r + shift, seed, r2=f"{r:.1f}") for r in (1.0, 2.0, 3.0)]
+    plt, fig = r2_figure(rows)
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    assert 20 < low < 27 and 30 < high < 40  # LPO (27-30 over seeds) and SFT fill the axis
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["DPO (perturb) 124.8 (off scale)"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "DPO (model)" in legend and "DPO (perturb)" not in legend  # in range: an ordinary line
+    assert "2 seeds; bars: range over seeds" in ax.get_title()
+    plt.close(fig)
+
+    plt, fig = r2_figure([r for r in rows if r["tags"]["method"] != "dpo" or r["error_rate"] < 100])
+    assert len(fig.axes[0].texts) == 0  # nothing off scale, nothing marked
+    plt.close(fig)
+
+
+def test_tts_seed_comes_from_the_recipes_synth_dir():
+    errs = [[f"u{i}", i % 2, 10] for i in range(50)]
+    synth = {
+        "error_rate": 5.0,
+        "ci95": {"low": 4.0, "high": 6.0},
+        "problem_counts": {},
+        "utterance_errors": errs,
+    }
+    rows = [
+        {
+            "kind": "tts",
+            "system": name,
+            "path": name,
+            "synth_dir": f"exp/{where}synth/{name}",
+            "intelligibility": synth,
+        }
+        for name, where in [
+            ("sft", ""),
+            ("lpo_r2_0.4", "seed0/"),
+            ("lpo_r2_0.4", "seed1/"),
+            ("dpo", "seed1/"),
+        ]
+    ]
+    from speech_lpo.results import _seed
+
+    assert [_seed(r) for r in rows] == [None, 0, 1, 1]
+    line = claim_tts(rows)
+    assert "LPO +0.00 points" in line and "lower in 0 of 2 seeds" in line  # two LPO seeds against one SFT

@@ -75,6 +75,10 @@ def test_counts_agree_with_kaldialign_and_jiwer_on_real_transcripts(tmp_path, la
     )
     assert summ["utterances"] == len(refs) and summ["problems"] == []
     assert summ["metric"] == ("CER" if lang == "zh" else "WER")
+    # the per-utterance counts that comparisons across seeds resample add up to the pooled figures
+    per_utt = summ["utterance_errors"]
+    assert sorted(u[0] for u in per_utt) == sorted(refs)
+    assert sum(u[1] for u in per_utt) == summ["errors"] and sum(u[2] for u in per_utt) == summ["ref_units"]
 
     ref_units = [norm.units(refs[k]) for k in refs]
     hyp_units = [norm.units(hyps[k]) for k in refs]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -29,9 +33,9 @@ def test_sentences_are_short_distinct_bounded_and_seeded(lang):
     assert a == sentences(lang, 300, seed=1)
     assert a != sentences(lang, 300, seed=2)
     assert len({tuple(s) for s in a}) == 300
-    assert all(3 <= len(s) <= 8 for s in a)
+    assert all(3 <= len(s) <= (12 if lang == "en_large" else 8) for s in a)
     assert {w for s in a for w in s} <= vocabulary(lang)
-    assert len(vocabulary(lang)) < 100
+    assert len(vocabulary(lang)) < (200 if lang == "en_large" else 100)
 
 
 def test_grammar_refuses_more_sentences_than_it_has():
@@ -88,14 +92,21 @@ def test_no_test_sentence_is_in_training(mini_corpus):
     assert not by_split["test"] & by_split["train"] and not by_split["dev"] & by_split["train"]
 
 
-def run_cli(out, *extra):
+def cli(out, *extra) -> list[str]:
     cmd = [sys.executable, "-m", "speech_lpo.cli", "synth-corpus", "--out", str(out), "--langs", "en", "cmn"]
-    cmd += ["--num-train", "3", "--num-dev", "1", "--num-test", "1", "--seed", "5", *extra]
-    subprocess.run(cmd, check=True, capture_output=True)
+    return cmd + ["--num-train", "3", "--num-dev", "1", "--num-test", "1", "--seed", "5", *extra]
+
+
+def run_cli(out, *extra):
+    subprocess.run(cli(out, *extra), check=True, capture_output=True)
 
 
 def tree(root):
     return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def checksums(root) -> dict:
+    return {path: hashlib.sha256(data).hexdigest() for path, data in tree(root).items()}
 
 
 def test_fresh_runs_with_one_seed_are_byte_identical(tmp_path):
@@ -107,16 +118,42 @@ def test_fresh_runs_with_one_seed_are_byte_identical(tmp_path):
     assert tree(tmp_path / "c") != a
 
 
+def test_same_bytes_for_any_jobs_and_after_kill_and_resume(tmp_path):
+    """Every file of the corpus has the same checksum with one process, with two, and when a run is
+    SIGKILLed part-way and resumed (espeak-ng restarts from the same state for every utterance)."""
+    size = ("--num-train", "120", "--num-dev", "10", "--num-test", "10")
+    run_cli(tmp_path / "one", *size, "--jobs", "1")
+    reference = checksums(tmp_path / "one")
+    assert sum(p.suffix in (".wav", ".flac") for p in reference) == 2 * 140
+    run_cli(tmp_path / "two", *size, "--jobs", "2")
+    assert checksums(tmp_path / "two") == reference
+
+    killed = tmp_path / "killed"
+    devnull = subprocess.DEVNULL
+    proc = subprocess.Popen(
+        cli(killed, *size, "--jobs", "2"), stdout=devnull, stderr=devnull, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    while len(list(killed.rglob("*.wav"))) < 40 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)  # the synthesis workers too: no clean-up, possibly mid-file
+    proc.wait()
+    written = list(killed.rglob("*.wav")) + list(killed.rglob("*.flac"))
+    assert 0 < len(written) < 2 * 140, "the run should have been killed part-way"
+    run_cli(killed, *size, "--jobs", "1")
+    assert checksums(killed) == reference
+
+
 def test_rerun_fills_only_missing_files(tmp_path):
     counts = {"train": 3, "dev": 1, "test": 1}
     synth_corpus(tmp_path, counts, seed=5, langs=("en",))
     flacs = sorted(tmp_path.rglob("*.flac"))
     stamp = flacs[0].stat().st_mtime_ns
-    size = flacs[1].stat().st_size
+    missing = flacs[1].read_bytes()
     flacs[1].unlink()  # as if killed before this file was written
     synth_corpus(tmp_path, counts, seed=5, langs=("en",))
     assert flacs[0].stat().st_mtime_ns == stamp
-    assert abs(flacs[1].stat().st_size - size) < 0.05 * size  # the same sentence and voice again
+    assert flacs[1].read_bytes() == missing  # the same bytes again, though spoken after other files
 
 
 def test_word_loop_grammar_is_written_and_restricts_pocketsphinx(mini_corpus, tmp_path):
@@ -144,3 +181,45 @@ def test_word_loop_grammar_is_written_and_restricts_pocketsphinx(mini_corpus, tm
     print(f"pocketsphinx WER: {wer_general:.2f} general LM, {wer_restricted:.2f} word loop")
     assert wer_restricted < 0.6 < wer_general
     assert len(cache.read_text().splitlines()) == 2 * len(ids)  # the second ASR transcribed everything
+
+
+def test_harder_english_task_is_perturbed_per_utterance_and_reproducible(tmp_path):
+    """en_large with speaking rates and noise drawn per utterance: more words, varied durations, noise in
+    the pauses, the same bytes with one or two processes."""
+    from speech_lpo.synth_corpus import Perturbation
+
+    counts = {"train": 30, "dev": 0, "test": 6}
+    hard = Perturbation(rate_wpm=(120, 220), snr_db=(10.0, 20.0))
+    for out, jobs in (("a", 1), ("b", 2)):
+        synth_corpus(
+            tmp_path / out,
+            counts,
+            seed=3,
+            jobs=jobs,
+            langs=("en",),
+            en_grammar="en_large",
+            en_perturbation=hard,
+        )
+    assert checksums(tmp_path / "a") == checksums(tmp_path / "b")
+    words = {
+        w
+        for t in (tmp_path / "a").rglob("*.trans.txt")
+        for line in t.read_text().splitlines()
+        for w in line.split()[1:]
+    }
+    assert words <= vocabulary("en_large") and not words <= vocabulary("en")
+    grammar = (tmp_path / "a" / "librispeech" / "corpus_words.jsgf").read_text()
+    assert " horse " in grammar or "| horse |" in grammar
+    flacs = sorted((tmp_path / "a").rglob("*.flac"))
+    n_words = {
+        line.split()[0]: len(line.split()) - 1
+        for t in (tmp_path / "a").rglob("*.trans.txt")
+        for line in t.read_text().splitlines()
+    }
+    rates = [len(sf.read(f)[0]) / n_words[f.stem] for f in flacs]  # samples per word
+    assert max(rates) / min(rates) > 1.3  # speaking rates differ
+    wav, _ = sf.read(flacs[0])
+    assert np.abs(wav[:40]).mean() > 1e-3  # the first samples, silent in clean audio, carry noise
+    synth_corpus(tmp_path / "clean", counts, seed=3, langs=("en",), en_grammar="en_large")
+    clean, _ = sf.read(sorted((tmp_path / "clean").rglob("*.flac"))[0])
+    assert np.abs(clean[:40]).max() == 0.0

@@ -26,68 +26,96 @@ ngpu=0                # >1: training through accelerate launch + DeepSpeed, gene
 nj=2                  # parallel jobs for tokenisation
 pref_prompts=400      # training utterances (a fixed random subset) given candidates; 0: all
 r2=0.4                # LPO r2 for TTS (the paper's Table 9)
-mos_utterances=8      # test sentences in the listening-test package
+mos_utterances=8      # test sentences in the listening-test package (of the first seed)
+seeds="0"             # training seeds: LPO and DPO are trained, synthesised and scored once per seed
+sft_seeds=false       # true: SFT (and its candidates, pairs, reference log-probs) once per seed as well
+seed_jobs=2           # seeds trained / synthesised at once, one process and one BLAS thread each
 datadir=data          # corpus (when synthesised) and manifests
 dumpdir=dump          # audio tokens and the fitted codec
 expdir=exp            # models, outputs, logs and .done sentinels
 conf_dir=conf          # stage configs (conf/ci: the reduced run CI makes; conf/paper: Table 9, Qwen2.5, 8 GPUs)
 option_names="stage stop_stage force corpus_dir download subsets model codec ngpu nj pref_prompts r2 mos_utterances
-datadir dumpdir expdir conf_dir"
+seeds sft_seeds seed_jobs datadir dumpdir expdir conf_dir"
 
 resume_command="bash $(pwd)/run.sh $*"
 . ../utils/parse_options.sh
 . ../utils/stages.sh
 . ../utils/common.sh
+. ../utils/seeds.sh
 corpus=librispeech
 corpus_dir=${corpus_dir:-${datadir}/corpus/librispeech}
-systems="sft lpo_r2_${r2} dpo"
+trained="lpo_r2_${r2} dpo"  # per seed, under $expdir/seed<S>/train
+first_seed=${seeds%% *}
 
-model_of() { if [[ $1 == sft ]]; then echo "${expdir}/sft"; else echo "${expdir}/train/$1"; fi; }
-
-sft_stage() {
+# Stages 4-7 run once (SEED "") or, with --sft_seeds true, once per seed under $expdir/seed<SEED>.
+sft_one() {  # sft_one SEED
+  local root; root=$(sft_root "$1")
   train_cmd sft --config "${conf_dir}/sft.yaml" --task tts --data "${dumpdir}/tokens/train" \
     --eval_data "${dumpdir}/tokens/$(prepared_sets dev | head -n 1)" --model "${expdir}/init" \
-    --output_dir "${expdir}/sft"
+    --output_dir "${root}/sft" ${1:+--seed "$1"}
 }
 
-candidates_stage() {
-  speech-lpo generate --config "${conf_dir}/generate.yaml" $(gen_backend) --task tts --model "${expdir}/sft" \
-    --data "${dumpdir}/tokens/train" --max-prompts "${pref_prompts}" --out "${expdir}/candidates"
+candidates_one() {  # candidates_one SEED
+  local root; root=$(sft_root "$1")
+  speech-lpo generate --config "${conf_dir}/generate.yaml" $(gen_backend) --task tts --model "${root}/sft" \
+    --data "${dumpdir}/tokens/train" --max-prompts "${pref_prompts}" --out "${root}/candidates" ${1:+--seed "$1"}
 }
 
-pairs_stage() {
-  speech-lpo make-pairs --method model --model "${expdir}/sft" --candidates "${expdir}/candidates" \
-    --out "${expdir}/pairs/model.jsonl"
+pairs_one() {  # pairs_one SEED
+  local root; root=$(sft_root "$1")
+  speech-lpo make-pairs --method model --model "${root}/sft" --candidates "${root}/candidates" \
+    --out "${root}/pairs/model.jsonl"
 }
 
-ref_logps_stage() {
-  speech-lpo ref-logps --config "${conf_dir}/ref_logps.yaml" --model "${expdir}/sft" \
-    --groups "${expdir}/pairs/model.jsonl" --output "${expdir}/pairs/model.ref.jsonl"
+ref_logps_one() {  # ref_logps_one SEED
+  local root; root=$(sft_root "$1")
+  speech-lpo ref-logps --config "${conf_dir}/ref_logps.yaml" --model "${root}/sft" \
+    --groups "${root}/pairs/model.jsonl" --output "${root}/pairs/model.ref.jsonl"
 }
 
-train_stage() {
-  train_cmd train --config "${conf_dir}/lpo.yaml" --r2 "${r2}" --groups "${expdir}/pairs/model.ref.jsonl" \
-    --model "${expdir}/sft" --output_dir "${expdir}/train/lpo_r2_${r2}"
-  train_cmd train --config "${conf_dir}/dpo.yaml" --groups "${expdir}/pairs/model.ref.jsonl" \
-    --model "${expdir}/sft" --output_dir "${expdir}/train/dpo"
+train_one() {  # train_one SEED
+  local root; root=$(seed_sft_root "$1")
+  train_cmd train --config "${conf_dir}/lpo.yaml" --r2 "${r2}" --groups "${root}/pairs/model.ref.jsonl" \
+    --model "${root}/sft" --output_dir "${expdir}/seed$1/train/lpo_r2_${r2}" --seed "$1"
+  train_cmd train --config "${conf_dir}/dpo.yaml" --groups "${root}/pairs/model.ref.jsonl" \
+    --model "${root}/sft" --output_dir "${expdir}/seed$1/train/dpo" --seed "$1"
+}
+
+synthesize_one() {  # synthesize_one MODEL_DIR OUT_DIR: the first test set prepared
+  speech-lpo synthesize --config "${conf_dir}/synthesize.yaml" --model "$1" \
+    --data "${dumpdir}/tokens/$(prepared_sets test | head -n 1)" --out-dir "$2"
+}
+
+synthesize_seed() {  # synthesize_seed SEED: its systems, and its SFT when SFT is trained per seed
+  local dir="${expdir}/seed$1" system
+  ${sft_seeds} && synthesize_one "${dir}/sft" "${dir}/synth/sft"
+  for system in ${trained}; do synthesize_one "${dir}/train/${system}" "${dir}/synth/${system}"; done
 }
 
 synthesize_stage() {
-  for system in ${systems}; do
-    speech-lpo synthesize --config "${conf_dir}/synthesize.yaml" --model "$(model_of "${system}")" \
-      --data "${dumpdir}/tokens/$(prepared_sets test | head -n 1)" --out-dir "${expdir}/synth/${system}"
-  done
+  ${sft_seeds} || synthesize_one "${expdir}/sft" "${expdir}/synth/sft"
+  for_each_seed synthesize_seed
 }
 
 metrics_stage() {
-  local common=(--lang en --manifest "${datadir}/manifests/test.jsonl" --out-dir "${expdir}/score")
+  local test s system job runs=() jobs=() pids=() sft_synth="${expdir}/synth/sft"
+  test=$(prepared_sets test | head -n 1)
+  local common=(--lang en --manifest "${datadir}/manifests/${test}.jsonl")
   # the embedded corpus's texts come from a small grammar: pocketsphinx listens for its words only
   [[ -f "${corpus_dir}/corpus_words.jsgf" ]] && common+=(--grammar "${corpus_dir}/corpus_words.jsgf")
-  # each system's audio, and once per test set the original recordings and the codec round trip (every
-  # synth dir holds the same round trips: the reference codes through the same codec); nj at a time
-  local jobs=() pids=()
-  for system in ${systems}; do jobs+=("--synth-dir ${expdir}/synth/${system}"); done
-  jobs+=("--synth-dir ${expdir}/synth/sft --roundtrip" "--originals")
+  # each system's audio (per seed), and once per test set the original recordings and the codec round trip
+  # (every synth dir holds the same round trips: the reference codes through the same codec); nj at a time
+  ${sft_seeds} && sft_synth="${expdir}/seed${first_seed}/synth/sft"
+  ${sft_seeds} || jobs+=("--synth-dir ${expdir}/synth/sft --out-dir ${expdir}/score/sft")
+  for s in ${seeds}; do
+    ${sft_seeds} && jobs+=("--synth-dir ${expdir}/seed${s}/synth/sft --out-dir ${expdir}/score/seed${s}/sft")
+    for system in ${trained}; do
+      jobs+=("--synth-dir ${expdir}/seed${s}/synth/${system} --out-dir ${expdir}/score/seed${s}/${system}")
+    done
+    runs+=("${expdir}/seed${s}/train/lpo_r2_${r2}" "${expdir}/seed${s}/train/dpo")
+  done
+  jobs+=("--synth-dir ${sft_synth} --roundtrip --out-dir ${expdir}/score/roundtrip")
+  jobs+=("--originals --out-dir ${expdir}/score/original")
   for job in "${jobs[@]}"; do
     if (( ${#pids[@]} >= nj )); then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
     # shellcheck disable=SC2086  # a job is its options, split on spaces
@@ -95,15 +123,18 @@ metrics_stage() {
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "${pid}"; done
-  speech-lpo score table "${expdir}"/score/tts-summary-*.json --out RESULTS.md --plot-dir "${expdir}/plots" \
-    --runs "${expdir}/train/lpo_r2_${r2}" "${expdir}/train/dpo"
+  speech-lpo score table $(find "${expdir}/score" -name 'tts-summary-*.json' | sort) --out RESULTS.md \
+    --plot-dir "${expdir}/plots" --runs "${runs[@]}"
 }
 
 # A listening test over the synthesised test sentences (speech-lpo mos serve --definition exp/mos/mos_tts.yaml)
 listening_test_stage() {
-  local pairs=()
-  for system in ${systems}; do pairs+=("${system}=${expdir}/synth/${system}"); done
-  speech-lpo mos package --systems "${pairs[@]}" --manifest "${datadir}/manifests/$(prepared_sets test | head -n 1).jsonl" \
+  local pairs=() system sft_synth="${expdir}/synth/sft"
+  ${sft_seeds} && sft_synth="${expdir}/seed${first_seed}/synth/sft"
+  pairs+=("sft=${sft_synth}")
+  for system in ${trained}; do pairs+=("${system}=${expdir}/seed${first_seed}/synth/${system}"); done
+  speech-lpo mos package --systems "${pairs[@]}" \
+    --manifest "${datadir}/manifests/$(prepared_sets test | head -n 1).jsonl" \
     --template ../../eval/mos_tts.yaml --out "${expdir}/mos" -n "${mos_utterances}"
 }
 
@@ -111,6 +142,12 @@ run_stage 0 corpus corpus_stage
 run_stage 1 prepare prepare_stage
 run_stage 2 tokenize tokenize_stage
 run_stage 3 build_model build_model_stage
+sft_stage() { for_each_sft sft_one; }
+candidates_stage() { for_each_sft candidates_one; }
+pairs_stage() { for_each_sft pairs_one; }
+ref_logps_stage() { for_each_sft ref_logps_one; }
+train_stage() { for_each_seed train_one; }
+
 run_stage 4 sft sft_stage
 run_stage 5 candidates candidates_stage
 run_stage 6 pairs pairs_stage
