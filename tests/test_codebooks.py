@@ -45,7 +45,7 @@ def test_a_checkpoint_needs_a_count_and_keeps_that_many_codebooks(name, mini_man
     cli(argv + ["--out", str(tmp_path / "tok"), "--num-quantizers", "8"])
     codec = load_codec(tmp_path / "tok" / "codec")
     assert codec.num_quantizers == 8 and codec.codebook_size == 8 * 64
-    codes = load_tokenized(tmp_path / "tok" / "test")["codes"]
+    codes = load_tokenized(tmp_path / "tok" / "test-clean")["codes"]
     assert len(codes) == len(read_manifest(manifest))
     for c in codes:  # whole frames, codebook q of each frame in band q
         frames = np.asarray(c).reshape(-1, 8)
