@@ -414,7 +414,7 @@ def test_tts_seed_comes_from_the_recipes_synth_dir():
             "kind": "tts",
             "system": name,
             "path": name,
-            "synth_dir": f"exp/{where}synth/{name}",
+            "source": f"exp/{where}synth/{name}",
             "intelligibility": synth,
         }
         for name, where in [
