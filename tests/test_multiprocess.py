@@ -19,7 +19,7 @@ from transformers import Qwen2ForCausalLM
 from speech_lpo.groups import load_groups, write_groups
 from speech_lpo.modeling import tiny_qwen2, tiny_qwen2_config
 from tests.conftest import build_speech_lm
-from tests.test_packing import VOCAB, random_groups
+from tests.test_packing import VOCAB, random_groups, write_training_dir
 
 
 def _free_port() -> int:
@@ -90,12 +90,7 @@ def assert_same_log(one: dict[int, dict], two: dict[int, dict], keys: tuple[str,
 
 @pytest.fixture(scope="module")
 def groups_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("multiprocess")
-    tiny_qwen2(VOCAB, hidden_size=64, num_layers=2).save_pretrained(d / "sft")
-    groups = [g for seed in range(6) for g in random_groups(k=3, seed=seed)]
-    for i, g in enumerate(groups):
-        g.id = f"g{i}"
-    write_groups(d / "groups.jsonl", groups)
+    d = write_training_dir(tmp_path_factory.mktemp("multiprocess"))
     return d
 
 

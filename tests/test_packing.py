@@ -1,12 +1,13 @@
 """Packed (shared-prefix) and unpacked (one row per pair) layouts give the same log-probs and gradients."""
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import Qwen2ForCausalLM
 
-from speech_lpo.groups import PreferenceGroup
+from speech_lpo.groups import PreferenceGroup, write_groups
 from speech_lpo.modeling import tiny_qwen2, tiny_qwen2_config
 from speech_lpo.packing import collate_groups, packed_attention_mask, response_logps
 
@@ -30,6 +31,17 @@ def random_groups(k: int, seed: int = 0) -> list[PreferenceGroup]:
         )
         for i in range(4)
     ]
+
+
+def write_training_dir(d: Path) -> Path:
+    """A tiny model in ``d/sft`` and 36 random groups (k = 3, ids g0..g35) in ``d/groups.jsonl``: what the
+    training CLI tests start from."""
+    tiny_qwen2(VOCAB, hidden_size=64, num_layers=2).save_pretrained(d / "sft")
+    groups = [g for seed in range(6) for g in random_groups(k=3, seed=seed)]
+    for i, g in enumerate(groups):
+        g.id = f"g{i}"
+    write_groups(d / "groups.jsonl", groups)
+    return d
 
 
 def pair_logps(model, groups, shared_prefix):

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from speech_lpo.groups import load_groups, write_groups
-from speech_lpo.modeling import tiny_qwen2
-from tests.test_packing import VOCAB, random_groups
+from speech_lpo.groups import load_groups
+from tests.test_packing import write_training_dir
 
 
 def cli(*args: str) -> list[str]:
@@ -28,12 +27,7 @@ def ref_logps(workdir: Path, output: Path, *options: str) -> None:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("train")
-    tiny_qwen2(VOCAB, hidden_size=64, num_layers=2).save_pretrained(d / "sft")
-    groups = [g for seed in range(6) for g in random_groups(k=3, seed=seed)]
-    for i, g in enumerate(groups):
-        g.id = f"g{i}"
-    write_groups(d / "groups.jsonl", groups)
+    d = write_training_dir(tmp_path_factory.mktemp("train"))
     ref_logps(d, d / "groups.ref.jsonl", "--batch_size", "5")
     return d
 
