@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 VENV=.venv-vllm
 PY=$VENV/bin/python
 
-if [ -x "$PY" ] && "$PY" -c "import vllm, speech_lpo, datasets, pytest, kaldialign, opencc, soundfile, soxr, matplotlib" 2>/dev/null; then
+if [ -x "$PY" ] && "$PY" -c "import vllm, speech_lpo, datasets, pytest, kaldialign, opencc, soundfile, soxr, matplotlib, librosa" 2>/dev/null; then
   echo "setup_vllm: $VENV is ready"
   exit 0
 fi
@@ -20,7 +20,8 @@ fi
 # PyPI's torchvision/torchaudio/torchcodec are CUDA builds that fail to load on CPU torch
 "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 # the package itself without its deps (its transformers>=5.0 range would fight vllm's pin); the few it
-# needs for generate/make-pairs (reading tokenised data included) that vllm does not bring, and pytest
+# needs for generate/make-pairs (reading tokenised data included) that vllm does not bring, pytest, and
+# librosa (the shared generate fixtures fit a melvq codec to read codec metadata the way the stages do)
 "$PY" -m pip install -q --no-deps -e .
-"$PY" -m pip install -q datasets pytest kaldialign opencc-python-reimplemented soundfile soxr matplotlib
+"$PY" -m pip install -q datasets pytest kaldialign opencc-python-reimplemented soundfile soxr matplotlib librosa
 "$PY" -c "import vllm, torch, transformers; print('setup_vllm: vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
