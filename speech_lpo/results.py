@@ -751,9 +751,10 @@ def r2_figure(summaries: list[dict]):
             pts.sort(key=lambda s: _num(_tag(s, "r2")))
             x = [_num(_tag(s, "r2")) for s in pts]
             y = [s["error_rate"] for s in pts]
+            # a rate above 100 (insertions) has an interval saturated at 100, below the point: no bar above
             err = [
-                [s["error_rate"] - s["ci95"]["low"] for s in pts],
-                [s["ci95"]["high"] - s["error_rate"] for s in pts],
+                [max(0.0, s["error_rate"] - s["ci95"]["low"]) for s in pts],
+                [max(0.0, s["ci95"]["high"] - s["error_rate"]) for s in pts],
             ]
             bars = ax.errorbar(
                 x,

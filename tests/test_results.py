@@ -401,6 +401,19 @@ def test_r2_plot_marks_a_system_far_off_scale(tmp_path):
     plt.close(fig)
 
 
+def test_r2_plot_of_one_seed_above_100_percent():
+    """A tiny model's CER can pass 100% (insertions); its interval is saturated at 100, below the point,
+    and the plot draws no bar above it instead of failing."""
+    from speech_lpo.results import r2_figure
+
+    rows = [plotted("sft", 389.0, 0), plotted("lpo", 240.0, 0, r2="1.0"), plotted("lpo", 180.0, 0, r2="2.0")]
+    for r in rows:
+        r["ci95"] = {"low": 95.0, "high": 100.0}
+    plt, fig = r2_figure(rows)
+    assert fig.axes[0].get_ylim()[1] >= 240.0
+    plt.close(fig)
+
+
 def test_tts_seed_comes_from_the_recipes_synth_dir():
     errs = [[f"u{i}", i % 2, 10] for i in range(50)]
     synth = {
