@@ -539,7 +539,8 @@ def tts_metrics(
         ),
     }
     bounds = {"sim": (-1, 1), "duration_ratio": None, "truncated": (0, 100), "repetition": (0, 100)}
-    bounds |= {f"dnsmos_{k}": (1, 5) for k in ("ovrl", "sig", "bak", "p808")}
+    # DNSMOS's polynomial fit is not held to 1-5 (garbled speech scores 0.99): its interval is not clipped
+    bounds |= {f"dnsmos_{k}": None for k in ("ovrl", "sig", "bak", "p808")}
     bounds |= {"utmos": None, "silence_pct": (0, 100), "leading_s": None, "trailing_s": None, "inner_s": None}
     for key, bound in bounds.items():
         if any(key in r for r in per_utt):
