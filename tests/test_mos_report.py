@@ -16,8 +16,9 @@ import pytest
 from scipy import stats
 
 from speech_lpo.mos.definition import load_definition
-from speech_lpo.mos.report import agreement, holm, paired_tests, screen, summarize, t_interval
+from speech_lpo.mos.report import agreement, paired_tests, screen, summarize, t_interval
 from speech_lpo.mos.store import Store
+from speech_lpo.stats import holm
 from tests.test_mos_kit import REPO, Clock, listen, make_test
 
 BASE = {"original": 4.0, "telephone": 3.0, "noisy": 2.0}  # true MOS of each system
@@ -162,8 +163,8 @@ def test_report_cli_names_a_malformed_definition(tmp_path: Path) -> None:
 
 
 def test_holm_by_hand() -> None:
-    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-    assert holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
+    assert list(holm(dict(enumerate([0.01, 0.04, 0.03]))).values()) == pytest.approx([0.03, 0.06, 0.06])
+    assert list(holm(dict(enumerate([0.5, 0.001]))).values()) == pytest.approx([0.5, 0.002])
 
 
 def test_paired_tests_and_agreement(rated) -> None:
@@ -180,7 +181,7 @@ def test_paired_tests_and_agreement(rated) -> None:
         # the smallest p there is with 8 raters; tied with others, Holm multiplies it by all 12 tests
         assert far["p_holm"] == pytest.approx(12 * far["p"])
     p = [t["p"] for t in tests.values()]
-    assert [t["p_holm"] for t in tests.values()] == pytest.approx(holm(p))
+    assert [t["p_holm"] for t in tests.values()] == pytest.approx(list(holm(dict(enumerate(p))).values()))
     alphas = agreement(defn, rows, verdict)
     assert all(0.3 < a < 1 for a in alphas.values())  # systems 1 point apart, raters add +-1 of noise
     same = [{**r, "score": BASE.get(defn.items[r["item"]].system or "", 0.0)} for r in rows]

@@ -27,6 +27,7 @@ import numpy as np
 from scipy import stats
 
 from speech_lpo.mos.definition import Definition
+from speech_lpo.stats import holm
 
 CONFIDENCE = 0.95
 BOOTSTRAP = 2000  # resamples of raters x utterances
@@ -137,17 +138,6 @@ def summarize(defn: Definition, rows: list[dict], verdict: dict[str, str | None]
     return cells
 
 
-def holm(p_values: list[float]) -> list[float]:
-    """Holm's step-down adjusted p-values, in the order given."""
-    order = np.argsort(p_values)
-    adjusted = np.empty(len(p_values))
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
-        adjusted[i] = running
-    return adjusted.tolist()
-
-
 def paired_tests(defn: Definition, rows: list[dict], verdict: dict[str, str | None]) -> list[dict]:
     """Per dimension and pair of systems: Wilcoxon signed-rank over raters' mean scores, Holm-adjusted."""
     means: dict[tuple[str, str, str], list[float]] = defaultdict(list)  # (dim, system, rater)
@@ -173,7 +163,8 @@ def paired_tests(defn: Definition, rows: list[dict], verdict: dict[str, str | No
                         "p": p,
                     }
                 )
-    for test, adjusted in zip(tests, holm([t["p"] for t in tests]), strict=True):
+    adjusted_p = holm({i: t["p"] for i, t in enumerate(tests)}).values()
+    for test, adjusted in zip(tests, adjusted_p, strict=True):
         test["p_holm"] = adjusted
     return tests
 
