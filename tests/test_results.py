@@ -20,6 +20,7 @@ from speech_lpo.results import (
     load_summaries,
     logps_section,
     table_per_test_set,
+    tts_across_seeds_table,
     tts_table,
 )
 
@@ -442,3 +443,37 @@ def test_tts_seed_comes_from_the_recipes_synth_dir():
     assert [_seed(r) for r in rows] == [None, 0, 1, 1]
     line = claim_tts(rows)
     assert "LPO +0.00 points" in line and "lower in 0 of 2 seeds" in line  # two LPO seeds against one SFT
+
+
+def test_tts_across_seeds_table_knows_better_in_every_seed_from_better_in_one():
+    """Constructed: LPO has fewer errors than SFT in each of 3 seeds, DPO in seed 0 only (and more in the
+    others): only LPO is resolved better; means, spreads and the count of seeds are the table's."""
+
+    def synth(name: str, where: str, errors: list[int]) -> dict:
+        errs = [[f"u{i:02d}", e, 10] for i, e in enumerate(errors)]
+        rate = 10.0 * sum(errors) / len(errors)
+        return {
+            "kind": "tts",
+            "system": name,
+            "source": f"exp/{where}synth/{name}",
+            "wer": {"value": rate},
+            "sim": {"value": 0.6},
+            "intelligibility": {"utterance_errors": errs, "problem_counts": {}},
+        }
+
+    sft = [3] * 60
+    rows = [synth("sft", "", sft)]
+    rows += [synth("lpo_r2_0.4", f"seed{s}/", [2] * 60) for s in range(3)]
+    rows += [
+        synth("dpo", "seed0/", [1] * 60),
+        synth("dpo", "seed1/", [4] * 60),
+        synth("dpo", "seed2/", [4] * 60),
+    ]
+    table = tts_across_seeds_table(rows)
+    lines = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert lines["sft"].startswith("| sft | 1 | 30.00 (n/a) |")
+    lpo = lines["lpo_r2_0.4"]
+    assert "| lpo_r2_0.4 | 3 | 20.00 (0.00) | 20.00–20.00 | -10.00 (-10.00 to -10.00) |" in lpo
+    assert lpo.endswith("| 3 of 3 | better | 0.600 (0.000) | n/a |")
+    assert "| dpo | 3 | 30.00 (17.32) | 10.00–40.00 | +0.00" in lines["dpo"]
+    assert "| 1 of 3 | not resolved |" in lines["dpo"]
