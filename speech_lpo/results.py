@@ -742,17 +742,20 @@ def _y_limits(values: list[float]) -> tuple[float, float]:
     return max(0.0, lo - pad), hi + pad
 
 
-def _off_scale(ax, y: float, limits: tuple[float, float], label: str, color) -> bool:
-    """An arrow at the edge of the axis with the value, for a line far outside the others' range."""
+def _off_scale(ax, y: float, limits: tuple[float, float], label: str, color, slot: int = 0) -> bool:
+    """An arrow at the edge of the axis with the value, for a line far outside the others' range; ``slot``
+    stacks the labels of several such lines at one edge instead of printing them on top of each other."""
     lo, hi = limits
     if lo <= y <= hi:
         return False
-    edge, marker, va = (hi, "^", "top") if y > hi else (lo, "v", "bottom")
+    edge, marker, va, step = (hi, "^", "top", -11) if y > hi else (lo, "v", "bottom", 11)
     ax.plot([0.97], [edge], marker=marker, color=color, transform=ax.get_yaxis_transform(), clip_on=False)
     ax.annotate(
         f"{label} {y:.1f} (off scale)",
         xy=(0.95, edge),
         xycoords=ax.get_yaxis_transform(),
+        xytext=(0, step * slot - (3 if y > hi else -3)),
+        textcoords="offset points",
         ha="right",
         va=va,
         fontsize=8,
@@ -771,13 +774,21 @@ def _baselines(
     """SFT (grey, dotted) and DPO (dashed, in the colour of its candidate method's LPO curve) as lines;
     a line outside ``limits`` as a marked arrow with its value instead."""
     styles = {"sft": ":", "dpo": "--"}
+    above = below = 0  # off-scale labels already placed at each edge
     for s in rows:
         method = _tag(s, "method")
         if method in styles and method != skip_method:
             label = method.upper() + (f" ({_tag(s, 'candidates')})" if _tag(s, "candidates") else "")
             color = "grey" if method == "sft" else (colors or {}).get(_tag(s, "candidates"))
-            if limits is None or not _off_scale(ax, s["error_rate"], limits, label, color):
+            high = limits is not None and s["error_rate"] > limits[1]
+            if limits is None or not _off_scale(
+                ax, s["error_rate"], limits, label, color, above if high else below
+            ):
                 ax.axhline(s["error_rate"], linestyle=styles[method], color=color, label=label)
+            elif high:
+                above += 1
+            else:
+                below += 1
 
 
 def plot_vs_r2(summaries: list[dict], path: str | Path) -> None:
@@ -824,7 +835,7 @@ def r2_figure(summaries: list[dict]):
             ax.set_ylim(*limits)
         seeds = max(s["seeds"] for s in in_bench)
         bars = "range over seeds" if seeds > 1 else "bootstrap 95% CI"
-        ax.set(title=f"{bench} ({seeds} seed{'s' if seeds > 1 else ''}; bars: {bars})", xlabel="r2")
+        ax.set(title=f"{bench}\n{seeds} seed{'s' if seeds > 1 else ''}; bars: {bars}", xlabel="r2")
         ax.set_ylabel(f"%{in_bench[0]['metric']}")
         ax.legend(fontsize=8, loc="upper left")
     return plt, fig

@@ -401,6 +401,18 @@ def test_r2_plot_marks_a_system_far_off_scale(tmp_path):
     assert len(fig.axes[0].texts) == 0  # nothing off scale, nothing marked
     plt.close(fig)
 
+    # two systems off scale at the same edge (as the LibriSpeech run gave): two labels, one under the other
+    far = [r for r in rows if r["tags"].get("candidates") != "model" or r["tags"]["method"] != "dpo"]
+    far += [plotted("dpo", 40.0 + shift, seed, cand="model") for seed, shift in ((0, 0.0), (1, 1.0))]
+    plt, fig = r2_figure(far)
+    fig.canvas.draw()
+    labels = sorted(fig.axes[0].texts, key=lambda t: t.get_text())
+    expected = ["DPO (model) 40.5 (off scale)", "DPO (perturb) 124.8 (off scale)"]
+    assert [t.get_text() for t in labels] == expected
+    boxes = [t.get_window_extent() for t in labels]
+    assert not boxes[0].overlaps(boxes[1])
+    plt.close(fig)
+
 
 def test_r2_plot_of_one_seed_above_100_percent():
     """A tiny model's CER can pass 100% (insertions); its interval is saturated at 100, below the point,
