@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +48,19 @@ def plot_runs(runs: list[str], labels: list[str], output: str | Path, metric: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    # one colour per system and one line style per seed: "lpo_r2_2.0 (seed 1)" is lpo_r2_2.0's colour,
+    # seed 1's style (twelve runs in one colour cycle repeated colours across systems)
+    systems = list(dict.fromkeys(re.sub(r" \(seed \d+\)$", "", label) for label in labels))
+    seeds = list(dict.fromkeys(re.search(r"(\(seed \d+\))?$", label).group(0) for label in labels))
+    colors = plt.get_cmap("tab10" if len(systems) <= 10 else "tab20").colors
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharex=True)
     for run, label in zip(runs, labels, strict=True):
         steps, chosen, rejected = read_metric(run, metric)
-        line = axes[0].plot(steps, smooth(chosen, window), label=label)[0]
-        axes[1].plot(steps, smooth(rejected, window), label=label, color=line.get_color())
+        color = colors[systems.index(re.sub(r" \(seed \d+\)$", "", label)) % len(colors)]
+        style = styles[seeds.index(re.search(r"(\(seed \d+\))?$", label).group(0)) % len(styles)]
+        for ax, values in zip(axes, (chosen, rejected), strict=True):
+            ax.plot(steps, smooth(values, window), label=label, color=color, linestyle=style)
     for ax, which in zip(axes, ("chosen", "rejected"), strict=True):
         ax.set_title(f"{which} response")
         ax.set_xlabel("training step")
@@ -59,7 +68,7 @@ def plot_runs(runs: list[str], labels: list[str], output: str | Path, metric: st
         if metric == "logratio_per_token":
             ax.axhline(0.0, color="grey", lw=0.5)
         ax.grid(alpha=0.3)
-    axes[1].legend()
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)  # beside the curves, not on them
     fig.tight_layout()
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=120)
