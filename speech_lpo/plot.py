@@ -50,15 +50,16 @@ def plot_runs(runs: list[str], labels: list[str], output: str | Path, metric: st
 
     # one colour per system and one line style per seed: "lpo_r2_2.0 (seed 1)" is lpo_r2_2.0's colour,
     # seed 1's style (twelve runs in one colour cycle repeated colours across systems)
-    systems = list(dict.fromkeys(re.sub(r" \(seed \d+\)$", "", label) for label in labels))
-    seeds = list(dict.fromkeys(re.search(r"(\(seed \d+\))?$", label).group(0) for label in labels))
+    keys = [re.fullmatch(r"(.*?)( \(seed \d+\))?", label).groups("") for label in labels]
+    systems = list(dict.fromkeys(system for system, _ in keys))
+    seeds = list(dict.fromkeys(seed for _, seed in keys))
     colors = plt.get_cmap("tab10" if len(systems) <= 10 else "tab20").colors
     styles = ["-", "--", ":", "-."]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharex=True)
-    for run, label in zip(runs, labels, strict=True):
+    for run, label, (system, seed) in zip(runs, labels, keys, strict=True):
         steps, chosen, rejected = read_metric(run, metric)
-        color = colors[systems.index(re.sub(r" \(seed \d+\)$", "", label)) % len(colors)]
-        style = styles[seeds.index(re.search(r"(\(seed \d+\))?$", label).group(0)) % len(styles)]
+        color = colors[systems.index(system) % len(colors)]
+        style = styles[seeds.index(seed) % len(styles)]
         for ax, values in zip(axes, (chosen, rejected), strict=True):
             ax.plot(steps, smooth(values, window), label=label, color=color, linestyle=style)
     for ax, which in zip(axes, ("chosen", "rejected"), strict=True):

@@ -572,7 +572,7 @@ def tts_across_seeds_table(summaries: list[dict], baseline: str = "sft") -> str:
     """Per TTS system: the mean and spread over seeds of its WER, SIM and DNSMOS, and the two-level paired
     bootstrap comparison of its WER with the baseline's (of the same seed, or the one shared by all)."""
     groups = _tts_by_seed(summaries)
-    base = groups.get(baseline)
+    base = _intelligibility(groups[baseline]) if baseline in groups else None
     lines = [
         "| System | Seeds | %WER mean (sd) | Min–max | Δ WER vs SFT (95% CI) | P(better than SFT) "
         "| Lower than SFT in | Verdict | SIM mean (sd) | DNSMOS OVRL mean (sd) |",
@@ -590,7 +590,7 @@ def tts_across_seeds_table(summaries: list[dict], baseline: str = "sft") -> str:
         group = groups[name]
         sp = spread([s["wer"]["value"] for s in group.values()])
         row = f"| {name} | {sp.seeds} | {_fmt(sp.mean)} ({_fmt(sp.sd)}) | {_fmt(sp.low)}–{_fmt(sp.high)}"
-        cmp = _compare(_intelligibility(group), _intelligibility(base)) if base and name != baseline else None
+        cmp = _compare(_intelligibility(group), base) if base and name != baseline else None
         row += (
             f" | {cmp.delta:+.2f} ({cmp.low:+.2f} to {cmp.high:+.2f}) | {cmp.p_better:.3f} "
             f"| {cmp.better_in} of {len(cmp.per_seed)} | {cmp.verdict}"
@@ -774,21 +774,17 @@ def _baselines(
     """SFT (grey, dotted) and DPO (dashed, in the colour of its candidate method's LPO curve) as lines;
     a line outside ``limits`` as a marked arrow with its value instead."""
     styles = {"sft": ":", "dpo": "--"}
-    above = below = 0  # off-scale labels already placed at each edge
+    placed = {True: 0, False: 0}  # off-scale labels already at the top (True) and bottom edge
     for s in rows:
         method = _tag(s, "method")
         if method in styles and method != skip_method:
             label = method.upper() + (f" ({_tag(s, 'candidates')})" if _tag(s, "candidates") else "")
             color = "grey" if method == "sft" else (colors or {}).get(_tag(s, "candidates"))
             high = limits is not None and s["error_rate"] > limits[1]
-            if limits is None or not _off_scale(
-                ax, s["error_rate"], limits, label, color, above if high else below
-            ):
+            if limits is None or not _off_scale(ax, s["error_rate"], limits, label, color, placed[high]):
                 ax.axhline(s["error_rate"], linestyle=styles[method], color=color, label=label)
-            elif high:
-                above += 1
             else:
-                below += 1
+                placed[high] += 1
 
 
 def plot_vs_r2(summaries: list[dict], path: str | Path) -> None:
