@@ -220,10 +220,12 @@ def request_seeds(seed: int, n_prompts: int, cfg: SamplingConfig) -> list[int]:
     return [seed + i * samples_per_request(cfg) for i in range(n_prompts)]
 
 
-def vllm_engines(config, ngpu: int, tensor_parallel_size: int = 1) -> list[str]:
+def vllm_engines(config, ngpu: int, tensor_parallel_size: int = 1, visible: str | None = None) -> list[str]:
     """``CUDA_VISIBLE_DEVICES`` of each vLLM engine: ``ngpu // tensor_parallel_size`` data-parallel
-    engines. Tensor parallelism (for a model that does not fit one GPU) must divide the attention heads,
-    and the KV heads must split evenly or be replicated evenly; anything else is refused naming them."""
+    engines on the first ``ngpu`` of the parent's devices (``visible``: its ``CUDA_VISIBLE_DEVICES``, as
+    SLURM or a user sets it; None: devices 0..ngpu-1). Tensor parallelism (for a model that does not fit
+    one GPU) must divide the attention heads, and the KV heads must split evenly or be replicated evenly;
+    anything else is refused naming them."""
     tp = tensor_parallel_size
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     if tp < 1 or ngpu < tp or ngpu % tp:
@@ -234,7 +236,24 @@ def vllm_engines(config, ngpu: int, tensor_parallel_size: int = 1) -> list[str]:
             f"--tensor-parallel-size {tp} does not split the model's {heads} attention heads and "
             f"{kv_heads} KV heads; sizes that do: {fits}"
         )
-    return [",".join(str(g) for g in range(first, first + tp)) for first in range(0, ngpu, tp)]
+    devices = [str(g) for g in range(ngpu)] if visible is None else [d for d in visible.split(",") if d]
+    if len(devices) < ngpu:
+        raise ValueError(f"--ngpu {ngpu}, but CUDA_VISIBLE_DEVICES={visible!r} makes {len(devices)} visible")
+    return [",".join(devices[first : first + tp]) for first in range(0, ngpu, tp)]
+
+
+def strided(items: list, parts: int) -> list[list]:
+    """``items`` dealt out over ``parts`` shares, item i to share i mod parts: on prompts sorted by
+    length, every engine gets short and long ones alike (contiguous shares gave the last one the longest)."""
+    return [items[e::parts] for e in range(parts)]
+
+
+def unstrided(shares: list[list]) -> list:
+    """The inverse of ``strided``: the shares' items back in their original order."""
+    out = [None] * sum(map(len, shares))
+    for e, share in enumerate(shares):
+        out[e :: len(shares)] = share
+    return out
 
 
 _ENGINE: VLLMBackend | None = None
@@ -258,8 +277,9 @@ def _engine_close() -> None:
 
 class DataParallelVLLM:
     """One vLLM engine per GPU group (``vllm_engines``), each in its own process: a batch of prompts is
-    cut into contiguous shares, each engine samples its share with the seeds the prompts would have on
-    one engine, and the outputs are joined in prompt order, so results do not depend on the GPU count."""
+    dealt out over the engines (``strided``), each engine samples its share with the seeds the prompts
+    would have on one engine, and the outputs are put back in prompt order, so results do not depend on
+    the GPU count."""
 
     name = "vllm"
     batch_size = None
@@ -277,13 +297,13 @@ class DataParallelVLLM:
         ]
 
     def generate(self, prompts: list[list[int]], cfg: SamplingConfig, seed: int) -> list[list[Candidate]]:
-        seeds = request_seeds(seed, len(prompts), cfg)
-        share = -(-len(prompts) // len(self.pools))
-        futures = [
-            pool.submit(_engine_generate, prompts[a : a + share], cfg, seeds[a : a + share])
-            for pool, a in zip(self.pools, range(0, len(prompts), share), strict=False)
+        engines = len(self.pools)
+        seeds = strided(request_seeds(seed, len(prompts), cfg), engines)
+        futures = [  # None where there are fewer prompts than engines
+            pool.submit(_engine_generate, share, cfg, share_seeds) if share else None
+            for pool, share, share_seeds in zip(self.pools, strided(prompts, engines), seeds, strict=True)
         ]
-        return [candidates for f in futures for candidates in f.result()]
+        return unstrided([f.result() if f else [] for f in futures])
 
     def close(self) -> None:
         for pool in self.pools:
@@ -618,7 +638,9 @@ def make_backend(args: argparse.Namespace):
     if args.backend == "vllm":
         from transformers import AutoConfig
 
-        engines = vllm_engines(AutoConfig.from_pretrained(args.model), args.ngpu, args.tensor_parallel_size)
+        config = AutoConfig.from_pretrained(args.model)
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        engines = vllm_engines(config, args.ngpu, args.tensor_parallel_size, visible)
         engine_kwargs = {
             "tensor_parallel_size": args.tensor_parallel_size,
             "gpu_memory_utilization": args.gpu_memory_utilization,

@@ -34,7 +34,9 @@ from speech_lpo.generate import (
     run,
     skip_too_long,
     stop_ids_for,
+    strided,
     tts_answer_tokens,
+    unstrided,
     vllm_engines,
 )
 from speech_lpo.modeling import extend_tokenizer, tiny_qwen2
@@ -372,10 +374,40 @@ def test_vllm_tensor_parallel_sizes_that_do_not_split_the_heads_are_refused():
         vllm_engines(big, 3, 2)
 
 
-def test_request_seeds_do_not_depend_on_how_prompts_are_shared_between_engines():
+def test_engines_use_the_parents_visible_devices():
+    from transformers import Qwen2Config
+
+    config = Qwen2Config(num_attention_heads=4, num_key_value_heads=2)
+    assert vllm_engines(config, 4, 1, "4,5,6,7") == ["4", "5", "6", "7"]  # SLURM's or the user's mask
+    assert vllm_engines(config, 4, 2, "4,5,6,7") == ["4,5", "6,7"]
+    assert vllm_engines(config, 2, 1, "4,5,6,7") == ["4", "5"]  # --ngpu 2: the first two of them
+    assert vllm_engines(config, 2, 1, "GPU-a1,GPU-b2") == ["GPU-a1", "GPU-b2"]  # UUIDs pass through
+    assert vllm_engines(config, 2, 1, None) == ["0", "1"]  # no mask: every device is visible
+    with pytest.raises(ValueError, match=r"--ngpu 4, but CUDA_VISIBLE_DEVICES='6,7' makes 2 visible"):
+        vllm_engines(config, 4, 1, "6,7")
+    with pytest.raises(ValueError, match=r"--ngpu 1, but CUDA_VISIBLE_DEVICES='' makes 0 visible"):
+        vllm_engines(config, 1, 1, "")
+
+
+def test_prompts_are_dealt_out_over_engines_and_merged_back_in_order():
+    assert strided(list(range(10)), 3) == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+    for n in range(12):
+        for engines in range(1, 6):
+            assert unstrided(strided(list(range(n)), engines)) == list(range(n))
+    # prompts sorted by length (generate_shard sorts them): each engine's tokens within one prompt's length
+    # of every other's, where contiguous shares gave the last engine the longest prompts
+    rng = random.Random(0)
+    lengths = sorted(rng.randint(10, 1000) for _ in range(101))
+    tokens = [sum(share) for share in strided(lengths, 4)]
+    assert max(tokens) - min(tokens) <= max(lengths)
+    contiguous = [sum(lengths[a : a + 26]) for a in range(0, 101, 26)]
+    assert max(contiguous) - min(contiguous) > 10 * max(lengths)
+
+
+def test_request_seeds_do_not_depend_on_the_engine_count():
     cfg = SamplingConfig(n=3, temperature=1.0)
     whole = request_seeds(7, 10, cfg)
     assert len(set(whole)) == 10 and whole[1] - whole[0] == 3  # n samples of a request: seed + j
-    share = 4  # DataParallelVLLM's contiguous shares of 10 prompts over 3 engines
-    assert [whole[a : a + share] for a in range(0, 10, share)] == [whole[:4], whole[4:8], whole[8:]]
+    # DataParallelVLLM deals prompts and their seeds out alike: prompt i keeps seed whole[i] on any engine
+    assert unstrided(strided(whole, 3)) == whole and strided(whole, 3)[1] == [whole[1], whole[4], whole[7]]
     assert request_seeds(7, 10, SamplingConfig(n=3, temperature=0))[:2] == [7, 8]  # greedy: one sample
