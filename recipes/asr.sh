@@ -24,7 +24,8 @@ codec=../../tokenizers/melvq_20hz.yaml   # audio tokenizer spec (tokenizers/*.ya
 ngpu=0                # >1: training through accelerate launch + DeepSpeed, generation through vLLM, one engine per GPU
 nj=2                  # parallel jobs for tokenisation
 methods="model perturb"   # candidate methods: model-sampled and/or perturbation-based rejected transcripts
-pref_prompts=600      # training utterances (a fixed random subset) given candidates / perturbations; 0: all
+pref_utts=""          # training utterances set aside before SFT as the pref split; empty: conf/prepare.yaml's
+pref_prompts=600      # pref utterances (a fixed random subset) given candidates / perturbations; 0: all
 r2_grid="1.0 2.0 3.0" # one LPO run per value and method
 epoch_curves="dpo lpo_r2_2.0"  # systems (of the first method) decoded at every epoch for Figure 2
 seeds="0"             # training seeds: every preference system is trained, decoded and scored once per seed
@@ -35,7 +36,7 @@ dumpdir=dump          # audio tokens and the fitted codec
 expdir=exp            # models, outputs, logs and .done sentinels
 conf_dir=conf          # stage configs (conf/ci: the reduced run CI makes; conf/paper: Table 9, Qwen2.5, 8 GPUs)
 option_names="stage stop_stage force corpus corpus_dir download subsets test_sets valid_set benchmark model codec ngpu
-nj methods pref_prompts r2_grid epoch_curves seeds sft_seeds seed_jobs datadir dumpdir expdir conf_dir"
+nj methods pref_utts pref_prompts r2_grid epoch_curves seeds sft_seeds seed_jobs datadir dumpdir expdir conf_dir"
 
 resume_command="${RECIPE_COMMAND:-$0 $*}"
 utils=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/utils
@@ -59,7 +60,7 @@ candidates_one() {  # candidates_one SEED
   [[ " ${methods} " == *" model "* ]] || { echo "no model-based method requested"; return; }
   local root; root=$(sft_root "$1")
   speech-lpo generate --config "${conf_dir}/generate.yaml" $(gen_backend) --task asr --model "${root}/sft" \
-    --data "${dumpdir}/tokens/train" --max-prompts "${pref_prompts}" --out "${root}/candidates" ${1:+--seed "$1"}
+    --data "${dumpdir}/tokens/pref" --max-prompts "${pref_prompts}" --out "${root}/candidates" ${1:+--seed "$1"}
 }
 
 pairs_one() {  # pairs_one SEED
@@ -70,7 +71,7 @@ pairs_one() {  # pairs_one SEED
         --out "${root}/pairs/model.jsonl"
     else
       speech-lpo make-pairs --config "${conf_dir}/perturb.yaml" --method perturb --model "${root}/sft" \
-        --data "${dumpdir}/tokens/train" --max-prompts "${pref_prompts}" --out "${root}/pairs/perturb.jsonl" \
+        --data "${dumpdir}/tokens/pref" --max-prompts "${pref_prompts}" --out "${root}/pairs/perturb.jsonl" \
         ${1:+--seed "$1"}
     fi
   done

@@ -15,6 +15,11 @@ lhotse's full-width letter normalisation). LibriSpeech's evaluation sets stay ap
 (train-clean-100, train-clean-360, train-other-500) are one split, train, the union of those asked for
 with ``--subsets`` (default: every part present); its text stays upper case as released.
 
+``--pref-utts N`` sets a seeded random N of the kept training utterances aside as the ``pref`` split
+(their manifest lines say ``"split": "pref"``): the preference prompts, which SFT, the codec fit and the
+model's text vocabulary never see, so that preference data is made on the model's test-time errors, not
+on utterances it was trained on. The draw depends on ``--seed`` and the set of training ids only.
+
 Audio at another sample rate is kept (``tokenize`` resamples it); float audio holding NaN or Inf is a
 skip. A transcript line that is not UTF-8 is a skip naming the file and line; id and text may be
 separated by spaces or a tab. An AISHELL-1 release whose per-speaker ``wav/*.tar.gz`` were not extracted
@@ -33,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +50,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 AISHELL_SPLITS = ("train", "dev", "test")
+PREF_SPLIT = "pref"
 CORPORA = {"aishell": {"lang": "cmn"}, "librispeech": {"lang": "en"}}
 
 
@@ -252,6 +259,19 @@ def write_kaldi_dir(directory: Path, lines: list[dict]) -> None:
         write_atomic(directory / name, "".join(r + "\n" for r in rows))
 
 
+def set_aside(train: list[dict], count: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, pref): a seeded random ``count`` of the training lines moved to the ``pref`` split."""
+    if count < 0 or count >= len(train):
+        raise ValueError(
+            f"--pref-utts {count}: must be at least 0 and fewer than the {len(train)} training utterances"
+        )
+    ids = sorted(x["id"] for x in train)
+    pref = set(random.Random(seed).sample(ids, count))
+    return [x for x in train if x["id"] not in pref], [
+        {**x, "split": PREF_SPLIT} for x in train if x["id"] in pref
+    ]
+
+
 def prepare(
     corpus: str,
     corpus_dir: Path,
@@ -259,6 +279,8 @@ def prepare(
     subsets: list[str] | None = None,
     min_duration: float = 0.1,
     jobs: int = 4,
+    pref_utts: int = 0,
+    seed: int = 0,
 ) -> dict:
     """Write manifests, Kaldi dirs and the skip report; returns the report."""
     if not corpus_dir.is_dir():
@@ -283,6 +305,8 @@ def prepare(
             else:
                 kept[c.split].append(line)
 
+    if pref_utts:
+        kept["train"], kept[PREF_SPLIT] = set_aside(kept.get("train", []), pref_utts, seed)
     report: dict = {"corpus": corpus, "corpus_dir": str(corpus_dir), "splits": {}}
     for split, lines in kept.items():
         lines.sort(key=lambda x: x["id"])
@@ -326,6 +350,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-duration", type=float, default=0.1, help="seconds; shorter audio is skipped")
     parser.add_argument("--jobs", type=int, default=4, help="threads probing audio files")
     parser.add_argument(
+        "--pref-utts",
+        type=int,
+        default=0,
+        help="training utterances set aside (seeded) as the pref split: preference prompts SFT never sees",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the draw of --pref-utts")
+    parser.add_argument(
         "--download",
         type=lambda s: s.lower() in ("1", "true", "yes"),
         default=False,
@@ -337,7 +368,16 @@ def main(args: argparse.Namespace) -> None:
     corpus_dir = args.corpus_dir
     if args.download:
         corpus_dir = download(args.corpus, corpus_dir, args.subsets)
-    report = prepare(args.corpus, corpus_dir, args.out, args.subsets, args.min_duration, args.jobs)
+    report = prepare(
+        args.corpus,
+        corpus_dir,
+        args.out,
+        args.subsets,
+        args.min_duration,
+        args.jobs,
+        args.pref_utts,
+        args.seed,
+    )
     for split, r in report["splits"].items():
         print(f"{split}: kept {r['kept']}, skipped {sum(r['skipped'].values())} {r['skipped'] or ''}")
     if report["skipped_total"]:

@@ -25,6 +25,8 @@ from tests.test_generate import (  # noqa: F401
     model_dir,
 )
 
+pytest_plugins = ["tests.fixtures_corpus"]  # mini_corpus, melvq_codec_dir
+
 
 @pytest.fixture(scope="module")
 def tokenizer(model_dir):
@@ -208,6 +210,31 @@ def test_make_pairs_refuses_an_unfinished_generation(model_dir, tmp_path):
             ]
         )
     assert not (tmp_path / "g.jsonl").exists()
+
+
+def test_preference_groups_come_from_the_pref_split_only(mini_corpus, melvq_codec_dir, tmp_path):
+    """prepare --pref-utts -> tokenize -> generate / make-pairs on the pref split, as the recipes chain them:
+    no group's utterance is in the manifest SFT trains on."""
+    from speech_lpo.prepare import read_manifest
+    from tests.conftest import build_speech_lm
+    from tests.fixtures_corpus import MINI_CODEBOOK
+
+    manifests, tokens = tmp_path / "manifests", tmp_path / "tokens"
+    cli(["prepare", "--corpus", "librispeech", "--corpus-dir", str(mini_corpus / "librispeech")]
+        + ["--out", str(manifests), "--pref-utts", "8"])  # fmt: skip
+    cli(["tokenize", "--manifests", *map(str, sorted(manifests.glob("*.jsonl"))), "--out", str(tokens)]
+        + ["--codec", str(melvq_codec_dir), "--jobs", "1"])  # fmt: skip
+    model, _ = build_speech_lm(tmp_path / "lm", codebook_size=MINI_CODEBOOK)
+    cli(generate_args(model, tokens / "pref", tmp_path / "cand", "asr", "--max-prompts", "6"))
+    base = ["make-pairs", "--model", str(model), "--keep-cut-candidates", "--out"]
+    cli([*base, str(tmp_path / "model.jsonl"), "--candidates", str(tmp_path / "cand")])
+    cli([*base, str(tmp_path / "perturb.jsonl"), "--method", "perturb", "--data", str(tokens / "pref")]
+        + ["--max-prompts", "6"])  # fmt: skip
+    train = {x["id"] for x in read_manifest(manifests / "train.jsonl")}
+    pref = {x["id"] for x in read_manifest(manifests / "pref.jsonl")}
+    for method in ("model", "perturb"):
+        sources = [g.meta["source_id"] for g in load_valid_groups(tmp_path / f"{method}.jsonl")]
+        assert sources and set(sources) <= pref and not set(sources) & train
 
 
 @pytest.mark.slow

@@ -322,3 +322,29 @@ def test_unextracted_archives_are_named(tmp_path):
     (tmp_path / "libri" / "test-clean.tar.gz").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="archives not extracted: test-clean.tar.gz"):
         prepare("librispeech", tmp_path / "libri", tmp_path / "out2")
+
+
+@pytest.mark.parametrize("corpus", ["aishell", "librispeech"])
+def test_pref_split_is_a_seeded_set_aside_of_training(mini_corpus, corpus, tmp_path):
+    from speech_lpo.cli import main
+
+    layout = mini_corpus / ("aishell1" if corpus == "aishell" else "librispeech")
+    argv = ["prepare", "--corpus", corpus, "--corpus-dir", str(layout), "--pref-utts", "6", "--out"]
+    main(argv + [str(tmp_path / "a")])
+    train, pref = (read_manifest(tmp_path / "a" / f"{s}.jsonl") for s in ("train", "pref"))
+    assert len(train) == MINI_COUNTS["train"] - 6 and len(pref) == 6
+    assert all(x["split"] == "pref" for x in pref) and all(x["split"] == "train" for x in train)
+    truth = (aishell_truth if corpus == "aishell" else librispeech_truth)(layout)
+    assert {x["id"] for x in train + pref} == {u for u, t in truth.items() if t["split"] == "train"}
+    assert not {x["id"] for x in train} & {x["id"] for x in pref}
+    assert (tmp_path / "a" / "kaldi" / "pref" / "text").read_text().count("\n") == 6
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["splits"]["pref"]["kept"] == 6 and report["splits"]["train"]["kept"] == len(train)
+
+    main(argv + [str(tmp_path / "b")])  # seeded: the same set again; another seed, another set
+    assert (tmp_path / "b" / "pref.jsonl").read_bytes() == (tmp_path / "a" / "pref.jsonl").read_bytes()
+    main(argv + [str(tmp_path / "c"), "--seed", "1"])
+    assert {x["id"] for x in read_manifest(tmp_path / "c" / "pref.jsonl")} != {x["id"] for x in pref}
+
+    with pytest.raises(ValueError, match=rf"--pref-utts {MINI_COUNTS['train']}: .* fewer than the 24"):
+        prepare(corpus, layout, tmp_path / "d", pref_utts=MINI_COUNTS["train"])

@@ -24,7 +24,8 @@ model=""              # Qwen2.5 checkpoint (local dir or hub id); empty: tiny Qw
 codec=../../tokenizers/melvq_20hz.yaml   # audio tokenizer spec (tokenizers/*.yaml)
 ngpu=0                # >1: training through accelerate launch + DeepSpeed, generation through vLLM, one engine per GPU
 nj=2                  # parallel jobs for tokenisation
-pref_prompts=400      # training utterances (a fixed random subset) given candidates; 0: all
+pref_utts=""          # training utterances set aside before SFT as the pref split; empty: conf/prepare.yaml's
+pref_prompts=400      # pref utterances (a fixed random subset) given candidates; 0: all
 r2=0.4                # LPO r2 for TTS (the paper's Table 9)
 mos_utterances=8      # test sentences in the listening-test package (of the first seed)
 seeds="0"             # training seeds: LPO and DPO are trained, synthesised and scored once per seed
@@ -34,7 +35,7 @@ datadir=data          # corpus (when synthesised) and manifests
 dumpdir=dump          # audio tokens and the fitted codec
 expdir=exp            # models, outputs, logs and .done sentinels
 conf_dir=conf          # stage configs (conf/ci: the reduced run CI makes; conf/paper: Table 9, Qwen2.5, 8 GPUs)
-option_names="stage stop_stage force corpus_dir download subsets model codec ngpu nj pref_prompts r2 mos_utterances
+option_names="stage stop_stage force corpus_dir download subsets model codec ngpu nj pref_utts pref_prompts r2 mos_utterances
 seeds sft_seeds seed_jobs datadir dumpdir expdir conf_dir"
 
 resume_command="bash $(pwd)/run.sh $*"
@@ -58,7 +59,7 @@ sft_one() {  # sft_one SEED
 candidates_one() {  # candidates_one SEED
   local root; root=$(sft_root "$1")
   speech-lpo generate --config "${conf_dir}/generate.yaml" $(gen_backend) --task tts --model "${root}/sft" \
-    --data "${dumpdir}/tokens/train" --max-prompts "${pref_prompts}" --out "${root}/candidates" ${1:+--seed "$1"}
+    --data "${dumpdir}/tokens/pref" --max-prompts "${pref_prompts}" --out "${root}/candidates" ${1:+--seed "$1"}
 }
 
 pairs_one() {  # pairs_one SEED

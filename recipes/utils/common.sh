@@ -31,7 +31,10 @@ prepare_stage() {
   local extra=()
   ${download} && extra+=(--download true)
   [[ -n "${subsets}" ]] && extra+=(--subsets ${subsets})
-  speech-lpo prepare --corpus "${corpus}" --corpus-dir "${corpus_dir}" --out "${datadir}/manifests" "${extra[@]}"
+  [[ -n "${pref_utts}" ]] && extra+=(--pref-utts "${pref_utts}")
+  # conf/prepare.yaml: the training utterances set aside as the pref split (preference prompts)
+  speech-lpo prepare --config "${conf_dir}/prepare.yaml" --corpus "${corpus}" --corpus-dir "${corpus_dir}" \
+    --out "${datadir}/manifests" "${extra[@]}"
 }
 
 # Sets of a kind (dev or test) that prepare wrote, one a line: AISHELL-1's dev and test; LibriSpeech's
