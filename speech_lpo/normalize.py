@@ -14,6 +14,12 @@ report that names its normaliser says exactly how its numbers were counted.
   "2015年" -> "二零一五年", "123个" -> "一百二十三个", "50%" -> "百分之五十"), punctuation and spaces
   removed, Latin letters upper-cased; characters are the units. A digit string with no reading in
   context (a phone number) is read as a number, which may differ from how it was spoken.
+- ``seedtts_en`` / ``seedtts_zh``: seed-tts-eval's ``run_wer.py`` exactly: every character of Python's
+  ``string.punctuation`` and zhon's Chinese punctuation deleted (not replaced by a space: "twenty-five" is
+  one word, "twentyfive") except the apostrophe; English lower-cased, words as units; Mandarin converted
+  to simplified with zhconv (``zh-cn``) and scored in characters, whitespace dropped. seed-tts-eval
+  converts only the hypothesis; here reference and hypothesis alike, which leaves its (simplified)
+  references as they are.
 - ``none``: whitespace split only, for inputs that are already normalised.
 """
 
@@ -87,6 +93,25 @@ def normalize_chinese(text: str) -> str:
     return "".join(c for c in text.upper() if not c.isspace() and not _is_punctuation_or_symbol(c))
 
 
+@cache
+def _seedtts_punctuation() -> re.Pattern:
+    import string
+
+    from zhon.hanzi import punctuation
+
+    return re.compile("[" + re.escape("".join(set(punctuation + string.punctuation) - {"'"})) + "]")
+
+
+def normalize_seedtts_en(text: str) -> str:
+    return " ".join(_seedtts_punctuation().sub("", text).lower().split())
+
+
+def normalize_seedtts_zh(text: str) -> str:
+    import zhconv
+
+    return "".join(zhconv.convert(_seedtts_punctuation().sub("", text), "zh-cn").split())
+
+
 def normalize_whitespace(text: str) -> str:
     return " ".join(text.split())
 
@@ -97,6 +122,8 @@ NORMALIZERS: dict[str, Normalizer] = {
         Normalizer("librispeech", normalize_librispeech, "word"),
         Normalizer("whisper_en", normalize_whisper_english, "word"),
         Normalizer("chinese", normalize_chinese, "char"),
+        Normalizer("seedtts_en", normalize_seedtts_en, "word"),
+        Normalizer("seedtts_zh", normalize_seedtts_zh, "char"),
         Normalizer("none", normalize_whitespace, "word"),
     )
 }
