@@ -10,11 +10,20 @@ and makes one group per prompt whose rejected responses are the model's own samp
 - A candidate cut by max_new_tokens is dropped and counted: its missing end, not its content, would make
   it the rejected one. ``--keep-cut-candidates`` keeps them, flagged in the report and the group's meta.
 
+``--select`` chooses which usable candidates become rejected responses (ASR and text tasks):
+
+- ``all``: every one (deduplicated);
+- ``near-miss``: those with an edit rate (edit distance / reference length) of at most ``--max-edit-rate``,
+  the ``--max-rejected`` most likely under the model first (summed log-prob of the response given the
+  prompt, stored as ``meta.logp``): the paper's point that good rejected responses are near misses
+  (homophones, one word off) rather than gross errors.
+
 ``--method perturb`` (ASR) corrupts each reference transcript by insertion, deletion and repetition at
 noise ratio eta (speech_lpo.perturb); no model samples are needed.
 
-Beside the output ``groups.jsonl`` go ``groups.report.json`` (groups made, dropped groups and responses
-by reason, responses flagged, edit distance between chosen and rejected) and ``groups.edit_distance.png``.
+Beside the output ``groups.jsonl`` go ``groups.report.json`` (the pair statistics of this candidate method:
+method, selection, prompts, groups, pairs, dropped groups and responses by reason, responses flagged, edit
+distance and edit rate between chosen and rejected, with quartiles) and ``groups.edit_distance.png``.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +53,8 @@ UNIT_NAMES = {"char": "characters", "word": "words"}
 
 @dataclass
 class PairReport:
+    method: str = "model"
+    select: str = "all"
     prompts: int = 0
     groups: int = 0
     rejected: int = 0
@@ -62,9 +74,12 @@ class PairReport:
 
     def to_dict(self) -> dict:
         return {
+            "method": self.method,
+            "select": self.select,
             "prompts": self.prompts,
             "groups": self.groups,
             "rejected": self.rejected,
+            "pairs": self.rejected,  # a group of k rejected responses is k pairs
             "dropped_groups": dict(self.dropped_groups),
             "dropped_responses": dict(self.dropped_responses),
             "flagged": dict(self.flagged),
@@ -147,6 +162,57 @@ def make_group(
 
 
 CUT = "hit max_new_tokens"
+# (prompt ids, responses' ids) -> each response's summed log-prob under the model
+Scorer = Callable[[list[int], list[list[int]]], list[float]]
+
+
+@dataclass
+class Selection:
+    """Which usable candidates become rejected responses (``--select``)."""
+
+    select: str = "all"  # all | near-miss
+    max_edit_rate: float = 0.3
+    max_rejected: int = 3
+    scorer: Scorer | None = None  # near-miss: the likelihood ranking
+
+    def __call__(
+        self, row: dict, rejected: list[tuple[list[int], dict]], reference_units: int, report: PairReport
+    ) -> list[tuple[list[int], dict]]:
+        if self.select == "all":
+            return rejected
+        near = []
+        for ids, info in rejected:
+            if info["edit_distance"] / max(reference_units, 1) > self.max_edit_rate:
+                report.dropped_responses["edit rate above --max-edit-rate"] += 1
+            else:
+                near.append((ids, info))
+        near = dedupe(near, report)  # a duplicate must not take one of the max_rejected places
+        if not near:
+            return []
+        logps = self.scorer(row["prompt_ids"], [ids for ids, _ in near])
+        ranked = sorted(zip(logps, range(len(near)), strict=True), reverse=True)
+        report.dropped_responses["near miss beyond the --max-rejected most likely"] += max(
+            0, len(ranked) - self.max_rejected
+        )
+        return [(near[i][0], {**near[i][1], "logp": lp}) for lp, i in ranked[: self.max_rejected]]
+
+
+ALL = Selection()
+
+
+def model_scorer(model, batch_size: int = 8) -> Scorer:
+    """Summed log-probs of responses under ``model``, packed and computed as ``ref-logps`` computes them."""
+    from speech_lpo.ref_logps import with_ref_logps
+
+    pad_id = model.config.pad_token_id or 0
+
+    def score(prompt_ids: list[int], responses: list[list[int]]) -> list[float]:
+        # the first response stands in as the chosen one: a packed group needs one, its log-prob is unused
+        group = PreferenceGroup("score", "asr", prompt_ids, responses[0], responses)
+        (scored,) = with_ref_logps(model, [group], batch_size, pad_id=pad_id)
+        return scored.ref_rejected_logp
+
+    return score
 
 
 def keep_candidate(candidate: dict, report: PairReport, keep_cut: bool) -> bool:
@@ -195,8 +261,10 @@ def text_group(
     report: PairReport,
     max_positions: int | None = None,
     keep_cut: bool = False,
+    selection: Selection = ALL,
 ) -> PreferenceGroup | None:
-    """ASR and text tasks: the candidates whose normalised text differs from the reference's."""
+    """ASR and text tasks: the candidates whose normalised text differs from the reference's, as
+    ``selection`` chooses them."""
     ref_units = normalizer.units(row["text"])
     report.units.add(UNIT_NAMES[normalizer.unit])
     rejected = []
@@ -212,7 +280,8 @@ def text_group(
                 "edit_distance": distance(ref_units, units),
             }
             rejected.append((c["ids"], info))
-    meta = {"normalizer": normalizer.name, "reference_units": len(ref_units)}
+    rejected = selection(row, rejected, len(ref_units), report)
+    meta = {"normalizer": normalizer.name, "reference_units": len(ref_units), "select": selection.select}
     return make_group(row, "model", rejected, report, max_positions, **meta)
 
 
@@ -224,6 +293,7 @@ def model_groups(
     report: PairReport,
     max_positions: int | None = None,
     keep_cut: bool = False,
+    selection: Selection = ALL,
 ) -> list[PreferenceGroup]:
     groups = []
     for row in iter_rows(candidates_dir):
@@ -232,10 +302,14 @@ def model_groups(
             report.dropped_groups[f"skipped by generate: {row['skipped']}"] += 1
             continue
         if row["task"] == "tts":
+            if selection.select != "all":
+                raise ValueError(
+                    f"{candidates_dir}: --select {selection.select} is for ASR and text candidates"
+                )
             group = tts_group(row, tokenizer, vocab, report, max_positions, keep_cut)
         else:
             normalizer = normalizer_for(row["task"], row["lang"], normalizer_name)
-            group = text_group(row, tokenizer, normalizer, report, max_positions, keep_cut)
+            group = text_group(row, tokenizer, normalizer, report, max_positions, keep_cut, selection)
         if group is not None:
             groups.append(group)
     return groups
@@ -326,6 +400,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=("model", "perturb"), default="model")
     parser.add_argument("--model", required=True, help="model dir: its tokenizer and audio_vocab.json")
     parser.add_argument("--candidates", help="model: a `speech-lpo generate` output directory")
+    parser.add_argument(
+        "--select",
+        choices=("all", "near-miss"),
+        default="all",
+        help="model, ASR/text: which usable candidates are rejected: all, or near misses (--max-edit-rate)",
+    )
+    parser.add_argument(
+        "--max-edit-rate",
+        type=float,
+        default=0.3,
+        help="near-miss: largest edit distance / reference length of a rejected response",
+    )
+    parser.add_argument(
+        "--max-rejected", type=int, default=3, help="near-miss: rejected per prompt, the most likely first"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="near-miss: groups per log-prob batch")
     parser.add_argument("--data", help="perturb: tokenised dataset dir")
     parser.add_argument("--split", help="perturb: only utterances of this split")
     parser.add_argument(
@@ -353,10 +443,17 @@ def main(args: argparse.Namespace) -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     vocab = AudioVocab.load(args.model)
     max_positions = AutoConfig.from_pretrained(args.model).max_position_embeddings
-    report = PairReport()
+    report = PairReport(method=args.method, select=args.select if args.method == "model" else "all")
     if args.method == "model":
         if not args.candidates:
             raise SystemExit("--method model needs --candidates (a `speech-lpo generate` output directory)")
+        selection = Selection(args.select, args.max_edit_rate, args.max_rejected)
+        if args.select == "near-miss":
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+            selection.scorer = model_scorer(model, args.batch_size)
         groups = model_groups(
             args.candidates,
             tokenizer,
@@ -365,6 +462,7 @@ def main(args: argparse.Namespace) -> None:
             report,
             max_positions,
             args.keep_cut_candidates,
+            selection,
         )
     else:
         if not args.data:

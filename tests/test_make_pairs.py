@@ -150,6 +150,67 @@ def test_asr_and_text_groups_compare_normalised_text(model_dir, tokenizer, tmp_p
     assert report["edit_distance"]["count"] == 3 and report["edit_distance"]["max"] == 2
 
 
+def test_near_miss_selection_keeps_the_most_likely_small_errors(model_dir, tokenizer, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ref_text = "MISTER QUILTER IS THE APOSTLE OF THE MIDDLE CLASSES"  # 9 words
+    near = [  # one word off each: edit rate 1/9
+        "MISTER QUILTER IS THE APOSTLE OF THE MIDDLE GLASSES",
+        "MISTER QUILTER WAS THE APOSTLE OF THE MIDDLE CLASSES",
+        "MISTER QUILTER IS THE APOSTLE OF THE MIDDLE",
+        "MISTER QUILTER IS A APOSTLE OF THE MIDDLE CLASSES",
+    ]
+    far = "MISTER QUILTER SAW A DOG IN THE PARK"  # 5 of 9 words off
+    row = {"id": "a", "task": "asr", "lang": "en", "text": ref_text, "prompt_ids": [7, 8, 9], "skipped": None}
+    row["reference_ids"] = asr_response_ids(tokenizer, ref_text)
+    texts = [*near, near[0], far, ref_text]
+    row["candidates"] = [cand(asr_response_ids(tokenizer, t)) for t in texts]
+    out = tmp_path / "near.jsonl"
+    candidates = str(write_candidates(tmp_path / "c", [row]))
+    cli(["make-pairs", "--model", str(model_dir), "--candidates", candidates, "--out", str(out)]
+        + ["--select", "near-miss", "--max-edit-rate", "0.2", "--max-rejected", "2"])  # fmt: skip
+    (group,) = load_valid_groups(out)
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+
+    def logp(text: str) -> float:  # a plain forward pass over prompt + response, not the packed one
+        response = asr_response_ids(tokenizer, text)
+        ids = torch.tensor([row["prompt_ids"] + response])
+        with torch.no_grad():
+            logps = model(ids).logits[0, :-1].log_softmax(-1)
+        start = len(row["prompt_ids"]) - 1
+        return float(logps[torch.arange(start, start + len(response)), torch.tensor(response)].sum())
+
+    expected = sorted(near, key=logp, reverse=True)[:2]
+    assert [response_text(tokenizer, r) for r in group.rejected_ids] == expected
+    assert group.meta["logp"] == pytest.approx([logp(t) for t in expected], abs=1e-3)
+    assert group.meta["edit_distance"] == [1, 1] and group.meta["select"] == "near-miss"
+    report = read_report(out)
+    assert report["select"] == "near-miss" and report["pairs"] == 2 and report["prompts"] == 1
+    assert report["dropped_responses"] == {
+        "same as the reference after normalisation": 1,
+        "edit rate above --max-edit-rate": 1,
+        "duplicate of another rejected response": 1,
+        "near miss beyond the --max-rejected most likely": 2,
+    }
+    assert report["edit_rate"]["median"] == pytest.approx(1 / 9)
+
+    cli(
+        [
+            "make-pairs",
+            "--model",
+            str(model_dir),
+            "--candidates",
+            candidates,
+            "--out",
+            str(tmp_path / "all.jsonl"),
+        ]
+    )
+    (everything,) = load_valid_groups(tmp_path / "all.jsonl")  # --select all: every distinct error
+    assert len(everything.rejected_ids) == 5 and read_report(tmp_path / "all.jsonl")["select"] == "all"
+
+
 def test_asr_model_based_groups_from_real_generation(model_dir, data_dir, tokenizer, tmp_path):
     cli(generate_args(model_dir, data_dir, tmp_path / "cand", "asr"))  # a random model, cut at 12 tokens
     argv = ["make-pairs", "--model", str(model_dir), "--candidates", str(tmp_path / "cand"), "--out"]
