@@ -67,8 +67,8 @@ pairs_one() {  # pairs_one SEED
   local root method; root=$(sft_root "$1")
   for method in ${methods}; do
     if [[ ${method} == model ]]; then
-      speech-lpo make-pairs --method model --model "${root}/sft" --candidates "${root}/candidates" \
-        --out "${root}/pairs/model.jsonl"
+      speech-lpo make-pairs --config "${conf_dir}/pairs.yaml" --method model --model "${root}/sft" \
+        --candidates "${root}/candidates" --out "${root}/pairs/model.jsonl"
     else
       speech-lpo make-pairs --config "${conf_dir}/perturb.yaml" --method perturb --model "${root}/sft" \
         --data "${dumpdir}/tokens/pref" --max-prompts "${pref_prompts}" --out "${root}/pairs/perturb.jsonl" \
@@ -80,7 +80,8 @@ pairs_one() {  # pairs_one SEED
 ref_logps_one() {  # ref_logps_one SEED
   local root method; root=$(sft_root "$1")
   for method in ${methods}; do
-    speech-lpo ref-logps --config "${conf_dir}/ref_logps.yaml" --model "${root}/sft" \
+    # launched as train is (accelerate + DeepSpeed with --ngpu > 1): the same precision, so x1 = x2 = 0 at step 0
+    train_cmd ref-logps --config "${conf_dir}/ref_logps.yaml" --model "${root}/sft" \
       --groups "${root}/pairs/${method}.jsonl" --output "${root}/pairs/${method}.ref.jsonl"
   done
 }
