@@ -1,10 +1,12 @@
 """Compute reference log-probs of every response once and store them with the preference groups.
 
 Training then needs no reference model in memory. Batches are packed exactly as in training (or one row
-per pair with --no_shared_prefix), run without gradients in the training precision (``--bf16``,
-``--fp16``, ``--pure_bf16`` as ``train`` takes them: otherwise x1 and x2 are not 0 at step 0 and LPO's
-positive term fires on rounding alone), and appended to ``<output>.partial`` as they finish; a killed run
-continues after the last complete line, and the finished file is renamed into place.
+per pair with --no_shared_prefix), ``--batch_size`` groups per process as train takes it, run without
+gradients in the training precision (``--bf16``, ``--fp16``, ``--pure_bf16`` and ``--deepspeed`` as
+``train`` takes them: under DeepSpeed bf16 the weights are bf16 and nothing autocasts), and appended to
+``<output>.partial`` as they finish; a killed run continues after the last complete line, and the finished
+file is renamed into place. Each group records these settings in ``meta.ref_logps``; ``train`` stops at its
+first step when x1 and x2 are not 0 (speech_lpo.trainer.STEP0_TOLERANCE) and names both stages' settings.
 
 Under ``accelerate launch`` the groups are sharded over the processes: each takes one batch of every
 ``processes x batch_size`` groups, rank 0 gathers the results and appends them in the input order, so the
@@ -26,7 +28,7 @@ from tqdm import tqdm
 
 from speech_lpo.groups import PreferenceGroup, load_groups
 from speech_lpo.packing import collate_groups, response_logps
-from speech_lpo.training_args import add_precision_arguments, autocast_dtype, weights_dtype
+from speech_lpo.training_args import add_precision_arguments, forward_precision, forward_settings
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,15 @@ def with_ref_logps(
     shared_prefix: bool = True,
     pad_id: int = 0,
     autocast: torch.dtype | None = None,
+    processes: int = 1,
 ) -> Iterator[PreferenceGroup]:
     """Yield the groups, in order, with ``ref_*`` fields filled from ``model`` (under ``autocast`` to that
-    dtype when given, as the Trainer's mixed precision runs the policy)."""
+    dtype when given, as the Trainer's mixed precision runs the policy) and these settings in
+    ``meta.ref_logps``."""
     model.eval()
-    device = next(model.parameters()).device
+    weights = next(model.parameters())
+    device = weights.device
+    settings = forward_settings(weights.dtype, autocast, batch_size, shared_prefix, processes)
     precision = torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext()
     for start in range(0, len(groups), batch_size):
         chunk = groups[start : start + batch_size]
@@ -59,6 +65,7 @@ def with_ref_logps(
             g.ref_chosen_logp, g.ref_chosen_len = logps[c], lengths[c]
             g.ref_rejected_logp = [logps[r] for r in rs]
             g.ref_rejected_len = [lengths[r] for r in rs]
+            g.meta["ref_logps"] = settings
             pair += g.k
             yield g
 
@@ -79,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--groups", required=True, help="preference groups JSONL (from make-pairs)")
     parser.add_argument("--model", required=True, help="reference model: the SFT model dir or a hub id")
     parser.add_argument("--output", required=True, help="groups JSONL with reference log-probs")
-    parser.add_argument("--batch_size", type=int, default=8, help="groups per forward pass")
+    parser.add_argument("--batch_size", type=int, default=4, help="groups per process and batch, as train's")
     parser.add_argument(
         "--max_length", type=int, default=None, help="drop groups whose packed length exceeds this"
     )
@@ -88,6 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default=None, help="default: this process's device under accelerate")
     add_precision_arguments(parser)
+    parser.add_argument(
+        "--deepspeed", default=None, help="train's DeepSpeed config: with --bf16, bf16 weights, no autocast"
+    )
 
 
 def main(args: argparse.Namespace) -> None:
@@ -96,7 +106,7 @@ def main(args: argparse.Namespace) -> None:
     from transformers import AutoModelForCausalLM
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    dtype, autocast = weights_dtype(args), autocast_dtype(args)  # bad precision options fail first
+    dtype, autocast = forward_precision(args)  # bad precision options fail first
     # several CPU processes need ACCELERATE_USE_CPU, which the Trainer reads and PartialState alone does not
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     output = Path(args.output)
@@ -129,7 +139,13 @@ def main(args: argparse.Namespace) -> None:
             lines = [
                 g.to_json()
                 for g in with_ref_logps(
-                    model, shard, args.batch_size, not args.no_shared_prefix, pad_id, autocast
+                    model,
+                    shard,
+                    args.batch_size,
+                    not args.no_shared_prefix,
+                    pad_id,
+                    autocast,
+                    state.num_processes,
                 )
             ]
             lines = gather_object(lines)  # rank order is input order: rank r held the r-th batch

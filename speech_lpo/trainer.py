@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate.utils import gather_object
+from accelerate.utils import extract_model_from_parallel, gather_object
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from speech_lpo.groups import PreferenceGroup
 from speech_lpo.losses import DEFAULT_BETA, LOSSES, LPO_VARIANTS, NORMALISE, REFERENCE_FREE, default_r2
 from speech_lpo.packing import collate_groups, response_logps
+from speech_lpo.training_args import describe_settings, forward_settings
 
 
 @dataclass
@@ -168,6 +169,19 @@ class NonFiniteLossError(FloatingPointError):
     """A NaN or infinite loss: training stops instead of silently continuing."""
 
 
+# Largest per-token |x1|, |x2| (nats) that the first step accepts from stored reference log-probs. ref-logps
+# in train's precision and batches gives exactly 0; float32 with other batch compositions differs by under
+# 1e-6; bf16 with other batch compositions by up to 8e-5, and a float32 reference against bf16 training by
+# about 2.5e-4 (a tiny 4-layer Qwen2, 200-token responses): both stop. LPO's gamma*max(0, -x1) has no
+# tolerance of its own: it fires on any x1 < 0, so within this tolerance it can still fire at step 0 on pairs
+# whose x1 is below 0 by rounding (float32, other batches); see docs/memory.md, Exact at step 0.
+STEP0_TOLERANCE = 1e-5
+
+
+class ReferenceMismatchError(ValueError):
+    """Stored reference log-probs that were not computed as train computes the policy's."""
+
+
 class PreferenceTrainer(Trainer):
     def __init__(
         self,
@@ -192,7 +206,9 @@ class PreferenceTrainer(Trainer):
             callbacks=callbacks,
             **kwargs,
         )
-        # Our loss is a mean over pairs, not over labelled tokens: let the Trainer scale it for accumulation.
+        # compute_loss divides the sum over pairs by the pairs of the global batch (_get_num_items_in_batch):
+        # the Trainer must not divide it again by the accumulation steps.
+        self.loss_is_scaled_for_ga = True
         self.model_accepts_loss_kwargs = False
         self.ref_model = ref_model
         if ref_model is not None:
@@ -201,6 +217,7 @@ class PreferenceTrainer(Trainer):
                 self.ref_model = prepare_deepspeed_reference(ref_model, self.accelerator)
             else:
                 self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        self._ref_settings = {g.id: g.meta.get("ref_logps") for g in train_dataset}
         self._metrics: dict[str, dict[str, list[float]]] = {
             "train": defaultdict(list),
             "eval": defaultdict(list),
@@ -229,6 +246,41 @@ class PreferenceTrainer(Trainer):
             logps = response_logps(ref, inputs)
         return logps[inputs["pair_chosen"]], logps[inputs["pair_rejected"]]
 
+    def _forward_settings(self, model, device: torch.device) -> dict:
+        """How this process runs the policy's forward pass, as ref-logps records its own."""
+        autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+        return forward_settings(
+            next(extract_model_from_parallel(model).parameters()).dtype,
+            autocast,
+            self.args.per_device_train_batch_size,
+            self.args.shared_prefix,
+            self.accelerator.num_processes,
+        )
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
+        """Pairs in the global batch: every accumulation step's batches on every rank."""
+        pairs = torch.tensor(sum(len(b["pair_chosen"]) for b in batch_samples), device=device)
+        return self.accelerator.gather(pairs[None]).sum() if self.args.world_size > 1 else pairs
+
+    def _check_step0(self, model, inputs: dict, x1: torch.Tensor, x2: torch.Tensor) -> None:
+        """Stop when stored reference log-probs do not give x1 = x2 = 0 at the first step (STEP0_TOLERANCE);
+        ``x1``, ``x2``: summed log-ratios."""
+        lengths = inputs["resp_len"].to(x1.dtype)
+        per_token = torch.cat([x1 / lengths[inputs["pair_chosen"]], x2 / lengths[inputs["pair_rejected"]]])
+        worst = self.accelerator.gather(per_token.detach().abs().max()[None]).max().item()
+        if worst <= STEP0_TOLERANCE:
+            return
+        ids = inputs["group_ids"]
+        ref = self._ref_settings.get(ids[0])
+        mine = self._forward_settings(model, inputs["input_ids"].device)
+        raise ReferenceMismatchError(
+            f"stored reference log-probs do not match the policy at step 0: per-token |x1|, |x2| up to "
+            f"{worst:.2e} nats (tolerance {STEP0_TOLERANCE:g}; groups {ids[:3]}); LPO's gamma*max(0, -x1) "
+            f"would fire on rounding alone. ref-logps ran with {describe_settings(ref)}; train runs with "
+            f"{describe_settings(mine)}. Run ref-logps with train's precision options (--bf16, --pure_bf16, "
+            "--deepspeed) and --batch_size, under the same launcher."
+        )
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args: PreferenceConfig = self.args
         logps = response_logps(model, inputs)
@@ -240,17 +292,24 @@ class PreferenceTrainer(Trainer):
             (None, None) if args.loss_type in REFERENCE_FREE else self._reference_logps(model, inputs)
         )
         x1, x2 = (chosen, rejected) if ref_c is None else (chosen - ref_c, rejected - ref_r)
+        stored = ref_c is not None and "ref_chosen_logp" in inputs
+        if stored and model.training and self.state.global_step == 0:
+            self._check_step0(model, inputs, x1, x2)
         if args.length_normalise:
             x1, x2 = x1 / len_c, x2 / len_r
 
         losses, extras = LOSSES[args.loss_type](x1, x2, **args.loss_kwargs())
-        loss = losses.mean()
+        if num_items_in_batch is None:  # evaluation: the mean over this batch's pairs
+            loss = losses.mean()
+        else:
+            # The sum over pairs / the pairs of the global batch, so that a pair weighs the same in a group
+            # of 2 as in a group of 4; times the processes, whose gradients DDP and DeepSpeed average.
+            loss = losses.sum() / num_items_in_batch * self.accelerator.num_processes
 
         # Per-pair sums of every metric, added up across ranks in one collective per step.
         sums: dict[str, torch.Tensor] = {}
         if x1.requires_grad:
-            g1, g2 = torch.autograd.grad(loss, (x1, x2), retain_graph=True)
-            g1, g2 = g1 * len(losses), g2 * len(losses)  # per-pair derivatives, not of the mean
+            g1, g2 = torch.autograd.grad(losses.sum(), (x1, x2), retain_graph=True)  # per-pair derivatives
             sums["grad/x1"], sums["grad/x2"] = g1.sum(), g2.sum()
             sums["|grad/x1|"], sums["|grad/x2|"] = g1.abs().sum(), g2.abs().sum()
         with torch.no_grad():

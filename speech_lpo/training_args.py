@@ -81,6 +81,35 @@ def autocast_dtype(args: argparse.Namespace) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision(args))
 
 
+def forward_precision(args: argparse.Namespace) -> tuple[torch.dtype, torch.dtype | None]:
+    """(weights dtype, autocast dtype) of the training forward pass under these options. Under DeepSpeed
+    with bf16 or fp16 (the recipes' --ngpu runs) the engine casts the model to that dtype and accelerate
+    applies no autocast; otherwise float32 (or --pure_bf16) weights under the Trainer's autocast."""
+    chosen = precision(args)
+    if getattr(args, "deepspeed", None) and chosen in ("bf16", "fp16"):
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}[chosen], None
+    return weights_dtype(args), autocast_dtype(args)
+
+
+def forward_settings(
+    weights: torch.dtype, autocast: torch.dtype | None, batch_size: int, shared_prefix: bool, processes: int
+) -> dict:
+    """What decides a forward pass's rounding, as ref-logps records it and train compares it at step 0."""
+    return {
+        "weights": str(weights).removeprefix("torch."),
+        "autocast": str(autocast).removeprefix("torch.") if autocast else "off",
+        "groups_per_batch": batch_size,
+        "layout": "packed" if shared_prefix else "one row per pair",
+        "processes": processes,
+    }
+
+
+def describe_settings(settings: dict | None) -> str:
+    if not settings:
+        return "settings not recorded (groups from an older ref-logps)"
+    return ", ".join(f"{key} {value}" for key, value in settings.items())
+
+
 def rounded_away_share(model: torch.nn.Module, learning_rate: float) -> float:
     """Share of the trainable bf16 weights for which an update of ``learning_rate`` is under half a bf16
     step, so that adding it rounds back to the same weight (Adam's updates are about lr in size)."""

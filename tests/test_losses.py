@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from speech_lpo.groups import PreferenceGroup
 from speech_lpo.losses import (
@@ -19,6 +20,7 @@ from speech_lpo.losses import (
     simpo_loss,
 )
 from speech_lpo.modeling import tiny_qwen2
+from speech_lpo.packing import collate_groups, response_logps
 from speech_lpo.trainer import PreferenceConfig, PreferenceTrainer
 
 BETA, GAMMA, R1 = 0.2, 10.0, 1.0
@@ -146,3 +148,62 @@ def test_trainer_takes_r2_from_the_groups_task_unless_given(task, r2, expected, 
     trainer = PreferenceTrainer(model=tiny_qwen2(16, hidden_size=16), args=args, train_dataset=groups)
     assert trainer.args.r2 == expected
     assert trainer.args.loss_kwargs()["r2"] == expected
+
+
+class GradsAtStep(TrainerCallback):
+    """Keeps the parameters' gradients as the optimiser is about to use them."""
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_a_pair_weighs_the_same_in_groups_of_different_k(tmp_path):
+    vocab = 64
+    rng = torch.Generator().manual_seed(0)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(1, vocab, (n,), generator=rng).tolist()
+
+    # k = 1 and k = 3, one group per micro-batch, both in one optimiser step (2 accumulation steps)
+    groups = [PreferenceGroup("g0", "tts", ids(5), ids(7), [ids(6)])]
+    groups.append(PreferenceGroup("g1", "tts", ids(4), ids(6), [ids(5), ids(8), ids(3)]))
+    model = tiny_qwen2(vocab, hidden_size=32)
+    # a live reference that is another model, so that x1 and x2 differ from pair to pair
+    reference = tiny_qwen2(vocab, hidden_size=32, seed=1)
+    data = groups
+
+    grads = GradsAtStep()
+    args = PreferenceConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to=[],
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=2,
+        max_steps=1,
+        max_grad_norm=0.0,
+        learning_rate=0.0,
+        save_strategy="no",
+    )
+    PreferenceTrainer(
+        model=model, args=args, train_dataset=data, ref_model=reference, callbacks=[grads]
+    ).train()
+
+    def by_hand(weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Gradients of the weighted sum of the four pairs' LPO losses, computed in one batch."""
+        policy = tiny_qwen2(vocab, hidden_size=32)
+        batch = collate_groups(data)
+        logps = response_logps(policy, batch)
+        with torch.no_grad():
+            ref = response_logps(reference, batch)
+        lengths = batch["resp_len"].float()
+        x = (logps - ref) / lengths
+        losses, _ = lpo_loss(x[batch["pair_chosen"]], x[batch["pair_rejected"]], r2=0.4)
+        (losses * weights).sum().backward()
+        return {n: p.grad for n, p in policy.named_parameters()}
+
+    per_pair = by_hand(torch.full((4,), 1 / 4))  # the mean over the 4 pairs of the step
+    per_group = by_hand(torch.tensor([1 / 2, 1 / 6, 1 / 6, 1 / 6]))  # each group's mean, then their mean
+    for name, grad in grads.grads.items():
+        torch.testing.assert_close(grad, per_pair[name], rtol=1e-4, atol=1e-7)
+    head = "model.embed_tokens.weight"  # tied with the LM head
+    assert not torch.allclose(grads.grads[head], per_group[head], rtol=1e-3)

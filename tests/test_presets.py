@@ -30,7 +30,6 @@ REQUIRED = {
     "sft": ["--data", "d", "--model", "m", "--output_dir", "out"],
     "ref-logps": ["--groups", "g.jsonl", "--model", "m", "--output", "o.jsonl"],
 }
-CONF_DIRS = [d for recipe in ("aishell", "librispeech", "tts") for d in ("conf", "conf/ci", "conf/paper")]
 
 
 def stage_options(stage: str, config: Path) -> argparse.Namespace | None:
@@ -56,6 +55,21 @@ def test_every_stage_config_parses(recipe, conf_dir):
         options = stage_options(STAGE_OF[config.stem], config)
         if options is not None and STAGE_OF[config.stem] in ("train", "sft"):
             trainer_kwargs(options, has_eval=False)  # the Trainer's arguments build from it
+
+
+@pytest.mark.parametrize("recipe", ["aishell", "librispeech", "tts"])
+@pytest.mark.parametrize("conf_dir", ["conf", "conf/ci", "conf/paper"])
+def test_ref_logps_computes_in_the_training_precision_and_batches(recipe, conf_dir):
+    # train stops at step 0 otherwise (speech_lpo.trainer.STEP0_TOLERANCE)
+    from speech_lpo.training_args import forward_precision
+
+    directory = RECIPES / recipe / conf_dir
+    ref = stage_options("ref-logps", directory / "ref_logps.yaml")
+    for name in ("lpo", "dpo"):
+        train = stage_options("train", directory / f"{name}.yaml")
+        assert forward_precision(ref) == forward_precision(train), name
+        assert ref.batch_size == train.batch_size, name
+        assert ref.no_shared_prefix == train.no_shared_prefix, name
 
 
 def paper(recipe: str, name: str) -> argparse.Namespace:
@@ -86,7 +100,6 @@ def test_paper_preset_is_table_9(recipe, pairs):
     lpo = build_config(paper(recipe, "lpo"))
     assert (lpo.gamma, lpo.r1, lpo.lpo_variant) == (10.0, 1.0, "ste")
     assert lpo.r2 == (0.4 if recipe == "tts" else None)  # ASR: from the recipe's --r2_grid
-    assert paper(recipe, "ref_logps").bf16  # references in the training precision
     sft = paper(recipe, "sft")
     assert sft.bf16 and sft.learning_rate == 2e-5 and sft.adam_beta2 == 0.95
 

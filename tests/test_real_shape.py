@@ -166,7 +166,11 @@ def test_real_shape_rehearsal(case, melvq_codec_dir, tmp_path):
     assert pairs.read_text().strip(), "no preference groups from the candidates"
     ref = exp / "pairs" / "model.ref.jsonl"
     sft = str(exp / "sft")
-    stage(log, tmp_path, "ref-logps", "--groups", str(pairs), "--model", sft, "--output", str(ref))
+    # in train's precision and batches (one group each), so that train's step-0 check finds x1 = x2 = 0
+    ref_options = ["--batch_size", "1", *bf16]
+    stage(
+        log, tmp_path, "ref-logps", "--groups", str(pairs), "--model", sft, "--output", str(ref), *ref_options
+    )
     for line in ref.read_text().splitlines():
         group = json.loads(line)
         assert all(math.isfinite(v) for v in [group["ref_chosen_logp"], *group["ref_rejected_logp"]])

@@ -70,7 +70,8 @@ pairs_one() {  # pairs_one SEED
 
 ref_logps_one() {  # ref_logps_one SEED
   local root; root=$(sft_root "$1")
-  speech-lpo ref-logps --config "${conf_dir}/ref_logps.yaml" --model "${root}/sft" \
+  # launched as train is (accelerate + DeepSpeed with --ngpu > 1): the same precision, so x1 = x2 = 0 at step 0
+  train_cmd ref-logps --config "${conf_dir}/ref_logps.yaml" --model "${root}/sft" \
     --groups "${root}/pairs/model.jsonl" --output "${root}/pairs/model.ref.jsonl"
 }
 
