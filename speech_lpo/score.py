@@ -5,8 +5,9 @@ declared normaliser for both. Writes ``errs-<system>.txt`` (icefall's ``errs-*.t
 per-utterance alignments, the most frequent substitutions, deletions and insertions, per-unit
 statistics) and ``summary-<system>.json``. The headline figure is Kaldi's pooled error rate
 (all errors / all reference units); the mean of per-utterance error rates is reported beside it,
-labelled as such. The 95% interval is a percentile bootstrap within [0, 100] and the test against a
-baseline a paired permutation test with Bisani & Ney's probability of improvement (``speech_lpo.stats``).
+labelled as such. The 95% interval is a percentile bootstrap (by speaker where the data dir's ``utt2spk``,
+beside the reference ``text``, names 20 or more) and the test against a baseline a paired permutation test
+with Bisani & Ney's probability of improvement (``speech_lpo.stats``).
 
 Bad input is named, never dropped: a hypothesis missing for a reference counts as all deletions, an
 extra hypothesis id is listed, a duplicate id keeps its first line, a non-UTF-8 hypothesis line counts as
@@ -33,7 +34,6 @@ from speech_lpo.normalize import NORMALIZERS, Normalizer, get_normalizer
 
 EPS = "\x00"  # alignment gap; cannot occur in normalised text
 SCORING_CONFIG = Path(__file__).resolve().parents[1] / "eval" / "scoring.yaml"
-WER_BOUNDS = (0.0, 100.0)  # intervals of min(WER, 100): insertions can lift a pooled WER past 100
 
 
 def write_atomic(path: str | Path, text: str) -> None:
@@ -190,23 +190,30 @@ def bootstrap(
 ) -> dict:
     """Percentile bootstrap 95% interval of the pooled rate (by speaker where ``speakers`` maps ids to
     speakers); with a baseline, also the paired test and the probability of improvement over it."""
-    groups = [speakers[u.id] for u in system.utts] if speakers else None
+    groups = [speakers.get(u.id, u.id) for u in system.utts] if speakers else None
     lengths = [len(u.ref) for u in system.utts]
     errors = [u.errors for u in system.utts]
-    ci = stats.interval(errors, lengths, scale=100, bounds=WER_BOUNDS, groups=groups)
+    ci = stats.interval(errors, lengths, scale=100, groups=groups)
     if baseline is None:
         return ci
     if [u.id for u in baseline.utts] != [u.id for u in system.utts]:
         raise ValueError("system and baseline were scored on different references")
     base_errors = [u.errors for u in baseline.utts]
     return {
-        "baseline_ci95": stats.interval(base_errors, lengths, scale=100, bounds=WER_BOUNDS, groups=groups),
+        "baseline_ci95": stats.interval(base_errors, lengths, scale=100, groups=groups),
         "ci95": ci,
         **stats.paired(base_errors, errors, lengths, scale=100, groups=groups),
     }
 
 
-def summary(system: SystemScore, tags: dict[str, str], baseline: SystemScore | None = None) -> dict:
+def summary(
+    system: SystemScore,
+    tags: dict[str, str],
+    baseline: SystemScore | None = None,
+    speakers: dict[str, str] | None = None,
+) -> dict:
+    """The JSON summary of one scored system; ``speakers`` (utterance id to speaker, from the data dir's
+    ``utt2spk``) is recorded per utterance and, by ``stats.clusters``' rule, resampled by."""
     kinds = Counter(p.kind for p in system.problems)
     out = {
         "kind": "asr",
@@ -226,13 +233,15 @@ def summary(system: SystemScore, tags: dict[str, str], baseline: SystemScore | N
         "mean_utterance_error_rate": system.mean_utterance_error_rate,
         "problem_counts": dict(sorted(kinds.items())),
         "problems": [vars(p) for p in system.problems],
-        # per utterance [id, errors, reference units]: comparisons across seeds resample utterances
-        "utterance_errors": [[u.id, u.errors, len(u.ref)] for u in system.utts],
+        # per utterance [id, errors, reference units(, speaker)]: comparisons across seeds resample these
+        "utterance_errors": [
+            [u.id, u.errors, len(u.ref)] + ([speakers.get(u.id, "")] if speakers else []) for u in system.utts
+        ],
     }
     if baseline is None:
-        out["ci95"] = bootstrap(system)
+        out["ci95"] = bootstrap(system, speakers=speakers)
     else:
-        paired = bootstrap(system, baseline)
+        paired = bootstrap(system, baseline, speakers)
         out["ci95"] = paired.pop("ci95")
         out["baseline"] = {
             "system": baseline.name,
@@ -360,6 +369,20 @@ def system_name(hyp_path: str) -> str:
     return re.sub(r"[^\w.-]+", "_", p.parent.name if p.name == "text" else p.stem)
 
 
+def read_utt2spk(ref_path: str | Path) -> dict[str, str] | None:
+    """The Kaldi ``utt2spk`` beside a reference ``text`` (a data dir), or None where there is none."""
+    path = Path(ref_path).with_name("utt2spk")
+    if not path.is_file():
+        return None
+    out = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        fields = line.split()
+        if len(fields) != 2:
+            raise ValueError(f"{path}:{lineno}: want 'utterance speaker', got {line!r}")
+        out[fields[0]] = fields[1]
+    return out
+
+
 def score_asr(
     ref_path: str | Path,
     hyp_path: str | Path,
@@ -378,7 +401,7 @@ def score_asr(
         baseline = score_system(
             ref, read_kaldi_text(baseline_path), normalizer, system_name(str(baseline_path))
         )
-    summ = summary(system, tags or {}, baseline)
+    summ = summary(system, tags or {}, baseline, read_utt2spk(ref_path))
     out_dir = Path(out_dir)
     write_atomic(out_dir / f"errs-{name}.txt", errs_report(system, summ))
     write_atomic(out_dir / f"summary-{name}.json", json.dumps(summ, indent=2, ensure_ascii=False) + "\n")

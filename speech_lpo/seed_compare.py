@@ -1,11 +1,28 @@
-"""Comparisons of ASR systems trained with several seeds, scored on the same test utterances.
+"""Comparisons of systems trained with several seeds, scored on one shared test set.
 
 A system is ``{seed: per-utterance (errors, reference units)}``; its error rate in a seed is pooled
-(Kaldi's). Two systems are compared on the mean over seeds of their per-seed difference in error rate,
-with a two-level paired bootstrap: seeds are resampled with replacement, then the test utterances within
-each drawn seed (the same draw for both systems), so the interval covers both the spread between
-training runs and the finite test set. A single seed reduces it to the usual paired bootstrap over
-utterances. The verdict is resolved only when the 95% interval excludes zero.
+(Kaldi's). Two systems are compared on the mean over seeds of their per-seed difference in error rate.
+
+The interval is a crossed bootstrap. Every seed is scored on the same test utterances, so the test set's
+sampling error is shared by all seeds and by the baseline: each replication draws the test units once
+(speakers where the set has ``stats.MIN_CLUSTERS`` or more, else utterances) and scores every seed of both
+systems on that one draw. Drawing a fresh sample per seed, as a two-level bootstrap does, averages that
+shared error down as if the test set had been measured once per seed (in the simulation of
+``tests/test_seed_compare.py`` its 95% interval covered a true zero in 78% of experiments).
+
+The spread between training runs is the second source. Part of it is already in that draw: each seed's own
+utterance-level changes are resampled with the utterances. What is left is a random effect per seed (a
+seed that is better or worse everywhere), with variance tau^2 = (the sample variance of the per-seed
+differences) - (the part of it that the utterance draw explains), floored at 0. Resampling three seeds
+would give ten distinct draws and shrink that variance by (S-1)/S; instead each replication adds
+``t * tau / sqrt(S)`` with ``t`` a Student-t draw on S-1 degrees of freedom, the random-effects interval of
+a mean of S runs, whose heavy tails widen the interval as much as few seeds warrant. With one seed that
+term is absent, and the interval covers the test set only (a run-to-run spread it cannot see: say so where
+it is printed).
+
+Beside the interval: the minimum detectable effect at 80% power (the true difference that the 95% interval
+would exclude zero for in 80% of experiments like this one), and the non-inferiority verdict ("keeps")
+against a declared margin. Coverage and power are checked by simulation in the tests.
 """
 
 from __future__ import annotations
@@ -16,27 +33,35 @@ from dataclasses import dataclass
 
 import numpy as np
 
-REPLICATIONS = 2000
+from speech_lpo import stats
+
+REPLICATIONS = 4000
+POWER = 0.8
+NONINFERIORITY_MARGIN = 0.05  # "keeps": the interval's upper end below 5% of the baseline's error rate
 
 
 @dataclass(frozen=True)
 class Counts:
-    """Per-utterance errors and reference units of one system in one seed, in a fixed utterance order."""
+    """Per-utterance errors and reference units of one system in one seed, in a fixed utterance order;
+    ``speakers`` (the utterances' speakers) where the data dir's ``utt2spk`` was known."""
 
     ids: tuple[str, ...]
     errors: np.ndarray
     units: np.ndarray
+    speakers: tuple[str, ...] | None = None
 
     @classmethod
     def from_summary(cls, summary: Mapping) -> Counts:
-        """From a ``score asr`` summary (its ``utterance_errors``)."""
+        """From a ``score asr`` summary (its ``utterance_errors``: id, errors, units[, speaker])."""
         if "utterance_errors" not in summary:
             raise ValueError(f"{summary.get('path', summary.get('system'))}: no per-utterance counts")
         rows = sorted(summary["utterance_errors"])
+        speakers = tuple(r[3] for r in rows) if rows and all(len(r) > 3 and r[3] for r in rows) else None
         return cls(
             tuple(r[0] for r in rows),
             np.array([r[1] for r in rows], float),
             np.array([r[2] for r in rows], float),
+            speakers,
         )
 
     @property
@@ -62,11 +87,16 @@ def spread(rates: list[float]) -> Spread:
 @dataclass(frozen=True)
 class Comparison:
     delta: float  # mean over seeds of (system - baseline) error rate, points
-    low: float  # 95% interval of delta (two-level bootstrap)
+    low: float  # 95% interval of delta (crossed bootstrap)
     high: float
     p_better: float  # share of bootstrap replications where the system has the lower error rate
     per_seed: dict[int, float]  # the difference in each seed
     better_in: int  # seeds where the system's error rate is lower
+    baseline_rate: float  # the baseline's error rate, mean over seeds
+    mde: float  # minimum detectable effect at 80% power, points
+    margin: float  # non-inferiority margin, points
+    resampled: str  # "utterance" or "speaker"
+    units: int  # test units resampled
 
     @property
     def verdict(self) -> str:
@@ -77,12 +107,59 @@ class Comparison:
             return "worse"
         return "not resolved"
 
+    @property
+    def keeps(self) -> bool:
+        """Non-inferior: the interval's upper end is below the margin (a worse rate is a larger one)."""
+        return self.high < self.margin
+
+    @property
+    def mde_pct(self) -> float:
+        """The minimum detectable effect as a percentage of the baseline's error rate."""
+        return 100.0 * self.mde / self.baseline_rate if self.baseline_rate else math.nan
+
+    @property
+    def p_two_sided(self) -> float:
+        return min(1.0, 2 * min(self.p_better, 1 - self.p_better))
+
     def describe(self) -> str:
         seeds = len(self.per_seed)
         return (
-            f"{self.delta:+.2f} points (95% CI {self.low:+.2f} to {self.high:+.2f}, P(better) "
-            f"{self.p_better:.3f}; lower in {self.better_in} of {seeds} seed{'s' if seeds > 1 else ''})"
+            f"{self.delta:+.2f} points (95% CI {self.low:+.2f} to {self.high:+.2f}, MDE {self.mde:.2f} = "
+            f"{self.mde_pct:.1f}% of the baseline; lower in {self.better_in} of {seeds} "
+            f"seed{'s' if seeds > 1 else ''})"
         )
+
+    def describe_keeps(self) -> str:
+        """The non-inferiority reading, its margin beside it."""
+        word = "keeps" if self.keeps else "not shown to keep"
+        return (
+            f"{word} the baseline (upper end {self.high:+.2f} against the margin +{self.margin:.2f} points)"
+        )
+
+
+def _per_unit(counts: list[Counts]) -> tuple[np.ndarray, np.ndarray, str]:
+    """Errors (units x seeds) and reference units per resampled unit: per speaker by the rule of
+    ``stats.clusters``, else per utterance."""
+    errors = np.stack([c.errors for c in counts], axis=1)
+    units = counts[0].units
+    groups = stats.clusters(counts[0].speakers)
+    if groups is None:
+        return errors, units, "utterance"
+    _, index = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    n = index.max() + 1
+    sum_errors = np.zeros((n, errors.shape[1]))
+    np.add.at(sum_errors, index, errors)
+    return sum_errors, np.bincount(index, weights=units, minlength=n), "speaker"
+
+
+def _between_seeds(d: np.ndarray, per_seed: dict[int, float]) -> float:
+    """The variance between seeds that the utterance draw does not already hold: the sample variance of
+    the per-seed differences, less the part that is the seeds' own utterance-level noise (its size is the
+    bootstrap variance of each seed's deviation from the seed mean, times S/(S-1))."""
+    k = d.shape[1]
+    observed = float(np.var(list(per_seed.values()), ddof=1))
+    noise = float(np.nanvar(d - d.mean(axis=1, keepdims=True), axis=0).mean()) * k / (k - 1)
+    return max(0.0, observed - noise)
 
 
 def compare(
@@ -90,9 +167,11 @@ def compare(
     baseline: Mapping[int, Counts],
     replications: int = REPLICATIONS,
     rng_seed: int = 0,
+    margin_share: float = NONINFERIORITY_MARGIN,
 ) -> Comparison:
     """``system`` against ``baseline`` over the seeds of ``system``; a baseline with one seed (an SFT
-    model shared by every seed) is paired with each of them."""
+    model shared by every seed) is paired with each of them. Every seed must be scored on the same test
+    utterances (one test set, drawn once per replication)."""
     seeds = sorted(system)
     if not seeds:
         raise ValueError("no seeds to compare")
@@ -104,31 +183,42 @@ def compare(
             return next(iter(baseline.values()))
         raise ValueError(f"seed {seed}: no baseline of that seed among {sorted(baseline)}")
 
-    pairs = []
-    for seed in seeds:
-        s, b = system[seed], base(seed)
-        if s.ids != b.ids:
+    sys_counts, base_counts = [system[s] for s in seeds], [base(s) for s in seeds]
+    for seed, s, b in zip(seeds, sys_counts, base_counts, strict=True):
+        if s.ids != b.ids or s.ids != sys_counts[0].ids:
             raise ValueError(f"seed {seed}: system and baseline were scored on different utterances")
-        pairs.append((s, b))
-    per_seed = {seed: float(s.error_rate - b.error_rate) for seed, (s, b) in zip(seeds, pairs, strict=True)}
+    per_seed = {
+        seed: float(s.error_rate - b.error_rate)
+        for seed, s, b in zip(seeds, sys_counts, base_counts, strict=True)
+    }
+    sys_err, units, resampled = _per_unit(sys_counts)
+    base_err, _, _ = _per_unit(base_counts)
+    diff = sys_err - base_err  # units x seeds
+    n, k = diff.shape
     rng = np.random.default_rng(rng_seed)
-    deltas = np.zeros(replications)
-    drawn_seeds = rng.integers(0, len(pairs), size=(replications, len(pairs)))
-    for k, (s, b) in enumerate(pairs):
-        n = len(s.ids)
-        uses = (drawn_seeds == k).sum(axis=1)  # how often seed k is drawn in each replication
-        for r in np.flatnonzero(uses):
-            for _ in range(uses[r]):
-                idx = rng.integers(0, n, size=n)
-                units = s.units[idx].sum()
-                deltas[r] += 100.0 * (s.errors[idx].sum() - b.errors[idx].sum()) / units
-    deltas /= len(pairs)
-    low, high = np.percentile(deltas, [2.5, 97.5])
+    per_draw = []
+    for start in range(0, replications, stats.CHUNK):
+        draws = rng.multinomial(n, np.full(n, 1.0 / n), size=min(stats.CHUNK, replications - start))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_draw.append(100.0 * (draws @ diff) / (draws @ units)[:, None])  # one draw for every seed
+    d = np.concatenate(per_draw)  # replications x seeds
+    deltas = d.mean(axis=1)
+    if k > 1:
+        deltas += rng.standard_t(k - 1, size=len(d)) * math.sqrt(_between_seeds(d, per_seed) / k)
+    low, high = np.nanpercentile(deltas, [2.5, 97.5])
+    median, upper = np.nanpercentile(deltas, [50, 100 * POWER])
+    baseline_rate = float(np.mean([b.error_rate for b in base_counts]))
     return Comparison(
         delta=float(np.mean(list(per_seed.values()))),
         low=float(low),
         high=float(high),
-        p_better=float((deltas < 0).mean()),
+        p_better=float(np.mean(deltas < 0)),
         per_seed=per_seed,
         better_in=int(sum(d < 0 for d in per_seed.values())),
+        baseline_rate=baseline_rate,
+        # the true difference at which the estimate lands beyond the interval's half-width 80% of the time
+        mde=float((high - low) / 2 + (upper - median)),
+        margin=margin_share * baseline_rate,
+        resampled=resampled,
+        units=n,
     )

@@ -3,16 +3,16 @@
 Every figure here is a ratio of sums over units, ``scale * sum(num) / sum(den)``: a pooled error rate
 (``num`` errors, ``den`` reference words) or a mean (``den`` 1 per utterance: SIM, DNSMOS, a per-utterance
 WER, a 0/1 flag such as "truncated"). The units resampled are utterances, or speakers where the
-utterance-to-speaker map is known: utterances of one voice are not independent, so a speaker is resampled
-with all its utterances (a cluster bootstrap: sums per speaker, then the same ratio).
+utterance-to-speaker map is known and the test set has ``MIN_CLUSTERS`` speakers or more: utterances of one
+voice are not independent, so a speaker is resampled with all its utterances (a cluster bootstrap: sums
+per speaker, then the same ratio). With fewer speakers a cluster bootstrap has too few distinct resamples
+(3 speakers: 10) to be an interval at all, so utterances are resampled and the output says so.
 
 - ``interval``: the percentile bootstrap interval. It is made of values the statistic takes on resampled
   data, so it stays inside the statistic's range (the old mean +- 1.96 sd one did not: 81-112% for a
-  pooled WER of 96.7%). A metric may also declare ``bounds``; the interval is clipped to them. Clipping a
-  percentile interval at 100 is exactly the percentile interval of ``min(metric, 100)``, because
-  percentiles commute with monotone maps: for WER, whose pooled value can exceed 100 through insertions,
-  the interval is that of the WER saturated at 100 (an output with more errors than reference words is as
-  unintelligible as one can be). The point estimate itself is never clipped.
+  pooled WER of 96.7%), and it is the interval of the statistic reported: a pooled WER above 100
+  (insertions) has an interval around it, above 100. A metric may declare ``bounds``; the interval is
+  clipped to them (percentiles commute with monotone maps: the interval of the clipped metric).
 - ``paired``: two systems on the same units. The p-value is a two-sided sign-flip permutation test
   (approximate randomisation: under "no difference" the two systems' outputs of a unit are exchangeable,
   so swapping them, per speaker where known, draws from the null). Beside it: the paired bootstrap
@@ -30,23 +30,34 @@ import numpy as np
 
 REPLICATIONS = 10_000
 LEVEL = 0.95
-_CHUNK = 500  # replicates per matrix product: memory stays at _CHUNK x units floats
+CHUNK = 500  # replicates per matrix product: memory stays at CHUNK x units floats
+MIN_CLUSTERS = 20  # speakers needed to resample by speaker
+
+
+def clusters(speakers: Sequence[str] | None) -> Sequence[str] | None:
+    """The resampling groups by rule: the speakers where there are ``MIN_CLUSTERS`` or more, else None
+    (utterances)."""
+    if speakers is None or len(set(speakers)) < MIN_CLUSTERS:
+        return None
+    return speakers
 
 
 def _units(
     num: Sequence[float], den: Sequence[float] | None, groups: Sequence[str] | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-unit sums: one unit per utterance, or one per group (speaker) with its utterances summed."""
+    """Per-unit sums: one unit per utterance, or one per group (speaker) with its utterances summed, where
+    ``clusters`` accepts the groups."""
     num = np.asarray(num, dtype=np.float64)
     den = np.ones(len(num)) if den is None else np.asarray(den, dtype=np.float64)
     if num.ndim == 1:
         num = num[:, None]
     if len(den) != len(num):
         raise ValueError(f"{len(num)} values but {len(den)} denominators")
+    if groups is not None and len(groups) != len(num):
+        raise ValueError(f"{len(num)} values but {len(groups)} group labels")
+    groups = clusters(groups)
     if groups is None:
         return num, den
-    if len(groups) != len(num):
-        raise ValueError(f"{len(num)} values but {len(groups)} group labels")
     names, index = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
     sum_num = np.zeros((len(names), num.shape[1]))
     np.add.at(sum_num, index, num)
@@ -58,7 +69,7 @@ def _resampled_counts(n: int, replications: int, seed: int) -> Iterator[np.ndarr
     rng = np.random.default_rng(seed)
     done = 0
     while done < replications:
-        k = min(_CHUNK, replications - done)
+        k = min(CHUNK, replications - done)
         yield rng.multinomial(n, np.full(n, 1.0 / n), size=k).astype(np.float64)
         done += k
 
@@ -69,8 +80,9 @@ def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def _resampling(groups: Sequence[str] | None) -> str:
-    return "utterance" if groups is None else "speaker"
+def resampling(groups: Sequence[str] | None) -> str:
+    """What the bootstrap resamples for these groups: "speaker" or "utterance" (``clusters``' rule)."""
+    return "utterance" if clusters(groups) is None else "speaker"
 
 
 def ratio(num: Sequence[float], den: Sequence[float] | None = None, scale: float = 1.0) -> float:
@@ -104,7 +116,7 @@ def interval(
     if bounds is not None:
         low, high = (float(np.clip(x, *bounds)) for x in (low, high))
     out = {"low": low, "high": high, "level": level, "method": "percentile bootstrap"}
-    out |= {"replications": replications, "resampled": _resampling(groups), "units": n}
+    out |= {"replications": replications, "resampled": resampling(groups), "units": n}
     return out | ({"bounds": list(bounds)} if bounds is not None else {})
 
 
@@ -140,8 +152,8 @@ def paired(
         better += int(np.sum(d < 0 if lower_is_better else d > 0))
     rng = np.random.default_rng(seed + 1)
     extreme = 0
-    for start in range(0, replications, _CHUNK):
-        signs = rng.choice([-1.0, 1.0], size=(min(_CHUNK, replications - start), len(diff)))
+    for start in range(0, replications, CHUNK):
+        signs = rng.choice([-1.0, 1.0], size=(min(CHUNK, replications - start), len(diff)))
         # a tiny tolerance: a flip that reproduces the observed sum in floating point counts as as extreme
         extreme += int(np.sum(np.abs(signs @ diff) >= abs(diff.sum()) * (1 - 1e-12)))
     low, high = _percentiles(np.concatenate(boot), level)
@@ -152,7 +164,7 @@ def paired(
         "test": "two-sided sign-flip permutation (paired)",
         "p_improvement": better / replications,
         "replications": replications,
-        "resampled": _resampling(groups),
+        "resampled": resampling(groups),
         "units": len(diff),
     }
 

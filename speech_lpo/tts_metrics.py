@@ -39,7 +39,6 @@ import numpy as np
 from speech_lpo import stats
 from speech_lpo.normalize import NORMALIZERS, Normalizer, get_normalizer
 from speech_lpo.score import (
-    WER_BOUNDS,
     KaldiText,
     Problem,
     SystemScore,
@@ -565,7 +564,7 @@ def tts_metrics(
     system = intelligibility(
         refs, wavs, asr, normalizer, name, out_dir / f"asr-{name}.jsonl", no_audio, asr_name
     )
-    asr_summary = summary(system, {"asr": asr_name})
+    asr_summary = summary(system, {"asr": asr_name}, speakers={u.id: u.speaker for u in utts if u.speaker})
     write_atomic(out_dir / f"errs-{name}.txt", errs_report(system, asr_summary))
     unreadable = {p.id for p in system.problems if p.kind == "undecodable_audio"}
 
@@ -607,13 +606,13 @@ def tts_metrics(
         "metric": normalizer.metric,
         "speaker_encoder": speaker_encoder if encoder is not None else None,
         "utterances": len(utts),
-        "resampled": "speaker" if groups else "utterance",
+        "resampled": stats.resampling(groups),
         "wer": {
             "value": system.error_rate,
             "n": len(utts),
-            "ci95": stats.interval(errors, lengths, scale=100, bounds=WER_BOUNDS, groups=groups),
+            "ci95": stats.interval(errors, lengths, scale=100, groups=groups),
         },
-        "wer_utt_mean": _measured([r["wer"] for r in per_utt], WER_BOUNDS, groups),
+        "wer_utt_mean": _measured([r["wer"] for r in per_utt], None, groups),
         "wer_over_50_pct": _measured(
             [None if r["wer"] is None else 100.0 * (r["wer"] > 50) for r in per_utt], (0, 100), groups
         ),

@@ -170,7 +170,7 @@ def test_tts_table_rows_and_paired_tests():
     }
     same = tests[("| lpo", "WER")]
     assert same[2].startswith("+0.000") and same[3] == "1.0000" and same[4] == "1.0000"
-    assert same[6] == "4 speakers |"
+    assert same[6] == "40 utterances |"  # 4 speakers: fewer than 20, so utterances are resampled
     worse = tests[("| dpo", "WER")]
     # resampled by speaker: with 4 speakers all worse, the sign-flip test has 2^4 patterns, of which 2 are
     # as extreme as the observed one, so p = 2/16 however large the difference

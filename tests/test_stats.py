@@ -6,7 +6,7 @@ import kaldialign
 import numpy as np
 import pytest
 
-from speech_lpo.stats import holm, interval, paired, ratio
+from speech_lpo.stats import clusters, holm, interval, paired, ratio
 
 
 def test_percentile_interval_of_a_mean_matches_the_normal_theory_one():
@@ -46,7 +46,7 @@ def dpo_like(seed: int = 0) -> tuple[list[list[str]], list[list[str]]]:
     return refs, hyps
 
 
-def test_wer_interval_stays_in_0_100_where_mean_plus_minus_sigma_left_it():
+def test_wer_interval_is_the_interval_of_the_reported_wer():
     refs, hyps = dpo_like()
     errors = []
     for r, h in zip(refs, hyps, strict=True):
@@ -57,32 +57,42 @@ def test_wer_interval_stays_in_0_100_where_mean_plus_minus_sigma_left_it():
     assert max(per_utt) > 150  # some utterances are far worse than "all wrong"
     wer = ratio(errors, lengths, scale=100)
     assert 90 < wer < 100
-    # what the recipe reported before: kaldialign's mean +- 1.96 sd leaves [0, 100]
+    # what the recipe reported before: kaldialign's mean +- 1.96 sd, made of values no resample takes
     old = kaldialign.bootstrap_wer_ci(refs, hyps, replications=10_000)
-    assert 100 * old["ci95max"] > 100
-    ci = interval(errors, lengths, scale=100, bounds=(0, 100))
-    assert 0 <= ci["low"] < wer < ci["high"] <= 100 and ci["bounds"] == [0, 100]
-    # unclipped, the percentile interval of the pooled WER also exceeds 100 here: the clip is the
-    # percentile interval of min(WER, 100), the same replicates saturated at 100
-    free = interval(errors, lengths, scale=100)
-    assert free["high"] > 100 and free["low"] == ci["low"]
-    # the per-utterance mean, whose terms exceed 100, is bounded the same way
-    ci_mean = interval(per_utt, bounds=(0, 100))
-    assert 0 <= ci_mean["low"] <= ci_mean["high"] <= 100
+    ci = interval(errors, lengths, scale=100)
+    assert 0 <= ci["low"] < wer < ci["high"] and ci["high"] > 100 and "bounds" not in ci
+    assert ci["low"] > 100 * old["ci95min"]
+    # a pooled WER above 100 (insertions) has its interval around it, above 100: never a point outside
+    doubled = [2 * e for e in errors]
+    above = interval(doubled, lengths, scale=100)
+    assert 100 < above["low"] < ratio(doubled, lengths, scale=100) < above["high"]
+    # a declared bound clips: the interval of the clipped metric
+    clipped = interval(per_utt, bounds=(0, 100))
+    assert 0 <= clipped["low"] <= clipped["high"] <= 100 and clipped["bounds"] == [0, 100]
 
 
 def test_speaker_resampling_widens_the_interval_when_speakers_differ():
     rng = np.random.default_rng(3)
-    speakers = np.repeat([f"spk{i}" for i in range(8)], 25)
-    offsets = dict(zip(np.unique(speakers), rng.normal(0, 2, 8), strict=True))
+    speakers = np.repeat([f"spk{i}" for i in range(24)], 10)
+    offsets = dict(zip(np.unique(speakers), rng.normal(0, 2, 24), strict=True))
     x = np.array([offsets[s] for s in speakers]) + rng.normal(0, 0.5, len(speakers))
     by_utt = interval(x)
     by_spk = interval(x, groups=list(speakers))
-    assert by_spk["resampled"] == "speaker" and by_spk["units"] == 8
+    assert by_spk["resampled"] == "speaker" and by_spk["units"] == 24
     assert (by_spk["high"] - by_spk["low"]) > 2.5 * (by_utt["high"] - by_utt["low"])
     # one utterance per speaker: the same units, the same interval
     ids = [f"u{i:03d}" for i in range(len(x))]
     assert interval(x, groups=ids) | {"resampled": "utterance"} == by_utt
+
+
+def test_fewer_than_twenty_speakers_are_resampled_by_utterance():
+    """3 speakers give 10 distinct cluster resamples: not an interval; the rule falls back to utterances."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 1, 60)
+    few = [f"spk{i % 3}" for i in range(60)]
+    assert interval(x, groups=few) == interval(x) | {"resampled": "utterance"}
+    assert paired(x, x + 0.1, groups=few)["resampled"] == "utterance"
+    assert clusters(few) is None and clusters([f"s{i}" for i in range(20)]) is not None
 
 
 def test_paired_test_against_the_exact_permutation_p_value():
