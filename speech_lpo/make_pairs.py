@@ -43,7 +43,15 @@ from kaldialign import edit_distance
 from speech_lpo.generate import Item, iter_rows, load_dataset_items
 from speech_lpo.groups import PreferenceGroup, write_groups
 from speech_lpo.normalize import Normalizer, get_normalizer
-from speech_lpo.perturb import DEFAULT_MIX, is_char_language, parse_mix, perturb, split_units, utterance_rng
+from speech_lpo.perturb import (
+    DEFAULT_MIX,
+    confusable_units,
+    is_char_language,
+    parse_mix,
+    perturb,
+    split_units,
+    utterance_rng,
+)
 from speech_lpo.prompts import asr_response_ids, im_end_id, response_codes, response_text
 from speech_lpo.vocab import AudioVocab
 
@@ -335,6 +343,8 @@ def perturb_groups(
     max_positions: int | None = None,
 ) -> list[PreferenceGroup]:
     vocabularies = unit_vocabularies([i for i in items if i.skipped is None])
+    substitutes = mix.get("substitution", 0) > 0
+    confusable = {lang: confusable_units(units, lang) for lang, units in vocabularies.items() if substitutes}
     groups = []
     for item in items:
         report.prompts += 1
@@ -347,7 +357,9 @@ def perturb_groups(
         rejected = []
         for draw in range(num_perturbations):
             rng = utterance_rng(seed, item.id, draw)
-            p = perturb(item.text, item.lang, rng, eta, mix, vocabularies[item.lang])
+            p = perturb(
+                item.text, item.lang, rng, eta, mix, vocabularies[item.lang], confusable.get(item.lang)
+            )
             units = normalizer.units(p.text)
             if units == ref_units:  # e.g. a deleted punctuation mark
                 report.dropped_responses["same as the reference after normalisation"] += 1
@@ -425,7 +437,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--normalizer", help="text normaliser (default: chinese or librispeech by language)")
     parser.add_argument("--eta", type=float, default=0.1, help="perturb: noise ratio (edits per unit)")
     parser.add_argument(
-        "--mix", default="insertion=1,deletion=1,repetition=1", help="perturb: operator weights"
+        "--mix",
+        default="insertion=1,deletion=1,repetition=1",
+        help="perturb: operator weights; the paper's three, or with substitution=W (confusable units) too",
     )
     parser.add_argument("--num-perturbations", type=int, default=3, help="perturb: rejected per transcript")
     parser.add_argument(

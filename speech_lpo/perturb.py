@@ -1,7 +1,10 @@
 """Corrupt reference transcripts into rejected ASR responses (the paper's perturbation-based pairs).
 
-Three operators on units (characters for Chinese, words for English): insertion of a unit drawn from
-a vocabulary (the corpus' units), deletion, and repetition of a unit in place. A transcript of n units
+The paper's three operators on units (characters for Chinese, words for English): insertion of a unit
+drawn from a vocabulary (the corpus' units), deletion, and repetition of a unit in place. A fourth,
+substitution, is an option (``--mix ...,substitution=1``), not the default: it replaces a unit by a
+confusable one (for Chinese, a character of the corpus with the same toneless pinyin, from pypinyin), or,
+where the unit has none, by another vocabulary unit. A transcript of n units
 gets about ``eta * n`` edits at distinct positions (stochastic rounding, so the corpus-level noise ratio
 is eta), at least one, each operator drawn from a weighted mix. Every draw comes from a
 ``random.Random`` seeded by (seed, utterance id): an utterance's corruption does not depend on which
@@ -16,8 +19,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-OPERATORS = ("insertion", "deletion", "repetition")
-DEFAULT_MIX = {op: 1.0 for op in OPERATORS}
+OPERATORS = ("insertion", "deletion", "repetition", "substitution")
+DEFAULT_MIX = {"insertion": 1.0, "deletion": 1.0, "repetition": 1.0}  # the paper's; substitution is an option
 # a handful of redraws is enough: only rare coincidences (delete one "a" of "a a", repeat the other)
 # give back the input
 MAX_TRIES = 20
@@ -36,6 +39,19 @@ def split_units(text: str, lang: str) -> list[str]:
 
 def join_units(units: Sequence[str], lang: str) -> str:
     return ("" if is_char_language(lang) else " ").join(units)
+
+
+def confusable_units(units: Sequence[str], lang: str) -> dict[str, list[str]]:
+    """unit -> the other units it may be heard as: for Chinese, the characters of ``units`` with the same
+    toneless pinyin (homophones such as 花/画); other languages have none here."""
+    if not is_char_language(lang):
+        return {}
+    from pypinyin import Style, lazy_pinyin
+
+    by_sound: dict[str, list[str]] = {}
+    for unit in sorted(set(units)):
+        by_sound.setdefault(lazy_pinyin(unit, style=Style.NORMAL)[0], []).append(unit)
+    return {u: [v for v in same if v != u] for same in by_sound.values() for u in same if len(same) > 1}
 
 
 def parse_mix(spec: str) -> dict[str, float]:
@@ -76,11 +92,12 @@ def perturb(
     eta: float = 0.1,
     mix: Mapping[str, float] = DEFAULT_MIX,
     vocab: Sequence[str] = (),
+    confusable: Mapping[str, Sequence[str]] | None = None,
 ) -> Perturbation:
     """Corrupt ``text``; the result is never equal to the input and never empty.
 
     ``vocab``: units to insert (the corpus' units); without one, insertions copy a unit of the text
-    from another position.
+    from another position. ``confusable``: unit -> units a substitution prefers (confusable_units).
     """
     units = split_units(text, lang)
     if not units:
@@ -99,7 +116,13 @@ def perturb(
             op = chosen.get(i)
             if op == "insertion":
                 out.append(_insertion(insert_from, unit, rng))
-            if op != "deletion":
+            if op == "substitution":
+                out.append(
+                    rng.choice(similar)
+                    if (similar := (confusable or {}).get(unit))
+                    else _insertion(insert_from, unit, rng)
+                )
+            elif op != "deletion":
                 out.append(unit)
             if op == "repetition":
                 out.append(unit)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from kaldialign import edit_distance
 
-from speech_lpo.perturb import OPERATORS, parse_mix, perturb, split_units, utterance_rng
+from speech_lpo.perturb import DEFAULT_MIX, confusable_units, parse_mix, perturb, split_units, utterance_rng
 
 DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
 AISHELL_TEXT = DATA / "aishell1" / "data_aishell" / "transcript" / "aishell_transcript_v0.8.txt"
@@ -55,7 +55,8 @@ def test_realised_noise_ratio_is_eta_and_every_operator_occurs(eta):
             assert p.text != text
     for lang in ("zh", "en"):
         assert abs(edits[lang] / units[lang] - eta) <= 0.02, (lang, edits[lang] / units[lang])
-    assert set(operators) == set(OPERATORS) and min(operators.values()) > 0.2 * sum(operators.values()) / 3
+    # the paper's three operators, substitution only on request
+    assert set(operators) == set(DEFAULT_MIX) and min(operators.values()) > 0.2 * sum(operators.values()) / 3
 
 
 def test_chinese_perturbs_characters_and_english_words():
@@ -107,3 +108,26 @@ def test_bad_arguments_are_clear_errors():
         parse_mix("deletion=0")
     with pytest.raises(ValueError, match="no non-empty perturbation"):
         perturb("A", "en", utterance_rng(0, "x"), mix=parse_mix("deletion=1"))
+
+
+def test_substitution_replaces_a_character_by_a_homophone_of_the_corpus():
+    vocab = sorted(set("小明画了花在商店上学校看书两个漂亮"))
+    confusable = confusable_units(vocab, "zh")
+    assert confusable["花"] == ["画"] and confusable["画"] == ["花"] and confusable["上"] == ["商"]
+    assert "明" not in confusable and confusable_units(["SEE", "SEA"], "en") == {}
+    mix = parse_mix("substitution=1")
+    for draw in range(20):
+        p = perturb(
+            "小明画了花",
+            "zh",
+            utterance_rng(0, "s", draw),
+            eta=1.0,
+            mix=mix,
+            vocab=vocab,
+            confusable=confusable,
+        )
+        assert p.operators == {"substitution": 5} and len(p.text) == 5
+        assert (
+            p.text[2] == "花" and p.text[4] == "画"
+        )  # every character substituted: homophones where there are
+        assert all(a != b and b in vocab for a, b in zip("小明画了花", p.text, strict=True))
