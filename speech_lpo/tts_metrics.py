@@ -27,6 +27,7 @@ utterances whose synthesis failed are named too. Nothing is downloaded unless a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -505,37 +506,96 @@ def from_manifest(manifest: dict[str, dict]) -> list[Utterance]:
 
 
 def from_meta(meta: Path, wav_dir: Path) -> list[Utterance]:
-    """Any system's outputs: a seed-tts-eval meta list (``utt|prompt_text|prompt_wav|infer_text``; the
-    prompt wav relative to the list) and a folder of ``<utt>.wav``; SIM is against the prompt."""
+    """Any system's outputs: a seed-tts-eval meta list and a folder of ``<utt>.wav``, the list read as its
+    ``get_wav_res_ref_text.py`` reads it, by field count: ``utt|infer_text`` (no prompt: no SIM),
+    ``utt|infer_text|prompt_wav`` (a ``.wav`` ending of ``utt`` dropped), ``utt|prompt_text|prompt_wav|
+    infer_text`` and the same with a fifth field, the ground-truth wav (unused there as here); a relative
+    prompt wav is relative to the list's folder. SIM is against the prompt."""
     out = []
     for lineno, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.strip().split("|")
         if not line.strip():
             continue
-        fields = line.split("|")
-        if len(fields) < 4:
-            raise ValueError(f"{meta}:{lineno}: want utt|prompt_text|prompt_wav|infer_text, got {line!r}")
-        utt, _, prompt_wav, text = fields[:4]
+        if len(fields) == 2:
+            (utt, text), prompt = fields, None
+        elif len(fields) == 3:
+            utt, text, prompt = fields
+            utt = utt.removesuffix(".wav")
+        elif len(fields) in (4, 5):
+            utt, _, prompt, text = fields[:4]
+        else:
+            raise ValueError(
+                f"{meta}:{lineno}: a seed-tts-eval meta line has 2 to 5 fields separated by '|' "
+                "(utt|infer_text, utt|infer_text|prompt_wav, utt|prompt_text|prompt_wav|infer_text"
+                "[|infer_wav]); "
+                f"got {len(fields)}: {line!r}"
+            )
         wav = wav_dir / f"{utt}.wav"
         out.append(
             Utterance(
                 utt,
                 text,
                 str(wav) if wav.is_file() else None,
-                str(meta.parent / prompt_wav),
+                str(meta.parent / prompt) if prompt else None,
                 error=None if wav.is_file() else f"{wav} not found",
             )
         )
     return out
 
 
-def _measured(values: list[float | None], bounds: tuple[float, float] | None, groups: list | None) -> dict:
-    """Mean of the known values with its percentile bootstrap interval (resampled by speaker if known)."""
+# The worst value of each metric that a failure (no audio, unreadable audio, no speech) takes in the
+# sensitivity figures ``worst_case``: all words wrong, no likeness to the voice, the bottom of the MOS scales.
+WORST = {"wer": 100.0, "sim": 0.0, "utmos": 1.0} | {
+    f"dnsmos_{k}": 1.0 for k in ("ovrl", "sig", "bak", "p808")
+}
+SEEDTTS_NORMALIZERS = {"en": "seedtts_en", "zh": "seedtts_zh"}
+
+
+def _measured(
+    values: list[float | None],
+    bounds: tuple[float, float] | None,
+    groups: list | None,
+    worst: float | None = None,
+) -> dict:
+    """Mean of the known values with its percentile bootstrap interval (resampled by speaker if known), the
+    number of utterances behind it (``n``) and without a value (``missing``); with ``worst``, also the mean
+    with every missing value scored as the worst (``worst_case``, a sensitivity figure)."""
     keep = [i for i, v in enumerate(values) if v is not None and not math.isnan(v)]
-    if not keep:
-        return {"value": None, "n": 0}
-    x = [values[i] for i in keep]
-    g = [groups[i] for i in keep] if groups else None
-    return {"value": float(np.mean(x)), "n": len(x), "ci95": stats.interval(x, bounds=bounds, groups=g)}
+    out: dict = {"value": None, "n": len(keep), "missing": len(values) - len(keep)}
+    if keep:
+        x = [values[i] for i in keep]
+        g = [groups[i] for i in keep] if groups else None
+        out |= {"value": float(np.mean(x)), "ci95": stats.interval(x, bounds=bounds, groups=g)}
+    if worst is not None and values:
+        out["worst_case"] = float(np.mean([values[i] if i in keep else worst for i in range(len(values))]))
+    return out
+
+
+def _reference_embeddings(
+    utts: list[Utterance], encoder: SpeakerEncoder, source: str
+) -> tuple[dict[str, np.ndarray], list[Problem]]:
+    """Speaker embeddings of the reference recordings (prompts), once per file; a reference that is not
+    there or cannot be read is a named problem of each utterance that refers to it (no SIM for it)."""
+    embeddings: dict[str, np.ndarray] = {}
+    failed: dict[str, Problem] = {}
+    problems = []
+    for u in utts:
+        if not u.reference:
+            continue
+        if u.reference not in embeddings and u.reference not in failed:
+            if not Path(u.reference).is_file():
+                failed[u.reference] = Problem(
+                    "missing_reference", source, None, u.id, f"{u.reference} not found"
+                )
+            else:
+                try:
+                    embeddings[u.reference] = encoder(load_audio(u.reference))
+                except Exception as e:  # soundfile raises several types; each is named in the report
+                    why = f"{u.reference}: {type(e).__name__}: {e}"
+                    failed[u.reference] = Problem("undecodable_reference", source, None, u.id, why)
+        if u.reference in failed:
+            problems.append(dataclasses.replace(failed[u.reference], id=u.id))
+    return embeddings, problems
 
 
 def tts_metrics(
@@ -551,30 +611,54 @@ def tts_metrics(
     source: str = "",
     test_set: str = "test",
     utmos_checkpoint: str | None = None,
+    missing: str = "skip",
 ) -> dict:
     """Score a set of audio files: intelligibility, SIM, DNSMOS, silence, duration ratio, truncation and
-    repetition; write ``errs-<name>.txt`` and ``tts-summary-<name>.json``."""
+    repetition; write ``errs-<name>.txt`` and ``tts-summary-<name>.json``.
+
+    An utterance without audio is left out of the error rates (``missing="skip"``, seed-tts-eval's choice;
+    the number in ``skipped``) or counted as all deletions (``"count"``, Kaldi's). SIM, DNSMOS and UTMOS
+    are measured only where the VAD finds speech: a silent output has none (resemblyzer gives the
+    embedding of nothing a SIM of 0.4), and is counted in ``no_speech`` and in each metric's ``missing``."""
+    if missing not in ("skip", "count"):
+        raise ValueError(f"missing must be skip or count, not {missing!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     asr = make_asr(asr_spec, language, Path(grammar).read_text(encoding="utf-8") if grammar else None)
     asr_name = f"{asr_spec} (grammar {Path(grammar).name})" if grammar else asr_spec
     wavs = {u.id: u.wav for u in utts if u.wav}
     no_audio = [Problem("no_audio", source, None, u.id, u.error or "") for u in utts if not u.wav]
-    refs = {u.id: u.text for u in utts}
-    system = intelligibility(
-        refs, wavs, asr, normalizer, name, out_dir / f"asr-{name}.jsonl", no_audio, asr_name
+    skipped = {p.id for p in no_audio} if missing == "skip" else set()
+    refs = {u.id: u.text for u in utts if u.id not in skipped}
+    cache = out_dir / f"asr-{name}.jsonl"
+    hyps, asr_problems = transcribe_files(wavs, asr, cache, desc=name, asr_name=asr_name)
+    system = score_system(
+        KaldiText("<texts>", refs),
+        KaldiText(str(cache), hyps, problems=no_audio + asr_problems),
+        normalizer,
+        name,
     )
+    # the columns labelled seed-tts-eval (per-utterance mean, share above 50%) in its own normalisation
+    seedtts_normalizer = get_normalizer(SEEDTTS_NORMALIZERS.get(language or "", normalizer.name))
+    seedtts = score_system(KaldiText("<texts>", refs), KaldiText(str(cache), hyps), seedtts_normalizer, name)
     asr_summary = summary(system, {"asr": asr_name}, speakers={u.id: u.speaker for u in utts if u.speaker})
     write_atomic(out_dir / f"errs-{name}.txt", errs_report(system, asr_summary))
     unreadable = {p.id for p in system.problems if p.kind == "undecodable_audio"}
 
     encoder = make_speaker_encoder(speaker_encoder) if any(u.reference for u in utts) else None
+    references, reference_problems = _reference_embeddings(utts, encoder, source) if encoder else ({}, [])
     vad, naturalness = silero_vad(), Dnsmos()
     predict_mos = utmos(utmos_checkpoint) if utmos_checkpoint else None
+    scored = {s.id: (s, t) for s, t in zip(system.utts, seedtts.utts, strict=True)}
     per_utt = []
-    for u, scored in zip(utts, system.utts, strict=True):
-        rec: dict = {"id": u.id, "speaker": u.speaker, "errors": scored.errors, "ref_words": len(scored.ref)}
-        rec["wer"] = 100.0 * scored.errors / len(scored.ref) if scored.ref else None
+    for u in utts:
+        rec: dict = {"id": u.id, "speaker": u.speaker, "errors": None, "ref_words": None, "wer": None}
+        if u.id in scored:
+            own, theirs = scored[u.id]
+            rec |= {"errors": own.errors, "ref_words": len(own.ref)}
+            rec["wer"] = 100.0 * theirs.errors / len(theirs.ref) if theirs.ref else None
+        else:
+            rec["skipped"] = True
         if u.audio_end is not None:
             rec["truncated"] = 0.0 if u.audio_end else 100.0
         if u.codes is not None:
@@ -583,18 +667,25 @@ def tts_metrics(
         if u.wav and u.id not in unreadable:
             audio = load_audio(u.wav)
             duration = len(audio) / ASR_SAMPLE_RATE
-            rec |= naturalness(audio) | silence(vad(audio), duration)
-            if predict_mos is not None:
-                rec["utmos"] = predict_mos(audio)
+            segments = vad(audio)
+            rec |= silence(segments, duration) | {"speech": bool(segments)}
             if u.ref_duration:
                 rec["duration_ratio"] = duration / u.ref_duration
-            if encoder is not None and u.reference:
-                rec["sim"] = cosine(encoder(audio), encoder(load_audio(u.reference)))
+            if segments:
+                rec |= naturalness(audio)
+                if predict_mos is not None:
+                    rec["utmos"] = predict_mos(audio)
+                if u.reference in references:
+                    rec["sim"] = cosine(encoder(audio), references[u.reference])
         per_utt.append(rec)
 
     groups = [u.speaker for u in utts] if all(u.speaker for u in utts) else None
-    lengths = [r["ref_words"] for r in per_utt]
-    errors = [r["errors"] for r in per_utt]
+    in_wer = [i for i, r in enumerate(per_utt) if r["errors"] is not None]
+    wer_groups = [groups[i] for i in in_wer] if groups else None
+    lengths = [per_utt[i]["ref_words"] for i in in_wer]
+    errors = [per_utt[i]["errors"] for i in in_wer]
+    # failures as all deletions: the pooled rate of ``missing="count"`` whichever was chosen
+    skipped_words = sum(len(normalizer.units(u.text)) for u in utts if u.id in skipped)
     out = {
         "kind": "tts",
         "system": name,
@@ -603,28 +694,42 @@ def tts_metrics(
         "source": source,
         "asr": asr_name,
         "normalizer": normalizer.name,
+        "seedtts_normalizer": seedtts_normalizer.name,
         "metric": normalizer.metric,
         "speaker_encoder": speaker_encoder if encoder is not None else None,
         "utterances": len(utts),
+        "missing": missing,
+        "skipped": len(skipped),
+        "no_audio": len(no_audio),
+        "unreadable_audio": len(unreadable),
+        "no_speech": sum(r.get("speech") is False for r in per_utt),
         "resampled": stats.resampling(groups),
         "wer": {
             "value": system.error_rate,
-            "n": len(utts),
-            "ci95": stats.interval(errors, lengths, scale=100, groups=groups),
+            "n": len(in_wer),
+            "missing": len(utts) - len(in_wer),
+            "ci95": stats.interval(errors, lengths, scale=100, groups=wer_groups),
+            "worst_case": 100.0 * (sum(errors) + skipped_words) / max(1, sum(lengths) + skipped_words),
         },
-        "wer_utt_mean": _measured([r["wer"] for r in per_utt], None, groups),
+        "wer_utt_mean": _measured([r["wer"] for r in per_utt], None, groups, WORST["wer"]),
         "wer_over_50_pct": _measured(
-            [None if r["wer"] is None else 100.0 * (r["wer"] > 50) for r in per_utt], (0, 100), groups
+            [None if r["wer"] is None else 100.0 * (r["wer"] > 50) for r in per_utt], (0, 100), groups, 100.0
         ),
     }
     bounds = {"sim": (-1, 1), "duration_ratio": None, "truncated": (0, 100), "repetition": (0, 100)}
     # DNSMOS's polynomial fit is not held to 1-5 (garbled speech scores 0.99): its interval is not clipped
     bounds |= {f"dnsmos_{k}": None for k in ("ovrl", "sig", "bak", "p808")}
     bounds |= {"utmos": None, "silence_pct": (0, 100), "leading_s": None, "trailing_s": None, "inner_s": None}
+    measured = {
+        "sim": encoder is not None,
+        "utmos": predict_mos is not None,
+        **{f"dnsmos_{k}": True for k in ("ovrl", "sig", "bak", "p808")},
+    }
     for key, bound in bounds.items():
-        if any(key in r for r in per_utt):
+        if measured.get(key) or any(key in r for r in per_utt):
             summary_key = {"truncated": "truncated_pct", "repetition": "repetition_pct"}.get(key, key)
-            out[summary_key] = _measured([r.get(key) for r in per_utt], bound, groups)
+            out[summary_key] = _measured([r.get(key) for r in per_utt], bound, groups, WORST.get(key))
+    out["reference_problems"] = [vars(p) for p in reference_problems]
     out["intelligibility"] = asr_summary
     out["per_utterance"] = per_utt
     write_atomic(out_dir / f"tts-summary-{name}.json", json.dumps(out, indent=2, ensure_ascii=False) + "\n")
@@ -673,6 +778,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--utmos",
         help="also UTMOS: its utmos_state_dict.pt (utmos-pytorch), or `hub` to download it (off by default)",
     )
+    parser.add_argument(
+        "--missing",
+        choices=("skip", "count"),
+        default="skip",
+        help="an utterance without audio: left out of the error rates and counted in their own column "
+        "(skip, seed-tts-eval's choice) or scored as all deletions (count, Kaldi's)",
+    )
     parser.add_argument("--out-dir", required=True)
     parser.set_defaults(run=_main)
 
@@ -717,13 +829,19 @@ def _main(args: argparse.Namespace) -> None:
         source,
         args.test_set,
         args.utmos,
+        args.missing,
     )
-    shown = [f"%{out['metric']} {out['wer']['value']:.2f}", f"per-utt {_value(out['wer_utt_mean'])}"]
+    shown = [f"%{out['metric']} {_value(out['wer'])}", f"per-utt {_value(out['wer_utt_mean'])}"]
     shown += [
         f"{k} {_value(out[k])}" for k in ("sim", "dnsmos_ovrl", "silence_pct", "duration_ratio") if k in out
     ]
-    print(f"{name}: " + ", ".join(shown) + f" ({out['asr']}, {normalizer.name}) -> {args.out_dir}")
+    failures = f"{out['skipped']} skipped, {out['no_audio']} without audio, {out['no_speech']} without speech"
+    print(
+        f"{name}: " + ", ".join(shown) + f" ({failures}; {out['asr']}, {normalizer.name}) -> {args.out_dir}"
+    )
 
 
 def _value(metric: dict) -> str:
-    return "n/a" if metric.get("value") is None else f"{metric['value']:.2f}"
+    """The value with the number of utterances behind it."""
+    value = "n/a" if metric.get("value") is None else f"{metric['value']:.2f}"
+    return f"{value} (n={metric['n']})"
