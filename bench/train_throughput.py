@@ -1,23 +1,35 @@
-"""Training throughput and memory: this trainer (packed groups or one row per pair) against TRL's DPOTrainer.
+"""Training throughput and memory: this trainer (packed groups, and the TRL-equivalent unpacked layout)
+against TRL's DPOTrainer.
 
-Same model, same groups (1 chosen + 3 rejected), same pairs per optimiser step, reference log-probs
-precomputed in all three, float32, gradient checkpointing off in all three (TRL's DPOConfig turns it on by
-default: every DPOConfig value that differs from ours is printed). The model has the real vocabulary,
-Qwen2.5's 151,936 rows plus a 16,384-code audio block, with Qwen2.5-0.5B's width (hidden 896, 14 heads,
-2 KV heads) and 2 layers. Shapes: ``asr`` (prompt 300, responses 20), ``tts`` (30, 300), ``tts_long``
-(60, 1,000). Each configuration runs in its own process.
+Three methods on the same model, the same groups (1 chosen + 3 rejected) and the same pairs per optimiser
+step, reference log-probs precomputed in all three, the same precision and gradient checkpointing:
+
+- ``packed``: this trainer, one row per group ``[prompt | chosen | rejected_1..3]`` (prefix sharing).
+- ``unpacked``: this trainer in TRL's layout, one row ``[prompt | response]`` per response of every pair
+  (pairs on the batch axis), LM head over completion tokens only. It is TRL's work with TRL's
+  implementation taken out, so ``packed`` against it is prefix sharing's own gain.
+- ``trl``: TRL's DPOTrainer. Its LM head is TRL 1.16's chunked log-prob head; the table names the path it
+  took: with Triton on CUDA it scores completion tokens only, elsewhere (CPU) every position, prompt and
+  padding included. It never holds full logits (tiles of 4,096 tokens x 32,768 vocabulary rows).
+
+The model has the real vocabulary, Qwen2.5's 151,936 rows plus a 16,384-code audio block, with
+Qwen2.5-0.5B's width (hidden 896, 14 heads, 2 KV heads) and ``--layers`` layers. Shapes: ``asr`` (prompt
+300, responses 20), ``tts`` (30, 300), ``tts_long`` (60, 1,000). Precision: ``--dtype bfloat16`` (float32
+weights under bf16 autocast: ``bf16=True`` in both trainers' arguments, the reference log-probs under the
+same autocast) by default where the hardware has bf16 (a CUDA GPU that supports it, a CPU with AVX512-BF16
+or AMX), else float32. Each configuration runs in its own process; every round runs every configuration,
+one shape's three methods back to back, so each ratio comes from one stretch of the machine's load.
 
 Training memory is the peak above the baseline taken after loading (model, data, reference log-probs):
 on a GPU the maximum allocated minus what was allocated before training; on CPU the process's RSS sampled
 every 2 ms by a thread, with glibc's mmap threshold fixed (``MALLOC_MMAP_THRESHOLD_``) so that freed
-tensors leave the RSS. Beside each speed-up is its physical limit: TRL's token count over the unique
-tokens (TRL runs the prompt and the chosen response once per pair, this trainer once per group).
+tensors leave the RSS.
 
 A second table: the memory of the response log-probs alone (forward and backward) against the number of
 response tokens, with the LM head in chunks of 256 tokens and in one chunk (the unchunked path).
 
-    .venv/bin/python bench/train_throughput.py [--shapes asr tts tts_long] [--steps 4] [--rounds 2]
-        [--groups_per_step 4] [--logps_tokens 256 512 1024]
+    .venv/bin/python bench/train_throughput.py [--shapes asr tts tts_long] [--steps 3] [--rounds 3]
+        [--groups_per_step 1] [--dtype bfloat16] [--gradient_checkpointing] [--logps_tokens 256 512 1024]
 
 The last line is one JSON object of the figures.
 """
@@ -28,6 +40,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,16 +54,23 @@ METHODS = ("packed", "unpacked", "trl")
 VOCAB = 151_936 + 16_384
 K = 3
 WARMUP = 1  # optimiser steps before the timed ones
+LABELS = {
+    "packed": "ours, packed (prefix sharing)",
+    "unpacked": "TRL-equivalent: ours unpacked (pairs on the batch axis, completion-only head)",
+    "trl": "TRL DPOTrainer",
+}
 LOGPS_CHUNKS = (256, None)  # None: one chunk of all response tokens, i.e. the unchunked path
 
 
-def bench_model(vocab: int, hidden: int, layers: int):
+def bench_model(vocab: int, hidden: int, layers: int, attn: str = "sdpa"):
     from speech_lpo.modeling import tiny_qwen2
 
     heads = hidden // 64  # Qwen2.5-0.5B: 896 / 64 = 14 heads, 2 KV heads
-    return tiny_qwen2(
+    model = tiny_qwen2(
         vocab, hidden_size=hidden, num_layers=layers, num_heads=heads, num_kv_heads=2, intermediate_size=4864
     )
+    model.set_attn_implementation(attn)
+    return model
 
 
 def make_groups(shape: str, n: int, vocab: int):
@@ -70,13 +90,32 @@ def make_groups(shape: str, n: int, vocab: int):
     ]
 
 
-def token_limit(groups) -> float:
-    """TRL's tokens (prompt + chosen and prompt + rejected, per pair) over the unique tokens of the groups."""
-    trl = sum(2 * len(g.prompt_ids) + len(g.chosen_ids) + len(r) for g in groups for r in g.rejected_ids)
-    return trl / sum(g.packed_length() for g in groups)
+def token_ratio(groups) -> float:
+    """Decoder tokens of the unpacked layout (prompt + chosen and prompt + rejected, per pair) over those of
+    the packed one: what prefix sharing saves in the decoder layers. It leaves out the LM head (completion
+    tokens in both layouts) and attention's quadratic term (packing puts k + 1 responses in one row)."""
+    unpacked = sum(2 * len(g.prompt_ids) + len(g.chosen_ids) + len(r) for g in groups for r in g.rejected_ids)
+    return unpacked / sum(g.packed_length() for g in groups)
 
 
-def configs(out: str, groups_per_step: int, steps: int) -> tuple[dict, dict]:
+def has_bf16() -> bool:
+    """bf16 matrix units: a CUDA GPU that supports bf16, or a CPU with AVX512-BF16 / AMX (oneDNN's check)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def trl_head_path() -> str:
+    """Which of TRL's LM-head paths runs on this machine (trl.kernels.chunked_logprob picks it by device)."""
+    from trl.kernels.chunked_logprob import _use_triton
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if _use_triton(device):
+        return "TRL's fused chunked head, completion tokens only (Triton)"
+    return "TRL's chunked head over every position, prompt and padding included (no Triton: its CPU fallback)"
+
+
+def configs(out: str, groups_per_step: int, steps: int, bf16: bool, checkpointing: bool) -> tuple[dict, dict]:
     """Keyword arguments of our PreferenceConfig and of TRL's DPOConfig: the same optimisation."""
     common = {
         "output_dir": out,
@@ -87,8 +126,8 @@ def configs(out: str, groups_per_step: int, steps: int) -> tuple[dict, dict]:
         "save_strategy": "no",
         "logging_steps": 1000,
         "use_cpu": not torch.cuda.is_available(),
-        "bf16": False,  # DPOConfig's default is True
-        "gradient_checkpointing": False,  # DPOConfig's default is True
+        "bf16": bf16,  # DPOConfig's default is True
+        "gradient_checkpointing": checkpointing,  # DPOConfig's default is True
     }
     ours = {**common, "loss_type": "dpo", "per_device_train_batch_size": groups_per_step}
     trl = {
@@ -101,13 +140,15 @@ def configs(out: str, groups_per_step: int, steps: int) -> tuple[dict, dict]:
     return ours, trl
 
 
-def trl_settings(groups_per_step: int, steps: int) -> dict:
+def trl_settings(opts: argparse.Namespace) -> dict:
     """What we set in DPOConfig, and every DPOConfig value that differs from our PreferenceConfig's."""
     from trl import DPOConfig
 
     from speech_lpo.trainer import PreferenceConfig
 
-    ours_kwargs, trl_kwargs = configs("out", groups_per_step, steps)
+    ours_kwargs, trl_kwargs = configs(
+        "out", opts.groups_per_step, opts.steps, opts.dtype == "bfloat16", opts.gradient_checkpointing
+    )
     ours, trl = PreferenceConfig(**ours_kwargs).to_dict(), DPOConfig(**trl_kwargs).to_dict()
     differs = {k: [v, ours[k]] for k, v in trl.items() if k in ours and v != ours[k] and k != "logging_dir"}
     return {"set": {k: v for k, v in trl_kwargs.items() if k != "output_dir"}, "differs_from_ours": differs}
@@ -172,7 +213,8 @@ def ours_trainer(model, groups, shared_prefix: bool, kwargs: dict, timer: StepTi
     from speech_lpo.trainer import PreferenceConfig, PreferenceTrainer
 
     batch = kwargs["per_device_train_batch_size"]
-    groups = list(with_ref_logps(model, groups, batch_size=batch, shared_prefix=shared_prefix))
+    autocast = torch.bfloat16 if kwargs["bf16"] else None  # the reference in the training's precision
+    groups = list(with_ref_logps(model, groups, batch, shared_prefix, autocast=autocast))
     args = PreferenceConfig(**kwargs, shared_prefix=shared_prefix)
     return PreferenceTrainer(model=model, args=args, train_dataset=groups, callbacks=[timer.callback])
 
@@ -211,19 +253,19 @@ def trl_trainer(model, groups, kwargs: dict, vocab: int, timer: StepTimer):
 
 def train_worker(method: str, shape: str, opts: argparse.Namespace) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = bench_model(opts.vocab, opts.hidden, opts.layers).to(device)
+    model = bench_model(opts.vocab, opts.hidden, opts.layers, opts.attn).to(device)
     groups = make_groups(shape, opts.groups_per_step * opts.steps, opts.vocab)
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as out:
-        ours, trl = configs(out, opts.groups_per_step, opts.steps)
+        bf16 = opts.dtype == "bfloat16"
+        ours, trl = configs(out, opts.groups_per_step, opts.steps, bf16, opts.gradient_checkpointing)
         if method == "trl":
             trainer = trl_trainer(model, groups, trl, opts.vocab, timer)
         else:
             trainer = ours_trainer(model, groups, method == "packed", ours, timer)
         with PeakMemory() as memory:
             trainer.train()
-    timed_pairs = (opts.steps - WARMUP) * opts.groups_per_step * K
-    return {"pairs_per_s": timed_pairs / (timer.end - timer.start), "peak_mb": memory.mb}
+    return {"step_s": (timer.end - timer.start) / (opts.steps - WARMUP), "peak_mb": memory.mb}
 
 
 def logps_worker(tokens: int, chunk: int | None, opts: argparse.Namespace) -> dict:
@@ -232,7 +274,7 @@ def logps_worker(tokens: int, chunk: int | None, opts: argparse.Namespace) -> di
     from speech_lpo.packing import collate_groups, response_logps
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = bench_model(opts.vocab, opts.hidden, opts.layers).to(device)
+    model = bench_model(opts.vocab, opts.hidden, opts.layers, opts.attn).to(device)
     rng = random.Random(0)
     responses = [[rng.randrange(3, opts.vocab) for _ in range(tokens // (K + 1))] for _ in range(K + 1)]
     prompt = [rng.randrange(3, opts.vocab) for _ in range(30)]
@@ -253,18 +295,37 @@ def run_worker(*args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def summary(runs: list[dict], pairs_per_step: int) -> dict:
+    """Median and minimum step time over the rounds, pairs/s at the median, median memory."""
+    times = [r["step_s"] for r in runs]
+    return {
+        "step_s_median": statistics.median(times),
+        "step_s_min": min(times),
+        "pairs_per_s": pairs_per_step / statistics.median(times),
+        "peak_mb": statistics.median(r["peak_mb"] for r in runs),
+        "rounds": runs,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--steps", type=int, default=4, help=f"optimiser steps, the first {WARMUP} untimed")
-    parser.add_argument("--groups_per_step", type=int, default=4, help=f"groups (1 + {K} responses) a step")
-    parser.add_argument("--rounds", type=int, default=2, help="runs of every configuration; the best is kept")
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--steps", type=int, default=3, help=f"optimiser steps, the first {WARMUP} untimed")
+    parser.add_argument("--groups_per_step", type=int, default=1, help=f"groups (1 + {K} responses) a step")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of every configuration: median and min")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), help="default: bfloat16 where supported")
+    parser.add_argument("--gradient_checkpointing", action="store_true", help="in all three (TRL's default)")
+    parser.add_argument(
+        "--attn", default="sdpa", help="the model's attn_implementation (sdpa, flex_attention)"
+    )
     parser.add_argument("--vocab", type=int, default=VOCAB)
     parser.add_argument("--hidden", type=int, default=896)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--logps_tokens", type=int, nargs="*", default=[256, 512, 1024])
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    opts.dtype = opts.dtype or ("bfloat16" if has_bf16() else "float32")
     if opts.worker:
         kind, a, b = opts.worker
         if kind == "train":
@@ -275,52 +336,92 @@ def main() -> None:
         return
 
     model_opts = ["--vocab", str(opts.vocab), "--hidden", str(opts.hidden), "--layers", str(opts.layers)]
-    settings = trl_settings(opts.groups_per_step, opts.steps)
+    model_opts += ["--dtype", opts.dtype, "--attn", opts.attn]
+    model_opts += ["--gradient_checkpointing"] if opts.gradient_checkpointing else []
+    settings = trl_settings(opts)
     print("TRL DPOConfig, set here:", json.dumps(settings["set"]), file=sys.stderr)
     differs = json.dumps(settings["differs_from_ours"])
     print("TRL DPOConfig values that differ from ours [TRL, ours]:", differs, file=sys.stderr)
 
-    # Rounds of all configurations, best of each kept (as timeit does): a burst of load from elsewhere on
-    # the machine then slows one round of one configuration, not the comparison.
-    results: dict[str, dict[str, dict]] = {shape: {} for shape in opts.shapes}
+    # every round runs every configuration, a shape's methods back to back: a burst of load from elsewhere
+    # on the machine slows one round, and the median of the rounds leaves it out
+    runs: dict[str, dict[str, list]] = {shape: {m: [] for m in opts.methods} for shape in opts.shapes}
     for _ in range(opts.rounds):
         for shape in opts.shapes:
-            for method in METHODS:
+            for method in opts.methods:
                 run = run_worker(
                     "--worker", "train", method, shape, "--steps", str(opts.steps),
                     "--groups_per_step", str(opts.groups_per_step), *model_opts,
                 )  # fmt: skip
                 print(f"{shape} {method}: {run}", file=sys.stderr, flush=True)
-                best = results[shape].get(method)
-                if best is None or run["pairs_per_s"] > best["pairs_per_s"]:
-                    results[shape][method] = run
+                runs[shape][method].append(run)
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    memory_kind = "max allocated" if torch.cuda.is_available() else "RSS"
+    cuda = torch.cuda.is_available()
+    device = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores)"
+    memory_kind = "max allocated" if cuda else "RSS"
+    pairs_per_step = opts.groups_per_step * K
+    head = trl_head_path() if "trl" in opts.methods else "not run"
+    figures: dict = {"vocab_size": opts.vocab, "dtype": opts.dtype, "attn": opts.attn, "device": device}
+    figures |= {"layers": opts.layers, "gradient_checkpointing": opts.gradient_checkpointing}
+    figures |= {"rounds": opts.rounds, "trl_head": head, "trl_settings": settings}
     print(
         f"\nTraining throughput, Qwen2-shaped model (vocabulary {opts.vocab:,}, hidden {opts.hidden}, "
-        f"{opts.layers} layers), float32, {opts.groups_per_step} groups x {K} rejected per step, "
-        f"{opts.steps - WARMUP} timed steps, best of {opts.rounds} rounds, {device}\n"
+        f"{opts.layers} layers, {opts.attn}), {opts.dtype}"
+        f"{', gradient checkpointing' if opts.gradient_checkpointing else ''}, {opts.groups_per_step} "
+        f"group(s) x {K} rejected per step, {opts.steps - WARMUP} timed steps, {opts.rounds} rounds, "
+        f"{device}\nTRL's LM head here: {head}\n"
     )
-    table_head = (
-        f"| groups | method | pairs/s | training memory above baseline (MiB, {memory_kind}) "
-        "| speed vs TRL | limit (TRL tokens / unique) | memory vs TRL |\n|---|---|---|---|---|---|---|"
-    )
-    print(table_head if opts.shapes else "(no shapes trained)")
-    figures: dict = {"vocab_size": opts.vocab, "trl_settings": settings}
+    if opts.shapes:
+        print(
+            f"| groups | method | s/step, median | s/step, min | pairs/s (median) | vs TRL (median) "
+            f"| training memory above baseline (MiB, {memory_kind}, median) | memory vs TRL |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
     for shape in opts.shapes:
         p, r = SHAPES[shape]
-        limit = token_limit(make_groups(shape, opts.groups_per_step * opts.steps, opts.vocab))
-        figures[f"{shape}_token_limit"] = limit
-        trl = results[shape]["trl"]
-        for method in METHODS:
-            m = results[shape][method]
-            speed, mem = m["pairs_per_s"] / trl["pairs_per_s"], m["peak_mb"] / trl["peak_mb"]
+        stats = {m: summary(runs[shape][m], pairs_per_step) for m in opts.methods}
+        trl = stats.get("trl")
+        for method, m in stats.items():
+            speed = f"{trl['step_s_median'] / m['step_s_median']:.2f}x" if trl else "-"
+            mem = f"{m['peak_mb'] / trl['peak_mb']:.2f}x" if trl else "-"
             print(
-                f"| {shape} (prompt {p}, responses {r}) | {method} | {m['pairs_per_s']:.2f} "
-                f"| {m['peak_mb']:.0f} | {speed:.2f}x | {limit:.2f}x | {mem:.2f}x |"
+                f"| {shape} (prompt {p}, responses {r}) | {LABELS[method]} | {m['step_s_median']:.2f} "
+                f"| {m['step_s_min']:.2f} | {m['pairs_per_s']:.3f} | {speed} | {m['peak_mb']:.0f} | {mem} |"
             )
-            figures[f"{shape}_{method}"] = {**m, "speed_vs_trl": speed, "memory_vs_trl": mem}
+            figures[f"{shape}_{method}"] = m
+        if {"packed", "unpacked"} <= stats.keys():
+            ratio = token_ratio(make_groups(shape, opts.groups_per_step * opts.steps, opts.vocab))
+            gains = {"decoder_token_ratio": ratio}
+            for kind in ("median", "min"):
+                t = {m: stats[m][f"step_s_{kind}"] for m in stats}
+                gains[f"prefix_sharing_{kind}"] = t["unpacked"] / t["packed"]  # packed vs TRL-equivalent
+                if trl:
+                    gains[f"implementation_{kind}"] = t["trl"] / t["unpacked"]  # TRL-equivalent vs TRL
+                    gains[f"total_{kind}"] = t["trl"] / t["packed"]
+            figures[f"{shape}_gains"] = gains
+    gain_shapes = [s for s in opts.shapes if f"{s}_gains" in figures]
+    if gain_shapes:
+        print(
+            "\nWhere the speed-up comes from (step-time ratios; median of the rounds, min in brackets): "
+            "TRL-equivalent vs TRL is the implementation (LM head path, collation, loss), packed vs "
+            "TRL-equivalent is prefix sharing alone; the decoder token ratio leaves out the LM head and "
+            "attention's quadratic term\n"
+        )
+        print("| groups | TRL-equivalent vs TRL | prefix sharing: packed vs TRL-equivalent "
+              "| total: packed vs TRL | decoder tokens, unpacked / packed |")  # fmt: skip
+        print("|---|---|---|---|---|")
+        for shape in gain_shapes:
+            g = figures[f"{shape}_gains"]
+
+            def cell(name: str, g=g) -> str:
+                return (
+                    f"{g[name + '_median']:.2f}x ({g[name + '_min']:.2f}x)" if name + "_median" in g else "-"
+                )
+
+            print(
+                f"| {shape} | {cell('implementation')} | {cell('prefix_sharing')} | {cell('total')} "
+                f"| {g['decoder_token_ratio']:.2f}x |"
+            )
 
     if opts.logps_tokens:
         print(
