@@ -27,6 +27,7 @@ against a declared margin. Coverage and power are checked by simulation in the t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,12 +44,14 @@ NONINFERIORITY_MARGIN = 0.05  # "keeps": the interval's upper end below 5% of th
 @dataclass(frozen=True)
 class Counts:
     """Per-utterance errors and reference units of one system in one seed, in a fixed utterance order;
-    ``speakers`` (the utterances' speakers) where the data dir's ``utt2spk`` was known."""
+    ``speakers`` (the utterances' speakers) where the data dir's ``utt2spk`` was known. Any per-utterance
+    mean fits too (SIM, DNSMOS, a 0/100 flag): values as ``errors``, units of 1 and ``scale`` 1."""
 
     ids: tuple[str, ...]
     errors: np.ndarray
     units: np.ndarray
     speakers: tuple[str, ...] | None = None
+    scale: float = 100.0  # a rate in percent
 
     @classmethod
     def from_summary(cls, summary: Mapping) -> Counts:
@@ -66,7 +69,7 @@ class Counts:
 
     @property
     def error_rate(self) -> float:
-        return 100.0 * self.errors.sum() / self.units.sum()
+        return self.scale * self.errors.sum() / self.units.sum()
 
 
 @dataclass(frozen=True)
@@ -86,10 +89,10 @@ def spread(rates: list[float]) -> Spread:
 
 @dataclass(frozen=True)
 class Comparison:
-    delta: float  # mean over seeds of (system - baseline) error rate, points
+    delta: float  # mean over seeds of (system - baseline), points (of the rate, or the metric's own unit)
     low: float  # 95% interval of delta (crossed bootstrap)
     high: float
-    p_better: float  # share of bootstrap replications where the system has the lower error rate
+    p_better: float  # share of bootstrap replications where the system is better
     per_seed: dict[int, float]  # the difference in each seed
     better_in: int  # seeds where the system's error rate is lower
     baseline_rate: float  # the baseline's error rate, mean over seeds
@@ -97,25 +100,28 @@ class Comparison:
     margin: float  # non-inferiority margin, points
     resampled: str  # "utterance" or "speaker"
     units: int  # test units resampled
+    lower_is_better: bool = True
+    unit: str = " points"  # of a rate in percent; "" for a mean such as SIM
 
     @property
     def verdict(self) -> str:
         """'better' / 'worse' when the 95% interval excludes zero, else 'not resolved'."""
         if self.high < 0:
-            return "better"
+            return "better" if self.lower_is_better else "worse"
         if self.low > 0:
-            return "worse"
+            return "worse" if self.lower_is_better else "better"
         return "not resolved"
 
     @property
     def keeps(self) -> bool:
-        """Non-inferior: the interval's upper end is below the margin (a worse rate is a larger one)."""
-        return self.high < self.margin
+        """Non-inferior: the interval's worse end is at most the margin away (a system identical to a
+        baseline of 0, such as no truncation in either, keeps it)."""
+        return self.high <= self.margin if self.lower_is_better else self.low >= -self.margin
 
     @property
     def mde_pct(self) -> float:
         """The minimum detectable effect as a percentage of the baseline's error rate."""
-        return 100.0 * self.mde / self.baseline_rate if self.baseline_rate else math.nan
+        return 100.0 * self.mde / abs(self.baseline_rate) if self.baseline_rate else math.nan
 
     @property
     def p_two_sided(self) -> float:
@@ -124,17 +130,18 @@ class Comparison:
     def describe(self) -> str:
         seeds = len(self.per_seed)
         return (
-            f"{self.delta:+.2f} points (95% CI {self.low:+.2f} to {self.high:+.2f}, MDE {self.mde:.2f} = "
-            f"{self.mde_pct:.1f}% of the baseline; lower in {self.better_in} of {seeds} "
+            f"{self.delta:+.2f}{self.unit} (95% CI {self.low:+.2f} to {self.high:+.2f}, MDE {self.mde:.2f}"
+            + (f" = {self.mde_pct:.1f}% of the baseline" if self.baseline_rate else "")
+            + f"; better in {self.better_in} of {seeds} "
             f"seed{'s' if seeds > 1 else ''})"
         )
 
     def describe_keeps(self) -> str:
         """The non-inferiority reading, its margin beside it."""
         word = "keeps" if self.keeps else "not shown to keep"
-        return (
-            f"{word} the baseline (upper end {self.high:+.2f} against the margin +{self.margin:.2f} points)"
-        )
+        end, sign = ("upper", "+") if self.lower_is_better else ("lower", "-")
+        worse_end = self.high if self.lower_is_better else self.low
+        return f"{word} the baseline ({end} end {worse_end:+.2f} against the margin {sign}{self.margin:.2f})"
 
 
 def _per_unit(counts: list[Counts]) -> tuple[np.ndarray, np.ndarray, str]:
@@ -168,6 +175,7 @@ def compare(
     replications: int = REPLICATIONS,
     rng_seed: int = 0,
     margin_share: float = NONINFERIORITY_MARGIN,
+    lower_is_better: bool = True,
 ) -> Comparison:
     """``system`` against ``baseline`` over the seeds of ``system``; a baseline with one seed (an SFT
     model shared by every seed) is paired with each of them. Every seed must be scored on the same test
@@ -194,13 +202,14 @@ def compare(
     sys_err, units, resampled = _per_unit(sys_counts)
     base_err, _, _ = _per_unit(base_counts)
     diff = sys_err - base_err  # units x seeds
+    scale = sys_counts[0].scale
     n, k = diff.shape
     rng = np.random.default_rng(rng_seed)
     per_draw = []
     for start in range(0, replications, stats.CHUNK):
         draws = rng.multinomial(n, np.full(n, 1.0 / n), size=min(stats.CHUNK, replications - start))
         with np.errstate(invalid="ignore", divide="ignore"):
-            per_draw.append(100.0 * (draws @ diff) / (draws @ units)[:, None])  # one draw for every seed
+            per_draw.append(scale * (draws @ diff) / (draws @ units)[:, None])  # one draw for every seed
     d = np.concatenate(per_draw)  # replications x seeds
     deltas = d.mean(axis=1)
     if k > 1:
@@ -212,13 +221,44 @@ def compare(
         delta=float(np.mean(list(per_seed.values()))),
         low=float(low),
         high=float(high),
-        p_better=float(np.mean(deltas < 0)),
+        p_better=float(np.mean(deltas < 0 if lower_is_better else deltas > 0)),
         per_seed=per_seed,
-        better_in=int(sum(d < 0 for d in per_seed.values())),
+        better_in=int(sum(d < 0 if lower_is_better else d > 0 for d in per_seed.values())),
         baseline_rate=baseline_rate,
         # the true difference at which the estimate lands beyond the interval's half-width 80% of the time
         mde=float((high - low) / 2 + (upper - median)),
-        margin=margin_share * baseline_rate,
+        margin=margin_share * abs(baseline_rate),
         resampled=resampled,
         units=n,
+        lower_is_better=lower_is_better,
+        unit=" points" if scale == 100 else "",
     )
+
+
+def rate_interval(system: Mapping[int, Counts], replications: int = REPLICATIONS) -> tuple[float, float]:
+    """The crossed 95% interval of a system's rate averaged over its seeds (its difference from a system
+    with no errors), held at 0 from below: the seeds' t term is symmetric, a rate is not."""
+    nothing = {seed: dataclasses.replace(c, errors=np.zeros_like(c.errors)) for seed, c in system.items()}
+    cmp = compare(system, nothing, replications)
+    return max(0.0, cmp.low), cmp.high
+
+
+def footnote(comparisons: list[Comparison], baseline_seeds: int, system_seeds: int) -> str:
+    """What the intervals of a table are, and, where the baseline was trained once, what they leave out."""
+    resampled = sorted({f"{c.units} {c.resampled}s" for c in comparisons}) or ["test utterances"]
+    text = (
+        "Δ: mean over seeds of the per-seed difference from SFT, its 95% interval from a crossed bootstrap "
+        f"({REPLICATIONS} replications: one draw of the test units, {' / '.join(resampled)}, shared by every "
+        "seed and SFT, plus a Student-t random effect per seed for the spread between training runs). "
+        "Verdict: better or worse only when the interval excludes 0. MDE: the minimum detectable effect at "
+        f"{POWER:.0%} power, in points and as % of SFT. Keeps: the interval's upper end below the "
+        f"non-inferiority margin, {NONINFERIORITY_MARGIN:.0%} of SFT's rate (printed)."
+    )
+    if baseline_seeds == 1 and system_seeds > 1:
+        text += (
+            " SFT was trained once and shared by every seed: its own run-to-run spread is in no interval "
+            "(`--sft_seeds true` retrains it per seed)."
+        )
+    elif system_seeds == 1:
+        text += " One seed: the intervals cover the test set only, not the spread between training runs."
+    return text

@@ -218,7 +218,7 @@ def test_paired_bootstrap_against_a_baseline_through_the_cli(tmp_path, capsys):
 def test_an_utterance_without_hypothesis_counts_as_deletions(tmp_path, capsys):
     """Scored against the data dir's Kaldi text, an utterance lost before decoding is all deletions."""
     from speech_lpo.prepare import prepare
-    from speech_lpo.results import asr_table
+    from speech_lpo.result_tables import asr_table
 
     prepare("librispeech", LIBRISPEECH.parent, tmp_path / "data", subsets=["test-clean"])
     ref = tmp_path / "data" / "kaldi" / "test-clean" / "text"
@@ -237,6 +237,10 @@ def test_an_utterance_without_hypothesis_counts_as_deletions(tmp_path, capsys):
     assert summ["utterances"] == len(refs) == 7
     assert summ["missing_hypotheses"] == 1 and summ["missing_hypothesis_deletions"] == lost_words == 28
     assert summ["problem_counts"] == {"missing_hypothesis": 1}
+    # the data dir's utt2spk, beside the reference text, names each utterance's speaker (LibriSpeech's
+    # id prefix); 7 utterances of fewer than 20 speakers are resampled by utterance
+    assert all(row[3] == row[0].split("-")[0] for row in summ["utterance_errors"])
+    assert summ["ci95"]["resampled"] == "utterance"
     # jiwer, given an empty hypothesis for the lost utterance, counts the same deletions and rate
     norm = get_normalizer("librispeech")
     out = jiwer.process_words(

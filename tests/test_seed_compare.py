@@ -33,7 +33,7 @@ def test_better_in_every_seed_is_resolved_better(sft):
     assert cmp.high < 0 and cmp.p_better > 0.99 and cmp.verdict == "better"
     expected = np.mean([system[s].error_rate - sft[s].error_rate for s in range(3)])
     assert cmp.delta == pytest.approx(expected)
-    assert "lower in 3 of 3 seeds" in cmp.describe()
+    assert "better in 3 of 3 seeds" in cmp.describe()
 
 
 def test_better_in_one_seed_only_is_not_resolved(sft):
