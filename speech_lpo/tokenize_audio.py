@@ -3,7 +3,7 @@
 On disk (``--out``):
 
   codec/                   the codec every shard was made with (``speech_lpo.codecs.load_codec`` reads it);
-                           melvq is fitted here on the train manifest the first time
+                           melvq / worldvq is fitted here on the train manifest the first time
   <name>/shard-00000.arrow one Arrow IPC stream per ``--shard-size`` manifest lines (<name> = manifest
                            file stem, e.g. train), written atomically (tmp + rename); a re-run skips the
                            shards that exist, so a killed run continues where it stopped
@@ -34,7 +34,7 @@ import pyarrow as pa
 import yaml
 from tqdm import tqdm
 
-from speech_lpo.codecs import CODEC_FILE, Codec, load_audio, load_codec
+from speech_lpo.codecs import CODEC_FILE, FITTED_CODECS, Codec, codec_class, load_audio, load_codec
 from speech_lpo.prepare import read_manifest
 
 CODEC_DIR = "codec"
@@ -55,11 +55,10 @@ SCHEMA = pa.schema(
 
 
 # -- the codec ----------------------------------------------------------------------------------------------
-def fit_melvq(spec: dict, manifest: Path) -> Codec:
-    """Fit melvq's codebook on a seeded sample of a (train) manifest's audio."""
-    from speech_lpo.codecs.melvq import MelVQ
-
-    params = {k: spec[k] for k in MelVQ.param_names() if k in spec}
+def fit_codec(spec: dict, manifest: Path) -> Codec:
+    """Fit a codebook codec (melvq, worldvq) on a seeded sample of a (train) manifest's audio."""
+    cls = codec_class(spec["codec"])
+    params = {k: spec[k] for k in cls.param_names() if k in spec}
     lines = read_manifest(manifest)
     random.Random(spec.get("fit_seed", 0)).shuffle(lines)
     max_frames = spec.get("fit_max_frames", 200_000)
@@ -67,7 +66,7 @@ def fit_melvq(spec: dict, manifest: Path) -> Codec:
 
     def audio():
         frames = 0.0
-        for line in tqdm(lines, desc=f"melvq fit on {manifest.name}"):
+        for line in tqdm(lines, desc=f"{spec['codec']} fit on {manifest.name}"):
             if frames >= max_frames:
                 return
             try:
@@ -77,7 +76,7 @@ def fit_melvq(spec: dict, manifest: Path) -> Codec:
             frames += len(wav) / sr * frame_rate
             yield wav, sr
 
-    return MelVQ.fit(
+    return cls.fit(
         audio(),
         codebook_size=spec["codebook_size"],
         seed=spec.get("fit_seed", 0),
@@ -103,10 +102,10 @@ def prepare_codec(
                         "use a new --out or delete the old one"
                     )
         return codec
-    if spec and spec["codec"] == "melvq":
+    if spec and spec["codec"] in FITTED_CODECS:
         if fit_manifest is None:
-            raise ValueError("melvq must be fitted: pass --fit-manifest (the train manifest)")
-        codec = fit_melvq(spec, fit_manifest)
+            raise ValueError(f"{spec['codec']} must be fitted: pass --fit-manifest (the train manifest)")
+        codec = fit_codec(spec, fit_manifest)
     else:
         codec = load_codec(codec_arg, num_quantizers)
     codec.save(saved)
@@ -265,7 +264,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "hub id, which holds up to 32; must agree with a tokenizer spec's num_quantizers",
     )
     parser.add_argument(
-        "--fit-manifest", type=Path, help="manifest melvq is fitted on (default: the one named train.jsonl)"
+        "--fit-manifest",
+        type=Path,
+        help="manifest melvq / worldvq is fitted on (default: the one named train.jsonl)",
     )
     parser.add_argument("--shard-size", type=int, default=200, help="utterances per shard")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")

@@ -50,11 +50,11 @@ def melvq_codec_dir(mini_manifests, tmp_path_factory) -> Path:
     """A melvq codec fitted on the mini corpus's English train split, saved."""
     import yaml
 
-    from speech_lpo.tokenize_audio import fit_melvq
+    from speech_lpo.tokenize_audio import fit_codec
 
     spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "tokenizers" / "melvq.yaml").read_text())
     spec["codebook_size"] = MINI_CODEBOOK
-    codec = fit_melvq(spec, mini_manifests["librispeech"] / "train.jsonl")
+    codec = fit_codec(spec, mini_manifests["librispeech"] / "train.jsonl")
     out = tmp_path_factory.mktemp("melvq") / "codec"
     codec.save(out)
     return out

@@ -1,4 +1,5 @@
-"""Codecs: melvq fitted on the mini corpus, EnCodec / Mimi / DAC on small random configs (real classes)."""
+"""Codecs: melvq and worldvq fitted on the mini corpus, EnCodec / Mimi / DAC on small random configs (real
+classes)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import yaml
 
 from speech_lpo.codecs import (
     CODEC_FILE,
+    FITTED_CODECS,
     MalformedCodes,
     flatten_codes,
     load_audio,
@@ -129,8 +131,8 @@ def test_tokenizer_yamls_are_complete():
         spec = yaml.safe_load(path.read_text())
         for key in ("codec", "sample_rate", "frame_rate", "codebook_size", "token_format"):
             assert key in spec, f"{path.name} lacks {key}"
-        assert spec["codec"] == "melvq" or spec["codec"] in NEURAL_CODECS, path.name
-        assert spec["codec"] == "melvq" or "pretrained" in spec, path.name
+        assert spec["codec"] in FITTED_CODECS or spec["codec"] in NEURAL_CODECS, path.name
+        assert spec["codec"] in FITTED_CODECS or "pretrained" in spec, path.name
 
 
 def test_missing_codec_path_is_named(tmp_path):
@@ -214,13 +216,13 @@ def test_melvq_round_trip_stays_intelligible(tmp_path):
 
     from speech_lpo.prepare import prepare
     from speech_lpo.synth_corpus import jsgf_word_loop, synth_corpus
-    from speech_lpo.tokenize_audio import fit_melvq
+    from speech_lpo.tokenize_audio import fit_codec
     from speech_lpo.tts_metrics import pocketsphinx_asr
 
     synth_corpus(tmp_path / "corpus", {"train": 300, "dev": 0, "test": 30}, langs=("en",))
     prepare("librispeech", tmp_path / "corpus" / "librispeech", tmp_path / "data")
     spec = yaml.safe_load((ROOT / "tokenizers" / "melvq.yaml").read_text())
-    codec = fit_melvq(spec, tmp_path / "data" / "train.jsonl")
+    codec = fit_codec(spec, tmp_path / "data" / "train.jsonl")
     asr = pocketsphinx_asr(jsgf_word_loop("en"))
 
     def transcribe(wav):
@@ -233,3 +235,125 @@ def test_melvq_round_trip_stays_intelligible(tmp_path):
     round_trip = jiwer.wer(refs, [transcribe(codec.decode(codec.encode(w, sr))) for w, sr in audio])
     assert original < 0.6
     assert round_trip < original + 0.15, (original, round_trip)
+
+
+# -- worldvq -----------------------------------------------------------------------------------------------
+WORLDVQ_SPEC = ROOT / "tokenizers" / "worldvq_25hz.yaml"
+
+
+@pytest.fixture(scope="module")
+def worldvq_codec_dir(mini_manifests, tmp_path_factory):
+    """worldvq fitted through `tokenize`'s codec preparation on the mini corpus's English train split, with
+    MINI_CODEBOOK codes (two codebooks of 32): what the recipe does, at the fixture's scale."""
+    from speech_lpo.tokenize_audio import prepare_codec
+
+    spec = yaml.safe_load(WORLDVQ_SPEC.read_text()) | {"codebook_size": MINI_CODEBOOK}
+    out = tmp_path_factory.mktemp("worldvq")
+    (out / "worldvq.yaml").write_text(yaml.safe_dump(spec))
+    prepare_codec(str(out / "worldvq.yaml"), out, mini_manifests["librispeech"] / "train.jsonl")
+    return out / "codec"
+
+
+def log_mel(wav: np.ndarray) -> np.ndarray:
+    import librosa
+
+    return np.log(librosa.feature.melspectrogram(y=wav, sr=16000, n_fft=1024, hop_length=160) + 1e-6)
+
+
+def test_worldvq_round_trip(worldvq_codec_dir, mini_manifests):
+    """Codes alternate between the two codebooks' bands at 25 frames/s; the decoded audio follows the
+    original's spectrogram and pitch far more closely than a decode of random codes does."""
+    import pyworld
+
+    from speech_lpo.codecs.worldvq import WorldVQ
+
+    codec = load_codec(worldvq_codec_dir)
+    assert isinstance(codec, WorldVQ) and codec.num_quantizers == 2
+    assert codec.codebook_size == MINI_CODEBOOK and codec.frame_rate == 25
+    line = english_lines(mini_manifests)[0]
+    wav, sr = load_audio(line["audio"])
+    codes = codec.encode(wav, sr)
+    frames = len(codes) // 2
+    assert codes.dtype == np.int64 and len(codes) == 2 * frames and abs(frames - line["duration"] * 25) <= 1
+    per = MINI_CODEBOOK // 2
+    assert (codes[0::2] < per).all() and (codes[1::2] >= per).all() and codes.max() < MINI_CODEBOOK
+    assert len(set(codes[0::2].tolist())) > 5 and len(set(codes[1::2].tolist())) > 5
+    assert np.array_equal(codes, codec.encode(wav, sr))
+
+    out = codec.decode(codes)
+    assert out.dtype == np.float32 and len(out) == frames * codec.hop_length
+    assert np.isfinite(out).all() and 0.05 < np.abs(out).max() <= 1.0
+    random = codec.decode(flatten_codes(np.random.default_rng(0).integers(0, per, (2, frames)), per))
+    ref = log_mel(wav[: len(out)]).ravel()
+    fit, chance = (np.corrcoef(ref, log_mel(x).ravel())[0, 1] for x in (out, random))
+    print(f"log-mel correlation with the original: round trip {fit:.2f}, random codes {chance:.2f}")
+    assert fit > 0.5 and fit > chance + 0.2
+
+    def median_f0(x):
+        f0, _ = pyworld.dio(x.astype(np.float64), 16000)
+        return np.median(f0[f0 > 0])
+
+    assert abs(np.log(median_f0(out) / median_f0(wav))) < 0.1  # within 10% of the speaker's pitch
+
+
+def test_worldvq_decodes_random_and_refuses_malformed_codes(worldvq_codec_dir):
+    codec = load_codec(worldvq_codec_dir)
+    per = codec.per_codebook
+    grid = np.random.default_rng(1).integers(0, per, (2, 50))  # any code of each band: what the LM may emit
+    out = codec.decode(flatten_codes(grid, per))
+    assert len(out) == 50 * codec.hop_length and np.isfinite(out).all() and np.abs(out).max() <= 1.0
+    assert codec.decode([]).size == 0
+    good = flatten_codes(grid[:, :3], per).tolist()
+    with pytest.raises(MalformedCodes, match="utterance 'u1': 5 codes are not whole frames of 2"):
+        codec.decode(good[:5], "u1")
+    with pytest.raises(MalformedCodes, match="'u2': 1 code.* position 1: codebook 0 where codebook 1"):
+        codec.decode([good[0], good[0]] + good[2:], "u2")
+    with pytest.raises(MalformedCodes, match="'u3': 1 token.*outside the audio codes"):
+        codec.decode(good[:-1] + [151643], "u3")
+
+
+def test_worldvq_save_load_and_bad_input(worldvq_codec_dir, mini_manifests, tmp_path):
+    from speech_lpo.codecs.worldvq import WorldVQ
+
+    codec = load_codec(worldvq_codec_dir)
+    codec.save(tmp_path / "again")
+    again = load_codec(tmp_path / "again")
+    assert codec.params() == again.params()
+    wav, sr = load_audio(english_lines(mini_manifests)[1]["audio"])
+    assert np.array_equal(codec.encode(wav, sr), again.encode(wav, sr))
+    assert np.array_equal(codec.decode(codec.encode(wav, sr)), again.decode(again.encode(wav, sr)))
+    with pytest.raises(ValueError, match="too short for worldvq"):
+        codec.encode(np.zeros(100, np.float32), 16000)
+    with pytest.raises(ValueError, match="cannot fit 512 centroids"):
+        WorldVQ.fit([(wav, sr)], 1024)
+
+
+def test_worldvq_mel_cepstrum_matrices_equal_pysptk():
+    import pysptk
+
+    from speech_lpo.codecs.worldvq import mel_cepstrum_matrices
+
+    to_mcep, to_log_sp, zero = mel_cepstrum_matrices(24, 0.42, 1024)
+    sp = np.exp(np.random.default_rng(0).standard_normal((5, 513)))
+    mcep = pysptk.sp2mc(sp, 24, 0.42)
+    np.testing.assert_allclose(np.log(sp) @ to_mcep, mcep, atol=1e-9)
+    np.testing.assert_allclose(mcep @ to_log_sp + zero, np.log(pysptk.mc2sp(mcep, 0.42, 1024)), atol=1e-9)
+
+
+def test_worldvq_spec_matches_codec():
+    from speech_lpo.codecs.worldvq import WorldVQ
+
+    spec = yaml.safe_load(WORLDVQ_SPEC.read_text())
+    per = spec["codebook_size"] // spec["num_quantizers"]
+    dims = (spec["mcep_order"], 4)
+    codec = WorldVQ(
+        [np.zeros((per, d), np.float32) for d in dims],
+        np.zeros(spec["mcep_order"] + 4),
+        np.ones(spec["mcep_order"] + 4),
+        **{k: spec[k] for k in WorldVQ.param_names()},
+    )
+    assert codec.spec()["tokens_per_second"] <= 50  # the TTS recipe's budget (issue 24)
+    for key in ("frame_rate", "sample_rate", "num_quantizers", "codebook_size"):
+        assert codec.spec()[key] == spec[key], key
+    with pytest.raises(ValueError, match="fitted"):
+        load_codec(WORLDVQ_SPEC)

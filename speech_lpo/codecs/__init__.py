@@ -15,9 +15,10 @@ speech_lpo.codecs.constrain.CodebookOrder.
 ``load_codec(path_or_name, num_quantizers)`` accepts
 - a directory written by ``Codec.save`` (it holds ``codec.json``), or a model directory from
   ``speech-lpo build-model`` (the codec lives in its ``codec/`` subdirectory); a neural codec's
-  ``codec.json`` refers to its weights (speech_lpo.codecs.neural), melvq's small codebook is in the dir;
-- a tokenizer spec, ``tokenizers/<name>.yaml``: neural codecs load their ``pretrained`` model; melvq has
-  no weights until fitted, see ``speech_lpo.codecs.melvq.MelVQ.fit``;
+  ``codec.json`` refers to its weights (speech_lpo.codecs.neural), the small codebooks of melvq and
+  worldvq are in the dir;
+- a tokenizer spec, ``tokenizers/<name>.yaml``: neural codecs load their ``pretrained`` model; melvq and
+  worldvq have no codebooks until fitted (``FITTED_CODECS``: ``MelVQ.fit``, ``WorldVQ.fit``);
 - a transformers EnCodec / Mimi / DAC checkpoint: a local directory or a hub id, with ``num_quantizers``
   (a checkpoint without a count is refused: all 32 codebooks is rarely what anyone wants).
 """
@@ -159,10 +160,14 @@ def unflatten_codes(
     return (codes.reshape(-1, n_q) % per_codebook).T
 
 
-def _codec_class(name: str) -> type[Codec]:
-    from speech_lpo.codecs import melvq, neural
+# codecs with a codebook fitted on the training split (``fit``) rather than a pretrained model
+FITTED_CODECS = ("melvq", "worldvq")
 
-    classes = {"melvq": melvq.MelVQ, **neural.NEURAL_CODECS}
+
+def codec_class(name: str) -> type[Codec]:
+    from speech_lpo.codecs import melvq, neural, worldvq
+
+    classes = {"melvq": melvq.MelVQ, "worldvq": worldvq.WorldVQ, **neural.NEURAL_CODECS}
     if name not in classes:
         raise ValueError(f"unknown codec {name!r}; known: {sorted(classes)}")
     return classes[name]
@@ -182,12 +187,12 @@ def load_codec(path_or_name: str | Path, num_quantizers: int | None = None) -> C
             raise ValueError(
                 f"{path} holds a codec with {saved} codebooks, not --num-quantizers {num_quantizers}"
             )
-        return _codec_class(meta["codec"]).load(path, meta)
+        return codec_class(meta["codec"]).load(path, meta)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such tokenizer spec")
         spec = yaml.safe_load(path.read_text())
-        return _codec_class(spec["codec"]).from_spec(spec, path, num_quantizers)
+        return codec_class(spec["codec"]).from_spec(spec, path, num_quantizers)
     if path.exists() and not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: neither a saved codec ({CODEC_FILE}) nor a transformers checkpoint")
     from speech_lpo.codecs.neural import NeuralCodec
