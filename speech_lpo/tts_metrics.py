@@ -571,6 +571,16 @@ def _measured(
     return out
 
 
+def _geometric_mean(ratios: list[float | None], groups: list | None) -> dict:
+    """The geometric mean of ratios with its interval (the mean of logs, mapped back): twice and half as
+    long average to 1, where the arithmetic mean says 1.25."""
+    logs = _measured([None if r is None or r <= 0 else math.log(r) for r in ratios], None, groups)
+    if logs["value"] is None:
+        return logs | {"mean": "geometric"}
+    ci = logs["ci95"] | {"low": math.exp(logs["ci95"]["low"]), "high": math.exp(logs["ci95"]["high"])}
+    return logs | {"value": math.exp(logs["value"]), "ci95": ci, "mean": "geometric"}
+
+
 def _reference_embeddings(
     utts: list[Utterance], encoder: SpeakerEncoder, source: str
 ) -> tuple[dict[str, np.ndarray], list[Problem]]:
@@ -729,6 +739,8 @@ def tts_metrics(
         if measured.get(key) or any(key in r for r in per_utt):
             summary_key = {"truncated": "truncated_pct", "repetition": "repetition_pct"}.get(key, key)
             out[summary_key] = _measured([r.get(key) for r in per_utt], bound, groups, WORST.get(key))
+    if "duration_ratio" in out:
+        out["duration_ratio"] = _geometric_mean([r.get("duration_ratio") for r in per_utt], groups)
     out["reference_problems"] = [vars(p) for p in reference_problems]
     out["intelligibility"] = asr_summary
     out["per_utterance"] = per_utt
@@ -787,6 +799,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out-dir", required=True)
     parser.set_defaults(run=_main)
+
+
+def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifest", required=True, help="manifest (JSONL) of the audio to transcribe")
+    parser.add_argument("--asr", default="whisper", help=f"{ASR_SPECS} (default: whisper)")
+    parser.add_argument("--lang", default="en", help="language of the audio")
+    parser.add_argument("--grammar", help="JSGF file of the corpus's words (see score tts --grammar)")
+    parser.add_argument("--out-dir", required=True, help="writes text (Kaldi: id, transcript) and asr.jsonl")
+    parser.set_defaults(run=_transcribe_main)
+
+
+def _transcribe_main(args: argparse.Namespace) -> None:
+    """An outside ASR's hypotheses of a test set, for ``score asr`` beside the systems a recipe trains.
+    Unreadable audio is named and left out of ``text`` (``score asr`` counts it as all deletions)."""
+    manifest = read_manifest(args.manifest)
+    jsgf = Path(args.grammar).read_text(encoding="utf-8") if args.grammar else None
+    asr_name = f"{args.asr} (grammar {Path(args.grammar).name})" if args.grammar else args.asr
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wavs = {k: row["audio"] for k, row in manifest.items()}
+    hyps, problems = transcribe_files(
+        wavs, make_asr(args.asr, args.lang, jsgf), out_dir / "asr.jsonl", "transcribe", asr_name
+    )
+    write_atomic(out_dir / "text", "".join(f"{k} {' '.join(hyps[k].split())}\n" for k in wavs if k in hyps))
+    for problem in problems:
+        print(problem)
+    print(f"{asr_name}: {len(hyps)} of {len(wavs)} utterances transcribed -> {out_dir / 'text'}")
 
 
 def _utterances(args: argparse.Namespace) -> tuple[list[Utterance], str, str, str]:

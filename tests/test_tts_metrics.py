@@ -219,6 +219,34 @@ def test_score_tts_defaults_to_whisper_offline_and_measures_nothing_from_silence
     )
 
 
+def test_score_transcribe_gives_score_asr_an_outside_reference_row(tmp_path, capsys):
+    """The recipes' reference row: `score transcribe` writes the bundled Whisper's Kaldi text of a test
+    manifest, which `score asr` scores like any system; an unreadable file is named and counted as
+    deletions there."""
+    texts, wavs = librispeech()
+    ids = ["1089-134691-0000", "2830-3980-0043", "8455-210777-0068"]
+    (tmp_path / "junk.wav").write_bytes(b"RIFF not really a wave file")
+    rows = [{"id": k, "audio": wavs[k], "text": texts[k]} for k in ids]
+    rows.append({"id": "junk", "audio": str(tmp_path / "junk.wav"), "text": "HELLO THERE"})
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "ref").write_text("".join(f"{r['id']} {r['text']}\n" for r in rows))
+    cli_main(
+        ["score", "transcribe", "--manifest", str(tmp_path / "test.jsonl"), "--out-dir", str(tmp_path / "w")]
+    )
+    out = capsys.readouterr().out
+    assert "undecodable_audio: 'junk'" in out and "whisper: 3 of 4 utterances transcribed" in out
+    hyp = dict(line.split(" ", 1) for line in (tmp_path / "w" / "text").read_text().splitlines())
+    assert sorted(hyp) == sorted(ids)
+    argv = ["score", "asr", "--ref", str(tmp_path / "ref"), "--hyp", str(tmp_path / "w" / "text")]
+    cli_main(
+        argv + ["--benchmark", "librispeech", "--out-dir", str(tmp_path / "s"), "--name", "whisper_tiny_en"]
+    )
+    summ = json.loads((tmp_path / "s" / "summary-whisper_tiny_en.json").read_text())
+    assert summ["missing_hypotheses"] == 1 and summ["missing_hypothesis_deletions"] == 2
+    words = sum(len(texts[k].split()) for k in ids) + 2
+    assert summ["errors"] - 2 <= 0.1 * words  # Whisper hears the real utterances
+
+
 def test_grammar_words_are_the_corpus_vocabulary():
     from speech_lpo.synth_corpus import jsgf_word_loop, vocabulary
 
@@ -424,7 +452,8 @@ def test_score_tts_on_a_synthesis_dir_names_every_bad_output(tmp_path, capsys):
     assert out["row"] == "system" and out["wer"]["ci95"]["units"] == 4
     assert out["truncated_pct"]["value"] == pytest.approx(100 * 2 / 5)
     assert out["repetition_pct"]["value"] == pytest.approx(100 * 1 / 5)
-    assert out["duration_ratio"]["value"] == pytest.approx((1 + 1 + 0.9) / 3, abs=1e-3)
+    assert out["duration_ratio"]["value"] == pytest.approx(0.9 ** (1 / 3), abs=1e-3)  # geometric
+    assert out["duration_ratio"]["mean"] == "geometric"
     assert out["duration_ratio"]["n"] == 3 and out["sim"]["n"] == 3 and out["dnsmos_ovrl"]["n"] == 3
     assert out["sim"]["value"] > 0.9  # the same recordings (one cut short) against themselves
     for key in (
