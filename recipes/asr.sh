@@ -149,6 +149,14 @@ score_one() {
     --tag benchmark="${benchmark}" --tag test_set="${test}" "${extra[@]}"
 }
 
+# reference_one TEST_SET: an outside yardstick for the systems trained here, English only: the bundled
+# Whisper tiny.en's transcripts of the test set (offline), scored as they are
+reference_one() {
+  local dir="${expdir}/decode/$1/whisper_tiny_en"
+  speech-lpo score transcribe --manifest "${datadir}/manifests/$1.jsonl" --out-dir "${dir}"
+  score_one "$1" "${dir}" whisper_tiny_en "" method="Whisper tiny.en (bundled)"
+}
+
 score_stage() {
   local test s system r2 runs=() first=${methods%% *}
   for s in ${seeds}; do
@@ -158,6 +166,7 @@ score_stage() {
   for test in $(eval_sets); do
     local sft_decode=${expdir}/decode/${test}/sft
     ${sft_seeds} || score_one "${test}" "${sft_decode}" sft "" method=sft
+    if [[ ${corpus} == librispeech ]]; then reference_one "${test}"; fi
     for s in ${seeds}; do
       local dir="${expdir}/seed${s}"
       if ${sft_seeds}; then

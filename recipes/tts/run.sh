@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # TTS with LPO (the paper's Table 6 setting): three sampled candidates per prompt, each a rejected response
 # against the reference; LPO with r2 0.4 against DPO. By default: the embedded mini English corpus, a tiny
-# Qwen2, CPU. Stage 10 measures the paper's Table 6 (pocketsphinx WER, resemblyzer SIM, DNSMOS, silence,
+# Qwen2, CPU. Stage 10 measures the paper's Table 6 (Whisper tiny.en WER, resemblyzer SIM, DNSMOS, silence,
 # truncation, repetition, duration ratio; the original recordings and the codec round trip as rows; paired
 # tests against SFT), nothing downloaded; stage 11 packages a listening test for `speech-lpo mos serve`.
 # For a real corpus and model on GPUs:
@@ -103,7 +103,7 @@ metrics_stage() {
   local test s system job runs=() jobs=() pids=() sft_synth="${expdir}/synth/sft"
   test=$(prepared_sets test | head -n 1)
   local common=(--lang en --manifest "${datadir}/manifests/${test}.jsonl")
-  # the embedded corpus's texts come from a small grammar: pocketsphinx listens for its words only
+  # the embedded corpus's texts come from a small grammar: its words are Whisper's hotwords
   [[ -f "${corpus_dir}/corpus_words.jsgf" ]] && common+=(--grammar "${corpus_dir}/corpus_words.jsgf")
   # each system's audio (per seed), and once per test set the original recordings and the codec round trip
   # (every synth dir holds the same round trips: the reference codes through the same codec); nj at a time
