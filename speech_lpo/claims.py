@@ -21,6 +21,7 @@ import numpy as np
 from speech_lpo import stats
 from speech_lpo.seed_compare import NONINFERIORITY_MARGIN, Comparison, Counts, compare
 from speech_lpo.summaries import (
+    PAPER_TABLE7,
     bench_of,
     compare_groups,
     final_logratios,
@@ -57,11 +58,6 @@ def _sign_test(diffs: list[float]) -> float:
 
 TEST = "crossed bootstrap (one test-unit draw per replication shared by every seed and SFT), 95% interval"
 
-# The paper's Table 7 effect of LPO over SFT, by benchmark tag (error rates in percent)
-PAPER_TABLE7 = {
-    "aishell1": "AISHELL-1 3.868 -> 3.583 CER, -7.4% of SFT",
-    "librispeech": "LibriSpeech test-clean 7.222 -> 6.684-6.965 WER, -3.6% to -7.4% of SFT",
-}
 
 # Table 6's dimensions and their automatic proxies: (summary key, per-utterance key, lower is better, label)
 TABLE6 = {

@@ -10,6 +10,7 @@ from speech_lpo import stats
 from speech_lpo.score import format_counts
 from speech_lpo.seed_compare import footnote, rate_interval, spread
 from speech_lpo.summaries import (
+    PAPER_TABLE7,
     bench_of,
     compare_groups,
     counts_of,
@@ -318,7 +319,9 @@ def across_seeds_table(summaries: list[dict]) -> str:
         )
     sft_seeds = max((len(g) for g in sft.values()), default=0)
     seeds = max((len(g) for g in groups.values()), default=0)
-    return "\n".join([*lines, "", footnote(comparisons, sft_seeds, seeds)]) + "\n"
+    papers = [PAPER_TABLE7[b] for b in sorted({k[0].split()[0] for k in groups}) if b in PAPER_TABLE7]
+    paper = f" The paper's LPO effect (Table 7): {'; '.join(papers)}." if papers else ""
+    return "\n".join([*lines, "", footnote(comparisons, sft_seeds, seeds) + paper]) + "\n"
 
 
 def tts_across_seeds_table(summaries: list[dict], baseline: str = "sft") -> str:
