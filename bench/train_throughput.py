@@ -17,8 +17,8 @@ Qwen2.5-0.5B's width (hidden 896, 14 heads, 2 KV heads) and ``--layers`` layers.
 300, responses 20), ``tts`` (30, 300), ``tts_long`` (60, 1,000). Precision: ``--dtype bfloat16`` (float32
 weights under bf16 autocast: ``bf16=True`` in both trainers' arguments, the reference log-probs under the
 same autocast) by default where the hardware has bf16 (a CUDA GPU that supports it, a CPU with AVX512-BF16
-or AMX), else float32. Each configuration runs in its own process; every round runs every configuration,
-one shape's three methods back to back, so each ratio comes from one stretch of the machine's load.
+or AMX), else float32. Each configuration runs in its own process; a shape's rounds run one after the
+other, each its three methods back to back, so each ratio comes from one stretch of the machine's load.
 
 Training memory is the peak above the baseline taken after loading (model, data, reference log-probs):
 on a GPU the maximum allocated minus what was allocated before training; on CPU the process's RSS sampled
@@ -343,11 +343,11 @@ def main() -> None:
     differs = json.dumps(settings["differs_from_ours"])
     print("TRL DPOConfig values that differ from ours [TRL, ours]:", differs, file=sys.stderr)
 
-    # every round runs every configuration, a shape's methods back to back: a burst of load from elsewhere
-    # on the machine slows one round, and the median of the rounds leaves it out
+    # a shape's rounds one after the other, each running its methods back to back: a burst of load from
+    # elsewhere on the machine slows one round, and the median of the rounds leaves it out
     runs: dict[str, dict[str, list]] = {shape: {m: [] for m in opts.methods} for shape in opts.shapes}
-    for _ in range(opts.rounds):
-        for shape in opts.shapes:
+    for shape in opts.shapes:
+        for _ in range(opts.rounds):
             for method in opts.methods:
                 run = run_worker(
                     "--worker", "train", method, shape, "--steps", str(opts.steps),
