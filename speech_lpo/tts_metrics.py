@@ -444,6 +444,7 @@ class Utterance:
     codes: list | None = None
     frames_per_second: float | None = None
     error: str | None = None
+    other_voice: str | None = None  # a recording of another speaker: is the requested voice the one matched?
 
 
 def read_synth_list(synth_dir: Path) -> list[dict]:
@@ -465,9 +466,25 @@ def read_manifest(path: str | Path) -> dict[str, dict]:
     return rows
 
 
+def other_voices(manifest: dict[str, dict]) -> dict[str, str]:
+    """Speaker -> a recording of another speaker of the manifest (the next speaker in sorted order, its first
+    utterance by id): SIM against it beside SIM against the reference says whether an output has the voice
+    its prompt asked for, or just some voice of the corpus."""
+    first: dict[str, str] = {}
+    for k in sorted(manifest):
+        if manifest[k].get("speaker"):
+            first.setdefault(manifest[k]["speaker"], manifest[k]["audio"])
+    speakers = sorted(first)
+    return (
+        {s: first[speakers[(i + 1) % len(speakers)]] for i, s in enumerate(speakers)}
+        if len(speakers) > 1
+        else {}
+    )
+
+
 def from_synth_dir(synth_dir: Path, manifest: dict[str, dict], roundtrip: bool = False) -> list[Utterance]:
     """The synthesised audio of a ``speech-lpo synthesize`` dir, or (``roundtrip``) its codec round trips
-    of the reference codes; references and speakers from the test manifest."""
+    of the reference codes; references, speakers and another voice's recording from the test manifest."""
     key = "roundtrip_wav" if roundtrip else "wav"
     rows = read_synth_list(synth_dir)
     unknown = [row["id"] for row in rows if manifest and row["id"] not in manifest]
@@ -476,6 +493,7 @@ def from_synth_dir(synth_dir: Path, manifest: dict[str, dict], roundtrip: bool =
             f"{synth_dir / SYNTH_LIST}: {len(unknown)} ids not in the test manifest: {unknown[:5]}"
         )
     out = []
+    others = other_voices(manifest)
     for row in rows:
         ref = manifest.get(row["id"], {})
         codes = None if roundtrip else row.get("codes")
@@ -492,6 +510,7 @@ def from_synth_dir(synth_dir: Path, manifest: dict[str, dict], roundtrip: bool =
                 codes,
                 fps,
                 row.get(f"{key}_error"),
+                others.get(ref.get("speaker")),
             )
         )
     return out
@@ -584,27 +603,25 @@ def _geometric_mean(ratios: list[float | None], groups: list | None) -> dict:
 def _reference_embeddings(
     utts: list[Utterance], encoder: SpeakerEncoder, source: str
 ) -> tuple[dict[str, np.ndarray], list[Problem]]:
-    """Speaker embeddings of the reference recordings (prompts), once per file; a reference that is not
-    there or cannot be read is a named problem of each utterance that refers to it (no SIM for it)."""
+    """Speaker embeddings of the reference recordings (prompts) and other voices' recordings, once per
+    file; one that is not there or cannot be read is a named problem of each utterance that refers to it
+    (no SIM for it)."""
     embeddings: dict[str, np.ndarray] = {}
     failed: dict[str, Problem] = {}
     problems = []
     for u in utts:
-        if not u.reference:
-            continue
-        if u.reference not in embeddings and u.reference not in failed:
-            if not Path(u.reference).is_file():
-                failed[u.reference] = Problem(
-                    "missing_reference", source, None, u.id, f"{u.reference} not found"
-                )
-            else:
-                try:
-                    embeddings[u.reference] = encoder(load_audio(u.reference))
-                except Exception as e:  # soundfile raises several types; each is named in the report
-                    why = f"{u.reference}: {type(e).__name__}: {e}"
-                    failed[u.reference] = Problem("undecodable_reference", source, None, u.id, why)
-        if u.reference in failed:
-            problems.append(dataclasses.replace(failed[u.reference], id=u.id))
+        for path in (p for p in (u.reference, u.other_voice) if p):
+            if path not in embeddings and path not in failed:
+                if not Path(path).is_file():
+                    failed[path] = Problem("missing_reference", source, None, u.id, f"{path} not found")
+                else:
+                    try:
+                        embeddings[path] = encoder(load_audio(path))
+                    except Exception as e:  # soundfile raises several types; each is named in the report
+                        why = f"{path}: {type(e).__name__}: {e}"
+                        failed[path] = Problem("undecodable_reference", source, None, u.id, why)
+            if path in failed:
+                problems.append(dataclasses.replace(failed[path], id=u.id))
     return embeddings, problems
 
 
@@ -686,7 +703,11 @@ def tts_metrics(
                 if predict_mos is not None:
                     rec["utmos"] = predict_mos(audio)
                 if u.reference in references:
-                    rec["sim"] = cosine(encoder(audio), references[u.reference])
+                    embedding = encoder(audio)
+                    rec["sim"] = cosine(embedding, references[u.reference])
+                    if u.other_voice in references:
+                        rec["sim_other_voice"] = cosine(embedding, references[u.other_voice])
+                        rec["voice_gap"] = rec["sim"] - rec["sim_other_voice"]
         per_utt.append(rec)
 
     groups = [u.speaker for u in utts] if all(u.speaker for u in utts) else None
@@ -726,7 +747,8 @@ def tts_metrics(
             [None if r["wer"] is None else 100.0 * (r["wer"] > 50) for r in per_utt], (0, 100), groups, 100.0
         ),
     }
-    bounds = {"sim": (-1, 1), "duration_ratio": None, "truncated": (0, 100), "repetition": (0, 100)}
+    bounds = {"sim": (-1, 1), "sim_other_voice": (-1, 1), "voice_gap": (-2, 2)}
+    bounds |= {"duration_ratio": None, "truncated": (0, 100), "repetition": (0, 100)}
     # DNSMOS's polynomial fit is not held to 1-5 (garbled speech scores 0.99): its interval is not clipped
     bounds |= {f"dnsmos_{k}": None for k in ("ovrl", "sig", "bak", "p808")}
     bounds |= {"utmos": None, "silence_pct": (0, 100), "leading_s": None, "trailing_s": None, "inner_s": None}

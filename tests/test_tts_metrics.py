@@ -25,6 +25,7 @@ from speech_lpo.tts_metrics import (
     is_ctranslate2_whisper,
     load_audio,
     make_asr,
+    other_voices,
     pocketsphinx_asr,
     repetition_loop,
     resemblyzer_encoder,
@@ -247,6 +248,13 @@ def test_score_transcribe_gives_score_asr_an_outside_reference_row(tmp_path, cap
     assert summ["errors"] - 2 <= 0.1 * words  # Whisper hears the real utterances
 
 
+def test_other_voice_is_a_recording_of_another_speaker():
+    rows = {"u3": ("a", "a3.wav"), "u1": ("a", "a1.wav"), "u2": ("b", "b2.wav"), "u4": ("c", "c4.wav")}
+    manifest = {k: {"speaker": spk, "audio": audio} for k, (spk, audio) in rows.items()}
+    assert other_voices(manifest) == {"a": "b2.wav", "b": "c4.wav", "c": "a1.wav"}
+    assert other_voices({"u1": {"speaker": "a", "audio": "a1.wav"}}) == {}  # one voice: nothing to compare
+
+
 def test_grammar_words_are_the_corpus_vocabulary():
     from speech_lpo.synth_corpus import jsgf_word_loop, vocabulary
 
@@ -456,6 +464,10 @@ def test_score_tts_on_a_synthesis_dir_names_every_bad_output(tmp_path, capsys):
     assert out["duration_ratio"]["mean"] == "geometric"
     assert out["duration_ratio"]["n"] == 3 and out["sim"]["n"] == 3 and out["dnsmos_ovrl"]["n"] == 3
     assert out["sim"]["value"] > 0.9  # the same recordings (one cut short) against themselves
+    # against a recording of another speaker of the manifest, each is less alike: the voice gap is positive
+    gaps = [r["voice_gap"] for r in out["per_utterance"] if "voice_gap" in r]
+    assert len(gaps) == 3 and min(gaps) > 0.05 and out["voice_gap"]["n"] == 3
+    assert out["sim_other_voice"]["value"] == pytest.approx(out["sim"]["value"] - out["voice_gap"]["value"])
     for key in (
         "wer",
         "wer_utt_mean",
