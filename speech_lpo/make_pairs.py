@@ -18,6 +18,17 @@ and makes one group per prompt whose rejected responses are the model's own samp
   prompt, stored as ``meta.logp``): the paper's point that good rejected responses are near misses
   (homophones, one word off) rather than gross errors.
 
+and for TTS candidates, scored with the TTS instruments of ``score tts`` (the model's codec makes the
+audio, ``--asr`` its transcript, ``--speaker-encoder`` its voice):
+
+- ``metric``: the reference stays the chosen response, as in the paper; a candidate is rejected only when
+  it is worse than the reference (heard through the same codec) by a margin: ASR error rate higher by more
+  than ``--wer-margin``, speaker similarity to the reference lower by more than ``--sim-margin``, or
+  shorter than ``1 - --max-truncation`` of its duration (cut off);
+- ``metric-best``: NeMo's Magpie-TTS variant: the best candidate that is not cut off (lowest error rate,
+  then highest similarity) is the chosen response when its error rate is at most ``--max-chosen-wer``, and the
+  candidates worse than it by those margins are rejected.
+
 ``--method perturb`` (ASR) corrupts each reference transcript by insertion, deletion and repetition at
 noise ratio eta (speech_lpo.perturb); no model samples are needed.
 
@@ -72,6 +83,7 @@ class PairReport:
     operators: Counter = field(default_factory=Counter)
     edit_distances: list[int] = field(default_factory=list)
     edit_rates: list[float] = field(default_factory=list)  # edit distance / reference length
+    gaps: dict[str, list[float]] = field(default_factory=dict)  # TTS metric selection: wer_gap, sim_gap
     units: set[str] = field(default_factory=set)  # what edit distances count: audio codes, words, characters
 
     def add_group(self, group: PreferenceGroup) -> None:
@@ -79,6 +91,9 @@ class PairReport:
         self.rejected += group.k
         self.edit_distances += group.meta["edit_distance"]
         self.edit_rates += [d / max(group.meta["reference_units"], 1) for d in group.meta["edit_distance"]]
+        for key in ("wer_gap", "sim_gap"):
+            if key in group.meta:
+                self.gaps.setdefault(key, []).extend(group.meta[key])
 
     def to_dict(self) -> dict:
         return {
@@ -95,6 +110,7 @@ class PairReport:
             "edit_distance_units": sorted(self.units),
             "edit_distance": distribution(self.edit_distances),
             "edit_rate": distribution(self.edit_rates),
+            **{key: distribution(values) for key, values in self.gaps.items()},
         }
 
 
@@ -208,6 +224,114 @@ class Selection:
 ALL = Selection()
 
 
+@dataclass
+class Measured:
+    """One TTS response as the instruments hear it."""
+
+    error_rate: float  # ASR errors / reference units
+    sim: float  # speaker similarity (cosine) to the reference through the codec
+    seconds: float
+
+
+class TtsInstruments:
+    """``score tts``'s instruments on code sequences: the model's codec makes 16 kHz audio, an ASR
+    (speech_lpo.tts_metrics.make_asr) transcribes it, a speaker encoder embeds it."""
+
+    def __init__(self, model_dir: str | Path, asr: str, speaker_encoder: str) -> None:
+        from speech_lpo.codecs import load_codec
+        from speech_lpo.tts_metrics import make_asr, make_speaker_encoder
+
+        self.codec = load_codec(model_dir)
+        self.asr = make_asr(asr)
+        self.embed = make_speaker_encoder(speaker_encoder)
+
+    def measure(
+        self, text_units: list[str], normalizer: Normalizer, codes: list[np.ndarray]
+    ) -> list[Measured]:
+        """The reference's codes first: similarity is to its voice."""
+        import soxr
+
+        from speech_lpo.tts_metrics import ASR_SAMPLE_RATE, cosine
+
+        wavs = [
+            soxr.resample(
+                np.asarray(self.codec.decode(c), np.float32), self.codec.sample_rate, ASR_SAMPLE_RATE
+            )
+            for c in codes
+        ]
+        voice = self.embed(wavs[0])
+        return [
+            Measured(
+                distance(text_units, normalizer.units(self.asr(w))) / max(len(text_units), 1),
+                cosine(self.embed(w), voice),
+                len(w) / ASR_SAMPLE_RATE,
+            )
+            for w in wavs
+        ]
+
+
+@dataclass
+class TtsSelection:
+    """``--select metric`` / ``metric-best`` (see the module docstring)."""
+
+    instruments: TtsInstruments
+    select: str = "metric"
+    wer_margin: float = 0.1
+    sim_margin: float = 0.1
+    max_truncation: float = 0.2
+    max_chosen_wer: float = 0.1
+
+    def worse(self, c: Measured, than: Measured) -> list[str]:
+        """How ``c`` is worse than ``than`` by more than a margin (empty: not worse)."""
+        return [
+            name
+            for name, bad in (
+                ("intelligibility", c.error_rate - than.error_rate > self.wer_margin),
+                ("voice", than.sim - c.sim > self.sim_margin),
+                ("truncated", c.seconds < (1 - self.max_truncation) * than.seconds),
+            )
+            if bad
+        ]
+
+    def __call__(
+        self,
+        row: dict,
+        candidates: list[tuple[list[int], np.ndarray, dict]],
+        ref_codes: np.ndarray,
+        report: PairReport,
+    ) -> tuple[list[int], list[tuple[list[int], dict]]] | None:
+        """(chosen ids, rejected (ids, info)) or None where no candidate makes a pair (counted)."""
+        normalizer = normalizer_for("asr", row["lang"], None)
+        units = normalizer.units(row["text"])
+        ref, *measured = self.instruments.measure(
+            units, normalizer, [ref_codes] + [c for _, c, _ in candidates]
+        )
+        chosen_ids, anchor = row["reference_ids"], ref
+        if self.select == "metric-best":
+            # a cut candidate may be heard as fewer errors: it cannot be the best
+            whole = [i for i, m in enumerate(measured) if "truncated" not in self.worse(m, ref)]
+            best = min(whole, key=lambda i: (measured[i].error_rate, -measured[i].sim), default=None)
+            if best is None or measured[best].error_rate > self.max_chosen_wer:
+                report.dropped_groups["no candidate within --max-chosen-wer"] += 1
+                return None
+            chosen_ids, anchor = candidates[best][0], measured[best]
+            measured, candidates = (
+                measured[:best] + measured[best + 1 :],
+                candidates[:best] + candidates[best + 1 :],
+            )
+        rejected = []
+        for (ids, _, info), m in zip(candidates, measured, strict=True):
+            reasons = self.worse(m, anchor)
+            if not reasons:
+                report.dropped_responses["not worse than the chosen response by a margin"] += 1
+                continue
+            gaps = {"wer_gap": m.error_rate - anchor.error_rate, "sim_gap": anchor.sim - m.sim}
+            rejected.append(
+                (ids, {**info, "error_rate": m.error_rate, "sim": m.sim, **gaps, "worse": reasons})
+            )
+        return chosen_ids, rejected
+
+
 def model_scorer(model, batch_size: int = 8) -> Scorer:
     """Summed log-probs of responses under ``model``, packed and computed as ``ref-logps`` computes them."""
     from speech_lpo.ref_logps import with_ref_logps
@@ -239,7 +363,9 @@ def tts_group(
     report: PairReport,
     max_positions: int | None = None,
     keep_cut: bool = False,
+    selection: TtsSelection | None = None,
 ) -> PreferenceGroup | None:
+    """The candidates against the reference: every usable one, or as ``selection`` chooses them."""
     ref_codes, _ = response_codes(vocab, row["reference_ids"])
     report.units.add("audio codes")
     end = im_end_id(tokenizer)
@@ -258,8 +384,16 @@ def tts_group(
                 "hit_max_new_tokens": c["hit_max_new_tokens"],
                 "edit_distance": distance(ref_codes, codes),
             }
-            rejected.append((ids, info))
-    return make_group(row, "model", rejected, report, max_positions, reference_units=len(ref_codes))
+            rejected.append((ids, codes, info))
+    if selection is None:
+        rejected = [(ids, info) for ids, _, info in rejected]
+        return make_group(row, "model", rejected, report, max_positions, reference_units=len(ref_codes))
+    picked = selection(row, rejected, ref_codes, report)
+    if picked is None:
+        return None
+    chosen_ids, rejected = picked
+    meta = {"reference_units": len(ref_codes), "select": selection.select}
+    return make_group({**row, "reference_ids": chosen_ids}, "model", rejected, report, max_positions, **meta)
 
 
 def text_group(
@@ -302,6 +436,7 @@ def model_groups(
     max_positions: int | None = None,
     keep_cut: bool = False,
     selection: Selection = ALL,
+    tts_selection: TtsSelection | None = None,
 ) -> list[PreferenceGroup]:
     groups = []
     for row in iter_rows(candidates_dir):
@@ -314,7 +449,9 @@ def model_groups(
                 raise ValueError(
                     f"{candidates_dir}: --select {selection.select} is for ASR and text candidates"
                 )
-            group = tts_group(row, tokenizer, vocab, report, max_positions, keep_cut)
+            group = tts_group(row, tokenizer, vocab, report, max_positions, keep_cut, tts_selection)
+        elif tts_selection is not None:
+            raise ValueError(f"{candidates_dir}: --select {tts_selection.select} is for TTS candidates")
         else:
             normalizer = normalizer_for(row["task"], row["lang"], normalizer_name)
             group = text_group(row, tokenizer, normalizer, report, max_positions, keep_cut, selection)
@@ -414,9 +551,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidates", help="model: a `speech-lpo generate` output directory")
     parser.add_argument(
         "--select",
-        choices=("all", "near-miss"),
+        choices=("all", "near-miss", "metric", "metric-best"),
         default="all",
-        help="model, ASR/text: which usable candidates are rejected: all, or near misses (--max-edit-rate)",
+        help="model: which usable candidates are rejected: all; ASR/text: near misses (--max-edit-rate); "
+        "TTS: those worse than the reference by a margin (metric) or than the best candidate (metric-best)",
     )
     parser.add_argument(
         "--max-edit-rate",
@@ -428,6 +566,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-rejected", type=int, default=3, help="near-miss: rejected per prompt, the most likely first"
     )
     parser.add_argument("--batch-size", type=int, default=8, help="near-miss: groups per log-prob batch")
+    tts = parser.add_argument_group("TTS metric selection (--select metric, metric-best)")
+    tts.add_argument("--asr", default="whisper", help="speech_lpo.tts_metrics.make_asr spec")
+    tts.add_argument("--speaker-encoder", default="resemblyzer", help="resemblyzer or a WavLM x-vector model")
+    tts.add_argument("--wer-margin", type=float, default=0.1, help="rejected: error rate higher by more")
+    tts.add_argument(
+        "--sim-margin", type=float, default=0.1, help="rejected: speaker similarity lower by more"
+    )
+    tts.add_argument(
+        "--max-truncation", type=float, default=0.2, help="rejected: shorter by more than this share"
+    )
+    tts.add_argument(
+        "--max-chosen-wer",
+        type=float,
+        default=0.1,
+        help="metric-best: the best candidate's largest error rate",
+    )
     parser.add_argument("--data", help="perturb: tokenised dataset dir")
     parser.add_argument("--split", help="perturb: only utterances of this split")
     parser.add_argument(
@@ -461,8 +615,19 @@ def main(args: argparse.Namespace) -> None:
     if args.method == "model":
         if not args.candidates:
             raise SystemExit("--method model needs --candidates (a `speech-lpo generate` output directory)")
-        selection = Selection(args.select, args.max_edit_rate, args.max_rejected)
-        if args.select == "near-miss":
+        selection, tts_selection = ALL, None
+        if args.select.startswith("metric"):
+            instruments = TtsInstruments(args.model, args.asr, args.speaker_encoder)
+            tts_selection = TtsSelection(
+                instruments,
+                args.select,
+                args.wer_margin,
+                args.sim_margin,
+                args.max_truncation,
+                args.max_chosen_wer,
+            )
+        elif args.select == "near-miss":
+            selection = Selection(args.select, args.max_edit_rate, args.max_rejected)
             import torch
             from transformers import AutoModelForCausalLM
 
@@ -477,6 +642,7 @@ def main(args: argparse.Namespace) -> None:
             max_positions,
             args.keep_cut_candidates,
             selection,
+            tts_selection,
         )
     else:
         if not args.data:

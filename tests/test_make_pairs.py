@@ -102,6 +102,59 @@ def test_tts_group_is_one_chosen_against_the_candidates(model_dir, tokenizer, tm
     assert report["flagged"] == {"hit max_new_tokens": 1}
 
 
+@pytest.mark.slow  # Whisper and resemblyzer on Griffin-Lim audio: about 3 minutes on a loaded machine
+def test_tts_metric_selection_hears_the_candidates(melvq_codec_dir, mini_manifests, tmp_path):
+    """--select metric / metric-best with the real instruments: the melvq codec's audio, the bundled Whisper
+    tiny.en and resemblyzer, on codes of real (synthesised) utterances."""
+    import soundfile as sf
+
+    from speech_lpo.build_model import build
+    from speech_lpo.codecs import load_codec
+    from speech_lpo.prepare import read_manifest
+    from tests.fixtures_corpus import QWEN_TOKENIZER_DIR, need
+
+    model = tmp_path / "model"
+    tiny = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1}
+    build(str(melvq_codec_dir), model, tokenizer_name=str(need(QWEN_TOKENIZER_DIR)), tiny_config=tiny)
+    tokenizer, vocab, codec = AutoTokenizer.from_pretrained(model), AudioVocab.load(model), load_codec(model)
+    utts = read_manifest(mini_manifests["librispeech"] / "train.jsonl")[:2]
+    codes = [codec.encode(*sf.read(u["audio"], dtype="float32")) for u in utts]
+    ids = [tts_response_ids(tokenizer, vocab, c) for c in codes]
+    row = {"id": "u", "task": "tts", "lang": "en", "text": utts[0]["text"], "prompt_ids": [1, 2, 3]}
+    row |= {"reference_ids": ids[0], "skipped": None}
+    row["candidates"] = [
+        cand(ids[0]),  # identical: dropped before anything is heard
+        cand(tts_response_ids(tokenizer, vocab, codes[0][: len(codes[0]) * 2 // 5])),  # cut short
+        cand(ids[1]),  # another sentence
+        cand(tts_response_ids(tokenizer, vocab, codes[0][:-1])),  # one frame less: as good as the reference
+    ]
+    candidates = str(write_candidates(tmp_path / "c", [row]))
+    argv = ["make-pairs", "--model", str(model), "--candidates", candidates, "--select"]
+    cli([*argv, "metric", "--out", str(tmp_path / "metric.jsonl")])
+    (group,) = load_valid_groups(tmp_path / "metric.jsonl")
+    assert group.chosen_ids == ids[0] and group.meta["select"] == "metric"  # the reference stays chosen
+    # the cut one is heard as cut (and in another voice), the other sentence as more errors; one frame less
+    # is not worse by the margins
+    assert group.rejected_ids == [row["candidates"][1]["ids"], ids[1]]
+    assert "truncated" in group.meta["worse"][0] and group.meta["worse"][1] == ["intelligibility"]
+    assert group.meta["wer_gap"][1] > 0.1 and all(-1 <= s <= 1 for s in group.meta["sim"])
+    report = read_report(tmp_path / "metric.jsonl")
+    assert report["dropped_responses"] == {
+        "identical to the reference": 1,
+        "not worse than the chosen response by a margin": 1,
+    }
+    assert report["pairs"] == 2 and report["wer_gap"]["count"] == report["sim_gap"]["count"] == 2
+
+    cli([*argv, "metric-best", "--max-chosen-wer", "10", "--out", str(tmp_path / "best.jsonl")])
+    (best,) = load_valid_groups(tmp_path / "best.jsonl")  # NeMo's: the best whole candidate is chosen
+    assert best.chosen_ids == row["candidates"][3]["ids"] and best.meta["select"] == "metric-best"
+    assert best.rejected_ids == [row["candidates"][1]["ids"], ids[1]]
+    cli([*argv, "metric-best", "--max-chosen-wer", "0.05", "--out", str(tmp_path / "none.jsonl")])
+    assert read_report(tmp_path / "none.jsonl")["dropped_groups"] == {
+        "no candidate within --max-chosen-wer": 1
+    }
+
+
 def test_asr_and_text_groups_compare_normalised_text(model_dir, tokenizer, tmp_path):
     end = im_end_id(tokenizer)
     ref_text = "MISTER QUILTER IS THE APOSTLE OF THE MIDDLE CLASSES"

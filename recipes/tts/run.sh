@@ -21,7 +21,7 @@ corpus_dir=""         # LibriSpeech-layout corpus; empty: synthesise the embedde
 download=false        # let lhotse download the corpus into --corpus_dir
 subsets=""            # LibriSpeech subsets to prepare (default: prepare's own)
 model=""              # Qwen2.5 checkpoint (local dir or hub id); empty: tiny Qwen2 from conf/model.yaml
-codec=../../tokenizers/melvq_20hz.yaml   # audio tokenizer spec (tokenizers/*.yaml)
+codec=../../tokenizers/worldvq_25hz.yaml # audio tokenizer spec (tokenizers/*.yaml; melvq_20hz.yaml: the old default)
 ngpu=0                # >1: training through accelerate launch + DeepSpeed, generation through vLLM, one engine per GPU
 nj=2                  # parallel jobs for tokenisation
 pref_utts=""          # training utterances set aside before SFT as the pref split; empty: conf/prepare.yaml's
@@ -64,8 +64,8 @@ candidates_one() {  # candidates_one SEED
 
 pairs_one() {  # pairs_one SEED
   local root; root=$(sft_root "$1")
-  speech-lpo make-pairs --method model --model "${root}/sft" --candidates "${root}/candidates" \
-    --out "${root}/pairs/model.jsonl"
+  speech-lpo make-pairs --config "${conf_dir}/pairs.yaml" --method model --model "${root}/sft" \
+    --candidates "${root}/candidates" --out "${root}/pairs/model.jsonl"
 }
 
 ref_logps_one() {  # ref_logps_one SEED
