@@ -33,6 +33,14 @@ def tiny_qwen2_config(
     )
 
 
+def packed_attention() -> str:
+    """The attention implementation that ``train`` and ``ref-logps`` load models with (the same in both, so
+    that their log-probs agree at step 0): on CUDA FlexAttention, which skips the tiles that the packed
+    mask blanks (other responses, the future); on the CPU SDPA (torch has no FlexAttention backward there).
+    """
+    return "flex_attention" if torch.cuda.is_available() else "sdpa"
+
+
 def tiny_qwen2(vocab_size: int, seed: int = 0, **config_kwargs) -> Qwen2ForCausalLM:
     torch.manual_seed(seed)
     return Qwen2ForCausalLM(tiny_qwen2_config(vocab_size, **config_kwargs))

@@ -16,17 +16,23 @@ Both produce the same flat description of the response tokens (``tok_*``) and of
 Log-probs never build the logits of the whole batch (DESIGN.md, Scale): the final hidden states of the
 positions that predict a response token are gathered first, then go through the LM head and log-softmax
 a chunk of tokens at a time, each chunk recomputed in backward, so memory grows with the chunk times the
-vocabulary (151,936 + audio rows for Qwen2.5), not with the response tokens times the vocabulary.
+vocabulary (151,936 + audio rows for Qwen2.5), not with the response tokens times the vocabulary. As TRL
+1.16's chunked head does it: the matmul in the weights' (or autocast's) dtype, the log-softmax and both
+gradient GEMMs accumulated in float32, the LM-head weight's gradient accumulated in place in one float32
+buffer across chunks (as Liger's fused linear losses do), and under ZeRO-3 the head gathered once per pass.
+
+Rows are padded to a multiple of 64 (``PAD_MULTIPLE``): a length that is not a multiple of 8 makes PyTorch
+copy the padded 4-D mask in every layer, and few distinct lengths mean few kernel shapes.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from accelerate.utils import extract_model_from_parallel
-from torch.utils.checkpoint import checkpoint
 
 from speech_lpo.groups import PreferenceGroup
 
@@ -35,6 +41,8 @@ Batch = dict[str, Any]
 # Response tokens per LM-head chunk: at Qwen2.5's 168,320 rows (with a 16,384-code audio block) one chunk's
 # float32 logits are 172 MB, and a chunk's forward and backward hold about four such tensors.
 LOGPS_CHUNK = 256
+PAD_MULTIPLE = 64
+HALF = (torch.float16, torch.bfloat16)
 
 
 class _Builder:
@@ -60,6 +68,24 @@ class _Builder:
         self.tok_resp += [resp] * n
         self.resp_len.append(n)
         return resp
+
+    def tensors(self, pad_id: int, packed: bool) -> Batch:
+        """The rows, padded to a multiple of ``PAD_MULTIPLE``, and the response tokens as tensors."""
+        length = padded_length(max(map(len, self.rows)))
+        batch: Batch = {
+            "input_ids": _pad(self.rows, pad_id, length),
+            "tok_row": torch.tensor(self.tok_row),
+            "tok_pred": torch.tensor(self.tok_pred),
+            "tok_target": torch.tensor(self.tok_target),
+            "tok_resp": torch.tensor(self.tok_resp),
+            "resp_len": torch.tensor(self.resp_len),
+        }
+        if packed:
+            batch["position_ids"] = _pad(self.positions, 0, length)
+            batch["segment_ids"] = _pad(self.segments, -1, length)
+        else:
+            batch["attention_mask"] = _pad([[1] * len(r) for r in self.rows], 0, length)
+        return batch
 
 
 def _pad(rows: list[list[int]], value: int, length: int) -> torch.Tensor:
@@ -107,24 +133,11 @@ def collate_groups(groups: Sequence[PreferenceGroup], shared_prefix: bool = True
                 pair_rejected.append(pair[1])
                 pair_group.append(gi)
 
-    length = max(map(len, b.rows))
-    batch: Batch = {
-        "input_ids": _pad(b.rows, pad_id, length),
-        "tok_row": torch.tensor(b.tok_row),
-        "tok_pred": torch.tensor(b.tok_pred),
-        "tok_target": torch.tensor(b.tok_target),
-        "tok_resp": torch.tensor(b.tok_resp),
-        "resp_len": torch.tensor(b.resp_len),
-        "pair_chosen": torch.tensor(pair_chosen),
-        "pair_rejected": torch.tensor(pair_rejected),
-        "pair_group": torch.tensor(pair_group),
-        "group_ids": [g.id for g in groups],
-    }
-    if shared_prefix:
-        batch["position_ids"] = _pad(b.positions, 0, length)
-        batch["segment_ids"] = _pad(b.segments, -1, length)
-    else:
-        batch["attention_mask"] = _pad([[1] * len(r) for r in b.rows], 0, length)
+    batch = b.tensors(pad_id, packed=shared_prefix)
+    batch["pair_chosen"] = torch.tensor(pair_chosen)
+    batch["pair_rejected"] = torch.tensor(pair_rejected)
+    batch["pair_group"] = torch.tensor(pair_group)
+    batch["group_ids"] = [g.id for g in groups]
     if all(g.has_ref for g in groups):
         ref = [(g.ref_chosen_logp, r) for g in groups for r in g.ref_rejected_logp]
         batch["ref_chosen_logp"] = torch.tensor([c for c, _ in ref], dtype=torch.float32)
@@ -132,28 +145,146 @@ def collate_groups(groups: Sequence[PreferenceGroup], shared_prefix: bool = True
     return batch
 
 
+def collate_responses(examples: Sequence[tuple[list[int], list[int]]], pad_id: int = 0) -> Batch:
+    """One right-padded row ``[prompt | response]`` per (prompt, response) example, its response tokens
+    described as ``collate_groups`` describes them: what ``sft`` trains on through the same LM head."""
+    b = _Builder()
+    for prompt, response in examples:
+        b.add_response(len(b.rows), len(prompt), len(prompt) - 1, response)
+        b.rows.append(prompt + response)
+    return b.tensors(pad_id, packed=False)
+
+
+def padded_length(length: int) -> int:
+    return -(-length // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
 def packed_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Additive (B, 1, L, L) mask: 0 where attention is allowed, the dtype's minimum elsewhere.
 
-    Allowed: causal, and the key is in the prompt (segment 0) or in the query's own response. Padding
-    (segment -1) attends only to itself so that no row is fully masked. A boolean 4-D mask would be
-    read differently by eager attention, hence the float mask.
+    Allowed as ``_allowed`` says. A boolean 4-D mask would be read differently by eager attention, hence
+    the float mask.
     """
-    length = segment_ids.shape[1]
-    idx = torch.arange(length, device=segment_ids.device)
-    causal = idx[None, :] <= idx[:, None]
-    q = segment_ids[:, :, None]
-    k = segment_ids[:, None, :]
-    allowed = causal & (q >= 0) & ((k == 0) | (k == q))
-    allowed |= torch.eye(length, dtype=torch.bool, device=segment_ids.device)
+    rows = torch.arange(segment_ids.shape[0], device=segment_ids.device)
+    cols = torch.arange(segment_ids.shape[1], device=segment_ids.device)
+    allowed = _allowed(segment_ids, rows[:, None, None], cols[:, None], cols[None, :])
     mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def _token_logps(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Log-prob of each target token from its final hidden state, in float32."""
-    logits = lm_head(hidden).float()
-    return logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(dim=-1)
+def _allowed(segment_ids: torch.Tensor, b, q, k):
+    """The packed layout's rule for query column q and key column k of row b: causal, and the key in the
+    prompt (segment 0) or in the query's own response; padding (segment -1) attends only to itself, so that
+    no row is fully masked."""
+    sq, sk = segment_ids[b, q], segment_ids[b, k]
+    return ((k <= q) & (sq >= 0) & ((sk == 0) | (sk == sq))) | (q == k)
+
+
+def packed_block_mask(segment_ids: torch.Tensor):
+    """The packed mask as a FlexAttention ``BlockMask``: the tiles it blanks (a response's keys for another
+    response's queries, the future) are skipped, not computed and masked."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    batch, length = segment_ids.shape
+    return create_block_mask(
+        lambda b, _h, q, k: _allowed(segment_ids, b, q, k),
+        batch,
+        None,
+        length,
+        length,
+        device=segment_ids.device,
+    )
+
+
+def _gathered(weight: torch.Tensor):
+    """Under DeepSpeed ZeRO-3, the LM head's full weight for the duration of a pass (one all-gather for every
+    chunk instead of one per chunk); elsewhere nothing to do."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled() or not hasattr(weight, "ds_status"):
+        return contextlib.nullcontext()
+    import deepspeed
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    if weight.ds_status == ZeroParamStatus.AVAILABLE:  # tied: the embedding holds it gathered
+        return contextlib.nullcontext()
+    return deepspeed.zero.GatheredParameters([weight])
+
+
+def _addmm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``acc += a @ b`` in float32 without rounding ``a @ b`` to a half dtype first (TRL's ``_addmm_fp32``):
+    on CUDA a half-precision GEMM with a float32 output, elsewhere a float32 GEMM."""
+    if acc.device.type == "cuda" and b.dtype in HALF:
+        torch.addmm(acc, a.to(b.dtype), b, out_dtype=torch.float32, out=acc)
+    else:
+        acc.addmm_(a.float(), b.float())
+
+
+class ChunkedLogProbs(torch.autograd.Function):
+    """Log-prob of each target token from its final hidden state, ``chunk`` tokens at a time, in float32.
+
+    Forward keeps only the hidden states and each token's log-partition; backward recomputes one chunk's
+    logits at a time, turns them into the logits' gradient in place and adds its two GEMMs into float32
+    buffers: the hidden states' rows and the whole LM-head weight, which is accumulated in place rather than
+    materialised per chunk and summed.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk: int, compute_dtype: torch.dtype):
+        out = torch.empty(len(hidden), dtype=torch.float32, device=hidden.device)
+        log_z = torch.empty_like(out)
+        with _gathered(weight):
+            w = weight.to(compute_dtype)
+            for s in range(0, len(hidden), chunk):
+                logits = (hidden[s : s + chunk].to(compute_dtype) @ w.T).float()
+                log_z[s : s + chunk] = logits.logsumexp(dim=-1)
+                out[s : s + chunk] = logits.gather(1, targets[s : s + chunk, None]).squeeze(1)
+        ctx.save_for_backward(hidden, weight, targets, log_z)
+        ctx.chunk, ctx.compute_dtype = chunk, compute_dtype
+        return out - log_z
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, targets, log_z = ctx.saved_tensors
+        chunk, compute_dtype = ctx.chunk, ctx.compute_dtype
+        want_hidden, want_weight = ctx.needs_input_grad[:2]
+        grad_hidden = (
+            torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if want_hidden else None
+        )
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=hidden.device) if want_weight else None
+        )
+        with _gathered(weight):
+            w = weight.to(compute_dtype)
+            for s in range(0, len(hidden), chunk):
+                h = hidden[s : s + chunk].to(compute_dtype)
+                g = grad_out[s : s + chunk, None].float()
+                # d logp / d logits = onehot(target) - softmax, times the incoming gradient, in place
+                grad = (h @ w.T).float().sub_(log_z[s : s + chunk, None]).exp_().mul_(-g)
+                grad.scatter_add_(1, targets[s : s + chunk, None], g)
+                if grad_hidden is not None:
+                    _addmm_fp32(grad_hidden[s : s + chunk], grad, w)
+                if grad_weight is not None:
+                    _addmm_fp32(grad_weight, grad.T, h)
+        return (
+            grad_hidden.to(hidden.dtype) if grad_hidden is not None else None,
+            grad_weight.to(weight.dtype) if grad_weight is not None else None,
+            None,
+            None,
+            None,
+        )
+
+
+def token_logps(
+    lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int = LOGPS_CHUNK
+) -> torch.Tensor:
+    """Log-prob of each target token from its final hidden state, in float32 (``ChunkedLogProbs``)."""
+    if getattr(lm_head, "bias", None) is not None:
+        raise ValueError("the chunked LM head supports heads without a bias (Qwen2's)")
+    device = hidden.device.type
+    compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else lm_head.weight.dtype
+    with torch.autocast(device, enabled=False):  # the casts are ChunkedLogProbs's own
+        return ChunkedLogProbs.apply(hidden, lm_head.weight, targets, chunk_size, compute)
 
 
 def _mask_dtype(model: torch.nn.Module, device: torch.device) -> torch.dtype:
@@ -170,14 +301,19 @@ def response_logps(model: torch.nn.Module, batch: Batch, chunk_size: int = LOGPS
     forward does its work (gradient reduction, parameter gathering, accelerate's autocast), and the
     decoder's output is taken from a forward hook; the LM head is asked for no logits at all inside the
     forward. The LM head then runs on the gathered response positions only, ``chunk_size`` tokens at a
-    time, each chunk recomputed in backward (``torch.utils.checkpoint``). The caller's autocast applies.
+    time, each chunk recomputed in backward (``ChunkedLogProbs``). The caller's autocast applies.
     """
     causal_lm = extract_model_from_parallel(model)
     if hasattr(causal_lm, "get_base_model"):  # peft: its adapters live inside the transformers model
         causal_lm = causal_lm.get_base_model()
     decoder, lm_head = causal_lm.get_decoder(), causal_lm.get_output_embeddings()
     input_ids = batch["input_ids"]
-    if "segment_ids" in batch:
+    if "segment_ids" in batch and causal_lm.config._attn_implementation == "flex_attention":
+        kwargs = {
+            "attention_mask": packed_block_mask(batch["segment_ids"]),
+            "position_ids": batch["position_ids"],
+        }
+    elif "segment_ids" in batch:
         mask = packed_attention_mask(batch["segment_ids"], _mask_dtype(model, input_ids.device))
         kwargs = {"attention_mask": mask, "position_ids": batch["position_ids"]}
     else:
@@ -190,15 +326,6 @@ def response_logps(model: torch.nn.Module, batch: Batch, chunk_size: int = LOGPS
     finally:
         hook.remove()
     hidden = captured[-1][batch["tok_row"], batch["tok_pred"]]
-    targets = batch["tok_target"]
-    recompute = torch.is_grad_enabled() and hidden.requires_grad
-    token_logps = torch.cat(
-        [
-            checkpoint(_token_logps, lm_head, h, t, use_reentrant=False)
-            if recompute
-            else _token_logps(lm_head, h, t)
-            for h, t in zip(hidden.split(chunk_size), targets.split(chunk_size), strict=True)
-        ]
-    )
-    out = torch.zeros(len(batch["resp_len"]), dtype=torch.float32, device=token_logps.device)
-    return out.index_add_(0, batch["tok_resp"], token_logps)
+    logps = token_logps(lm_head, hidden, batch["tok_target"], chunk_size)
+    out = torch.zeros(len(batch["resp_len"]), dtype=torch.float32, device=logps.device)
+    return out.index_add_(0, batch["tok_resp"], logps)

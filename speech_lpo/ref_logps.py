@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from speech_lpo.groups import PreferenceGroup, load_groups
+from speech_lpo.modeling import packed_attention
 from speech_lpo.packing import collate_groups, response_logps
 from speech_lpo.training_args import add_precision_arguments, forward_precision, forward_settings
 
@@ -126,7 +127,10 @@ def main(args: argparse.Namespace) -> None:
     if done:
         log.info("resuming after %d finished groups in %s", done, partial)
     device = args.device or state.device
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(device)
+    model = AutoModelForCausalLM.from_pretrained(
+        args.model, dtype=dtype, attn_implementation=packed_attention()
+    )
+    model = model.to(device)
     pad_id = model.config.pad_token_id or 0
     todo = groups[done:]
     per_round = args.batch_size * state.num_processes

@@ -1,8 +1,9 @@
 """Supervised fine-tuning: causal-LM training on ASR (audio -> text) and/or TTS (text -> audio) examples.
 
 Examples are ChatML prompt/response pairs (speech_lpo.prompts) built from a tokenised dataset; the loss
-is on response tokens only. The Trainer does the rest (checkpoints, resume, accumulation, distribution);
-re-running with the same output dir resumes from its last checkpoint. The output dir is a complete model
+is on response tokens only, through the chunked LM head that ``train`` uses (no full-vocabulary logits).
+The Trainer does the rest (checkpoints, resume, accumulation, distribution); re-running with the same
+output dir resumes from its last checkpoint. The output dir is a complete model
 dir (tokenizer, audio vocabulary, codec) for the stages after it.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from speech_lpo.packing import collate_responses, response_logps
 from speech_lpo.training_args import (
     add_optimisation_arguments,
     copy_model_extras,
@@ -45,7 +47,7 @@ def build_examples(dataset, tokenizer, vocab, task: str, max_length: int | None)
                 )
             else:
                 prompt, response = (
-                    tts_prompt_ids(tokenizer, row["text"]),
+                    tts_prompt_ids(tokenizer, row["text"], row.get("speaker")),
                     tts_response_ids(tokenizer, vocab, row["codes"]),
                 )
             if max_length is not None and len(prompt) + len(response) > max_length:
@@ -55,18 +57,36 @@ def build_examples(dataset, tokenizer, vocab, task: str, max_length: int | None)
     return examples, too_long
 
 
-def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded input ids, attention mask and labels (-100 on prompt and padding)."""
-    seqs = [e["prompt"] + e["response"] for e in examples]
-    length = max(map(len, seqs))
-    input_ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
-    labels = torch.full((len(seqs), length), -100, dtype=torch.long)
-    attention = torch.zeros((len(seqs), length), dtype=torch.long)
-    for i, (e, seq) in enumerate(zip(examples, seqs, strict=True)):
-        input_ids[i, : len(seq)] = torch.tensor(seq)
-        labels[i, len(e["prompt"]) : len(seq)] = torch.tensor(e["response"])
-        attention[i, : len(seq)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+def collate(examples: list[dict], pad_id: int) -> dict:
+    """Right-padded ``[prompt | response]`` rows with their response tokens (speech_lpo.packing)."""
+    return collate_responses([(e["prompt"], e["response"]) for e in examples], pad_id)
+
+
+class ResponseLossTrainer:
+    """Mixed into the Trainer: the causal-LM loss on response tokens through the chunked LM head that
+    ``train`` uses (``speech_lpo.packing.response_logps``), so no batch x length x vocabulary logits; the sum
+    of the tokens' negative log-probs over the response tokens of the global batch (every rank, every
+    accumulation step), as the Trainer weighs a causal-LM loss by ``num_items_in_batch``."""
+
+    loss_is_scaled_for_ga = True
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
+        tokens = torch.tensor(sum(len(b["tok_target"]) for b in batch_samples), device=device)
+        return self.accelerator.gather(tokens[None]).sum() if self.args.world_size > 1 else tokens
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        total = -response_logps(model, inputs).sum()
+        if num_items_in_batch is None:  # evaluation: this batch's mean
+            loss = total / len(inputs["tok_target"])
+        else:  # times the processes, whose gradients DDP and DeepSpeed average
+            loss = total / num_items_in_batch * self.accelerator.num_processes
+        return (loss, None) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,7 +134,11 @@ def main(args: argparse.Namespace) -> None:
     warn_if_updates_round_away(model, args.learning_rate)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     config = TrainingArguments(**trainer_kwargs(args, has_eval=bool(eval_examples)))
-    trainer = Trainer(
+
+    class SFTTrainer(ResponseLossTrainer, Trainer):
+        pass
+
+    trainer = SFTTrainer(
         model=model,
         args=config,
         train_dataset=train_examples,

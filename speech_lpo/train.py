@@ -116,6 +116,7 @@ def main(args: argparse.Namespace) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.trainer_utils import get_last_checkpoint
 
+    from speech_lpo.modeling import packed_attention
     from speech_lpo.trainer import PreferenceTrainer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -130,7 +131,8 @@ def main(args: argparse.Namespace) -> None:
     eval_groups = load_groups(args.eval_groups, max_length=args.max_length)[0] if args.eval_groups else None
 
     dtype = weights_dtype(args)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+    attention = packed_attention()
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, attn_implementation=attention)
     warn_if_updates_round_away(model, args.learning_rate)
     config.pad_token_id = model.config.pad_token_id or 0
     if args.lora_r > 0:
@@ -145,7 +147,11 @@ def main(args: argparse.Namespace) -> None:
                 task_type="CAUSAL_LM",
             ),
         )
-    ref_model = AutoModelForCausalLM.from_pretrained(args.ref_model, dtype=dtype) if args.ref_model else None
+    ref_model = None
+    if args.ref_model:
+        ref_model = AutoModelForCausalLM.from_pretrained(
+            args.ref_model, dtype=dtype, attn_implementation=attention
+        )
 
     trainer = PreferenceTrainer(
         model=model,

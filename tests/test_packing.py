@@ -5,11 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import Qwen2ForCausalLM
 
 from speech_lpo.groups import PreferenceGroup, write_groups
 from speech_lpo.modeling import tiny_qwen2, tiny_qwen2_config
-from speech_lpo.packing import collate_groups, packed_attention_mask, response_logps
+from speech_lpo.packing import collate_groups, packed_attention_mask, packed_block_mask, response_logps
 
 VOCAB = 97
 
@@ -136,16 +138,29 @@ def test_chunked_lm_head_equals_full_logits(tied, shared_prefix):
             torch.testing.assert_close(results[name][1][param], grad, atol=1e-5, rtol=1e-5, msg=param)
 
 
+class LogitsShapes(TorchDispatchMode):
+    """Rows of every matrix product whose output is logits (the vocabulary wide)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default) and out.shape[-1] == VOCAB:
+            self.rows.append(out.shape[0])
+        return out
+
+
 def test_lm_head_sees_response_tokens_only_in_chunks():
     model = tiny_qwen2(VOCAB, hidden_size=32)
     batch = collate_groups(random_groups(3), shared_prefix=True)
-    rows = []
-    model.lm_head.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[:-1].numel()))
-    response_logps(model, batch, chunk_size=16).sum().backward()
+    with LogitsShapes() as shapes:
+        response_logps(model, batch, chunk_size=16).sum().backward()
     n_tokens = int(batch["resp_len"].sum())
-    # forward: the model asks its head for no logits, then one call per chunk; backward recomputes each chunk
+    # forward: the model asks its head for no logits, then one product per chunk; backward recomputes each
     chunks = [min(16, n_tokens - s) for s in range(0, n_tokens, 16)]
-    assert rows == [0, *chunks, *reversed(chunks)]
+    assert shapes.rows == [0, *chunks, *chunks]
     assert n_tokens < batch["input_ids"].numel()  # fewer rows than the logits of every column
 
 
@@ -191,3 +206,32 @@ def test_wrapped_model_goes_through_its_wrappers_forward(tmp_path):
     torch.testing.assert_close(logps, plain, atol=1e-6, rtol=0)
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, expected[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_flex_attention_equals_sdpa_on_the_packed_mask():
+    # the CUDA path (a BlockMask that skips blanked tiles) against the CPU one (SDPA, float mask), on the
+    # attention itself; torch has no FlexAttention backward on CPU, so forward only here
+    from torch.nn.attention.flex_attention import flex_attention
+
+    segments = collate_groups(random_groups(3), shared_prefix=True)["segment_ids"]
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(len(segments), 2, segments.shape[1], 16, generator=g) for _ in range(3))
+    expected = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=packed_attention_mask(segments, torch.float32)
+    )
+    torch.testing.assert_close(flex_attention(q, k, v, block_mask=packed_block_mask(segments)), expected)
+    causal = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert not torch.allclose(causal, expected, atol=1e-3)  # the packed mask is not the causal one
+
+
+@pytest.mark.slow  # transformers compiles FlexAttention: minutes on these CPUs
+def test_a_flex_attention_model_gives_the_sdpa_models_logps():
+    sdpa = tiny_qwen2(VOCAB, hidden_size=32)
+    config = tiny_qwen2_config(VOCAB, hidden_size=32)
+    config._attn_implementation = "flex_attention"
+    flex = Qwen2ForCausalLM(config)
+    flex.load_state_dict(sdpa.state_dict())
+    batch = collate_groups(random_groups(3), shared_prefix=True)
+    with torch.no_grad():
+        expected = response_logps(sdpa, batch)
+        torch.testing.assert_close(response_logps(flex, batch), expected, atol=1e-5, rtol=0)

@@ -2,8 +2,11 @@
 
 import json
 
+import torch
+
 from speech_lpo.cli import main as cli
-from speech_lpo.sft import build_examples
+from speech_lpo.modeling import tiny_qwen2
+from speech_lpo.sft import ResponseLossTrainer, build_examples, collate
 from speech_lpo.tokenize_audio import load_tokenized
 from speech_lpo.vocab import AudioVocab
 
@@ -52,3 +55,33 @@ def test_sft_learns_and_writes_a_model_dir(speech_lm, tmp_path):
     shortest = min(len(e["prompt"]) + len(e["response"]) for e in examples)
     _, too_long = build_examples(data, tokenizer, AudioVocab.load(out), "both", shortest)
     assert 0 < too_long < len(examples)
+
+
+def test_sft_loss_through_the_chunked_head_equals_the_models_own(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    class SFTTrainer(ResponseLossTrainer, Trainer):
+        pass
+
+    g = torch.Generator().manual_seed(0)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(1, 97, (n,), generator=g).tolist()
+
+    examples = [{"prompt": ids(p), "response": ids(r)} for p, r in ((5, 9), (12, 3), (7, 20))]
+    batch = collate(examples, pad_id=0)
+    # the model's own loss from full logits: labels on the response tokens, at the columns they sit in
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[batch["tok_row"], batch["tok_pred"] + 1] = batch["tok_target"]
+    model = tiny_qwen2(97, hidden_size=32)
+    expected = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
+    expected.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    trainer = SFTTrainer(model=model, args=TrainingArguments(str(tmp_path), use_cpu=True, report_to=[]))
+    loss = trainer.compute_loss(model, batch)
+    loss.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, grads[name], rtol=1e-4, atol=1e-6, msg=name)
