@@ -21,6 +21,7 @@ from speech_lpo.training_args import (
     add_optimisation_arguments,
     copy_model_extras,
     extras_callback,
+    resume_checkpoint,
     trainer_kwargs,
     warn_if_updates_round_away,
     weights_dtype,
@@ -102,7 +103,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     from speech_lpo.tokenize_audio import load_tokenized
     from speech_lpo.trainer import MetricsJsonlCallback
@@ -149,8 +149,7 @@ def main(args: argparse.Namespace) -> None:
             extras_callback(args.model),
         ],
     )
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    result = trainer.train(resume_from_checkpoint=last)
+    result = trainer.train(resume_from_checkpoint=resume_checkpoint(args))
     trainer.save_model(args.output_dir)  # on every rank (ZeRO-3 gathers the shards); rank 0 writes
     if trainer.is_world_process_zero():
         copy_model_extras(args.model, args.output_dir)

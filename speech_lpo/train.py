@@ -19,6 +19,7 @@ from speech_lpo.training_args import (
     add_optimisation_arguments,
     copy_model_extras,
     extras_callback,
+    resume_checkpoint,
     trainer_kwargs,
     warn_if_updates_round_away,
     weights_dtype,
@@ -114,7 +115,6 @@ def pairs_per_step(config, groups: list) -> str:
 
 def main(args: argparse.Namespace) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
 
     from speech_lpo.modeling import packed_attention
     from speech_lpo.trainer import PreferenceTrainer
@@ -162,10 +162,7 @@ def main(args: argparse.Namespace) -> None:
         callbacks=[extras_callback(args.model)],
     )
     log.info("loss %s; %s", loss_settings(config), pairs_per_step(config, train_groups))
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    if last:
-        log.info("resuming from %s", last)
-    result = trainer.train(resume_from_checkpoint=last)
+    result = trainer.train(resume_from_checkpoint=resume_checkpoint(args))
 
     # Every rank takes part in saving (ZeRO-3 gathers the shards); only rank 0 writes files.
     if args.lora_r > 0:

@@ -50,6 +50,11 @@ def add_optimisation_arguments(parser: argparse.ArgumentParser, batch_help: str)
     opt.add_argument("--save_strategy", default="steps", choices=("steps", "epoch"))
     opt.add_argument("--save_steps", type=int, default=500)
     opt.add_argument("--save_total_limit", type=int, default=2, help="checkpoints kept; 0 keeps all")
+    opt.add_argument(
+        "--save_only_model",
+        action="store_true",
+        help="checkpoints hold the weights only (no optimiser state); a killed run then starts over",
+    )
 
 
 def add_precision_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -171,10 +176,25 @@ def trainer_kwargs(args: argparse.Namespace, has_eval: bool) -> dict:
         "save_strategy": args.save_strategy,
         "save_steps": args.save_steps,
         "save_total_limit": args.save_total_limit or None,
+        "save_only_model": args.save_only_model,
         "remove_unused_columns": False,
         "report_to": [],
         **evaluation,
     }
+
+
+def resume_checkpoint(args: argparse.Namespace) -> str | None:
+    """The output dir's last checkpoint to resume from; None to start (over). Model-only checkpoints
+    (--save_only_model) hold no optimiser state, and DeepSpeed cannot resume from them at all: start over."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    if last and args.save_only_model:
+        log.warning("%s holds weights only (--save_only_model): starting over, not resuming", last)
+        return None
+    if last:
+        log.info("resuming from %s", last)
+    return last
 
 
 def copy_model_extras(src: str, dst: str) -> None:

@@ -85,6 +85,10 @@ def test_paper_preset_is_table_9(recipe, pairs):
         assert config.beta == {"lpo": 0.2, "dpo": 0.1}[name]
         assert config.learning_rate == 2e-7 and config.adam_beta2 == 0.95 and config.weight_decay == 0.1
         assert config.bf16 and not config.fp16  # float32 master weights, bf16 autocast
+        # fits 8 x 80 GB at 7B (docs/memory.md): recomputed activations, capped groups, model-only checkpoints
+        options = paper(recipe, name)
+        assert config.gradient_checkpointing and options.max_length == (12288 if recipe == "tts" else 4096)
+        assert config.save_only_model and config.save_total_limit == 3  # one per epoch (Figure 2)
         # 3 rejected per group (3 candidates or perturbations per prompt), 8 GPUs
         assert config.per_device_train_batch_size * config.gradient_accumulation_steps * 8 * 3 == pairs
         # cosine decay from 2e-7 to a floor of 1e-7
@@ -102,6 +106,7 @@ def test_paper_preset_is_table_9(recipe, pairs):
     assert lpo.r2 == (0.4 if recipe == "tts" else None)  # ASR: from the recipe's --r2_grid
     sft = paper(recipe, "sft")
     assert sft.bf16 and sft.learning_rate == 2e-5 and sft.adam_beta2 == 0.95
+    assert sft.gradient_checkpointing and sft.save_only_model and sft.save_total_limit == 1
 
 
 def test_min_lr_goes_with_its_scheduler():

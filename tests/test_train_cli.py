@@ -1,6 +1,8 @@
 """The ref-logps and train stages through the CLI: stored references, metrics, kill and resume."""
 
+import argparse
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from speech_lpo.groups import load_groups
+from speech_lpo.training_args import resume_checkpoint
 from tests.test_packing import write_training_dir
 
 
@@ -167,3 +170,14 @@ def test_metrics_file_keeps_entries_up_to_the_restored_step_and_drops_a_torn_lin
     state = TrainerState(global_step=10)
     MetricsJsonlCallback(path).on_train_begin(TrainingArguments(str(tmp_path)), state, TrainerControl())
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [5, 10]
+
+
+def test_model_only_checkpoints_start_over(tmp_path, caplog):
+    # they hold no optimiser state, and DeepSpeed cannot resume from them at all
+    (tmp_path / "checkpoint-3").mkdir()
+    (tmp_path / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    resumable = argparse.Namespace(output_dir=str(tmp_path), save_only_model=False)
+    assert resume_checkpoint(resumable) == str(tmp_path / "checkpoint-3")
+    with caplog.at_level(logging.WARNING):
+        assert resume_checkpoint(argparse.Namespace(output_dir=str(tmp_path), save_only_model=True)) is None
+    assert "starting over" in caplog.text
