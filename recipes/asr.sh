@@ -187,8 +187,9 @@ score_stage() {
       done
     done
   done
+  # shellcheck disable=SC2046  # one report path per line, no spaces
   speech-lpo score table "${expdir}"/score/*/summary-*.json --out RESULTS.md --plot-dir "${expdir}/plots" \
-    --runs "${runs[@]}"
+    --runs "${runs[@]}" --pairs $(find "${expdir}" -path '*/pairs/*.report.json' | sort)
 }
 
 sft_stage() { for_each_sft sft_one; }

@@ -3,8 +3,10 @@ the TTS metrics (the paper's Table 6, measured) and the per-seed tables."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
+from pathlib import Path
 
 from speech_lpo import stats
 from speech_lpo.score import format_counts
@@ -361,5 +363,40 @@ def tts_across_seeds_table(summaries: list[dict], baseline: str = "sft") -> str:
     lines += [
         "",
         "Mean and sd over training seeds of pooled %WER. " + footnote(comparisons, base_seeds, seeds),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def pair_table(reports: list[str | Path]) -> str:
+    """The preference data behind the systems, per candidate method (and seed where several): prompts,
+    pairs, what was dropped and why, and how far the rejected responses are from the chosen ones (edit rate,
+    or Whisper WER / SIM gap for TTS), as ``make-pairs`` reported it in ``<out>.report.json``."""
+    lines = [
+        "| Seed | Candidates | Selection | Prompts | Pairs | Dropped (reason: count) "
+        "| Edit rate of rejected, median (p25–p75) | WER gap | SIM gap |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def quartiles(d: dict | None, digits: int = 3) -> str:
+        if not d or not d.get("count"):
+            return ""
+        return f"{fmt(d['median'], digits)} ({fmt(d['p25'], digits)}–{fmt(d['p75'], digits)})"
+
+    for path in sorted(reports, key=str):
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        seed = next((p[4:] for p in Path(path).parts if p.startswith("seed") and p[4:].isdigit()), "-")
+        dropped = {**report.get("dropped_groups", {}), **report.get("dropped_responses", {})}
+        lines.append(
+            f"| {seed} | {report['method']} | {report.get('select', 'all')} | {report['prompts']} "
+            f"| {report['pairs']} | {'; '.join(f'{k}: {v}' for k, v in dropped.items()) or 'none'} "
+            f"| {quartiles(report.get('edit_rate'))} | {quartiles(report.get('wer_gap'), 1)} "
+            f"| {quartiles(report.get('sim_gap'))} |"
+        )
+    lines += [
+        "",
+        "A group of k rejected responses is k pairs. Edit rate: edit distance between the chosen and the "
+        "rejected response over the chosen one's length (units as make-pairs counts them); WER / SIM gap: "
+        "how much worse a rejected TTS candidate is than the chosen response under Whisper and the speaker "
+        "encoder.",
     ]
     return "\n".join(lines) + "\n"

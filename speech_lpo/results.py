@@ -22,6 +22,7 @@ from speech_lpo.result_tables import (
     across_seeds_table,
     asr_findings,
     asr_table,
+    pair_table,
     table_per_test_set,
     tts_across_seeds_table,
     tts_table,
@@ -36,6 +37,7 @@ def write_results(
     plot_dir: str | Path | None = None,
     runs: list[str | Path] | None = None,
     tts_baseline: str = "sft",
+    pair_reports: list[str | Path] | None = None,
 ) -> str:
     asr = any(s["kind"] == "asr" for s in summaries)
     tts = any(s["kind"] == "tts" for s in summaries)
@@ -51,6 +53,8 @@ def write_results(
         ]
     parts += ["## The paper's claims", "", *claims(summaries, runs), ""]
     parts += ["## Per seed and per test set", ""]
+    if pair_reports:
+        parts += ["### Preference pairs", "", pair_table(pair_reports)]
     if asr:
         parts += ["### ASR", "", table_per_test_set(summaries), asr_table(summaries)]
         parts += ["Measured:", *asr_findings(summaries), ""]
@@ -88,10 +92,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tts-baseline", default="sft", help="the TTS system the others are tested against (paired tests)"
     )
+    parser.add_argument("--pairs", nargs="*", help="make-pairs reports (<out>.report.json): the pair table")
     parser.set_defaults(run=_main)
 
 
 def _main(args: argparse.Namespace) -> None:
     print(
-        write_results(load_summaries(args.summaries), args.out, args.plot_dir, args.runs, args.tts_baseline)
+        write_results(
+            load_summaries(args.summaries), args.out, args.plot_dir, args.runs, args.tts_baseline, args.pairs
+        )
     )

@@ -263,6 +263,14 @@ def test_near_miss_selection_keeps_the_most_likely_small_errors(model_dir, token
     (everything,) = load_valid_groups(tmp_path / "all.jsonl")  # --select all: every distinct error
     assert len(everything.rejected_ids) == 5 and read_report(tmp_path / "all.jsonl")["select"] == "all"
 
+    # RESULTS.md's pair table, from the two reports
+    from speech_lpo.result_tables import pair_table
+
+    table = pair_table([out.with_name("near.report.json"), tmp_path / "all.report.json"])
+    near_row = next(line for line in table.splitlines() if "| near-miss |" in line)
+    assert near_row.startswith("| - | model | near-miss | 1 | 2 |") and "| 0.111 (0.111–0.111) |" in near_row
+    assert "edit rate above --max-edit-rate: 1" in near_row and "| model | all | 1 | 5 |" in table
+
 
 def test_asr_model_based_groups_from_real_generation(model_dir, data_dir, tokenizer, tmp_path):
     cli(generate_args(model_dir, data_dir, tmp_path / "cand", "asr"))  # a random model, cut at 12 tokens

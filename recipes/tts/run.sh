@@ -126,7 +126,7 @@ metrics_stage() {
   done
   for pid in "${pids[@]}"; do wait "${pid}"; done
   speech-lpo score table $(find "${expdir}/score" -name 'tts-summary-*.json' | sort) --out RESULTS.md \
-    --plot-dir "${expdir}/plots" --runs "${runs[@]}"
+    --plot-dir "${expdir}/plots" --runs "${runs[@]}" --pairs $(find "${expdir}" -path '*/pairs/*.report.json' | sort)
 }
 
 # A listening test over the synthesised test sentences (speech-lpo mos serve --definition exp/mos/mos_tts.yaml)
