@@ -23,7 +23,13 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from speech_lpo.generate import length_limit
+from speech_lpo.generate import (
+    SamplingConfig,
+    TransformersBackend,
+    add_backend_arguments,
+    length_limit,
+    make_backend,
+)
 from speech_lpo.prompts import asr_prompt_ids, asr_response_ids, im_end_id, response_text
 from speech_lpo.score import write_atomic
 from speech_lpo.vocab import AudioVocab
@@ -31,20 +37,19 @@ from speech_lpo.vocab import AudioVocab
 HYPS_FILE = "hyps.jsonl"
 
 
-def load_model(model_dir: str | Path, device: str | None = None):
-    """Model (eval mode), tokenizer and audio vocabulary of a `build-model` / training output dir."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_vocab(model_dir: str | Path):
+    """Tokenizer, audio vocabulary and context length of a `build-model` / training output dir."""
+    from transformers import AutoConfig, AutoTokenizer
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
-    return model, AutoTokenizer.from_pretrained(model_dir), AudioVocab.load(model_dir)
+    max_len = getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", None)
+    return AutoTokenizer.from_pretrained(model_dir), AudioVocab.load(model_dir), max_len
 
 
 def generate_batch(
     model, prompts: list[list[int]], pad_id: int, stop_ids: list[int], **generate_kwargs
 ) -> list:
-    """New token ids for each prompt: one left-padded batch through ``model.generate``.
+    """New token ids for each prompt: one left-padded batch through ``model.generate`` (the transformers
+    backend of generate, decode and synthesize: speech_lpo.generate.TransformersBackend).
 
     Left padding puts every prompt's last token at the same position, where generation starts; the
     attention mask keeps the pads out. Returned ids stop at (and include) the first stop token.
@@ -132,16 +137,17 @@ def decode(
     beam_size: int = 1,
     max_new_tokens: int | None = None,
     limit: int | None = None,
+    backend=None,
 ) -> dict:
-    """Decode ``data`` into ``out_dir``; ``max_new_tokens`` None derives it from the reference transcripts."""
+    """Decode ``data`` into ``out_dir``; ``max_new_tokens`` None derives it from the reference transcripts.
+    ``backend`` (speech_lpo.generate.make_backend) defaults to transformers with ``batch_size``."""
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, tokenizer, vocab = load_model(model_dir)
+    backend = backend or TransformersBackend(model_dir, batch_size)
+    tokenizer, vocab, max_len = load_vocab(model_dir)
     end_id = im_end_id(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_id
-    max_len = getattr(model.config, "max_position_embeddings", None)
     every = load_rows(data, split)
     rows = every[:limit] if limit else every
     if max_new_tokens is None:  # from the whole split, so that a run with --limit continues as the whole
@@ -153,6 +159,7 @@ def decode(
         "split": split,
         "search": "greedy" if beam_size == 1 else f"beam {beam_size}",
         "max_new_tokens": max_new_tokens,
+        "backend": backend.name,
     }
     check_settings(out_dir / "decode.json", settings, hyps_path)
     done = read_done(hyps_path)
@@ -180,18 +187,12 @@ def decode(
                 todo.append((row, prompt))
         out.flush()
         todo.sort(key=lambda rp: len(rp[1]))  # similar lengths in one batch: less padding
+        cfg = SamplingConfig(1, 0.0, 1.0, max_new_tokens, (end_id,), num_beams=beam_size)
         with tqdm(total=len(todo), desc="decode", disable=not todo) as bar:
-            for batch in batches(todo, batch_size):
-                new = generate_batch(
-                    model,
-                    [p for _, p in batch],
-                    pad_id,
-                    [end_id],
-                    do_sample=False,
-                    num_beams=beam_size,
-                    max_new_tokens=max_new_tokens,
-                )
-                for (row, _), ids in zip(batch, new, strict=True):
+            for batch in batches(todo, backend.batch_size or len(todo)):  # vLLM: all at once
+                new = backend.generate([p for _, p in batch], cfg, seed=0)
+                for (row, _), [candidate] in zip(batch, new, strict=True):
+                    ids = candidate.ids
                     hyp = {"id": row["id"], "text": response_text(tokenizer, ids), "ref": row["text"]}
                     hyp |= {"n_tokens": len(ids), "finished": end_id in ids}
                     done[row["id"]] = hyp
@@ -234,6 +235,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-new-tokens", type=int, help="default: from the data, the longest reference plus a margin"
     )
     parser.add_argument("--limit", type=int, help="decode only the first N utterances (by id)")
+    add_backend_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -244,16 +246,21 @@ def main(args: argparse.Namespace) -> None:
     # several models in one process: the interpreter, torch and the dataset load once (on CPU that
     # start-up takes far longer than decoding a small test set)
     for model, out_dir in zip(args.model, args.out_dir, strict=True):
-        report = decode(
-            model,
-            args.data,
-            out_dir,
-            args.split,
-            args.batch_size,
-            args.beam_size,
-            args.max_new_tokens,
-            args.limit,
-        )
+        backend = make_backend(args, model)
+        try:
+            report = decode(
+                model,
+                args.data,
+                out_dir,
+                args.split,
+                args.batch_size,
+                args.beam_size,
+                args.max_new_tokens,
+                args.limit,
+                backend,
+            )
+        finally:
+            backend.close()
         print(
             f"{model}: decoded {report['decoded']}/{report['utterances']} ({report['search']}); "
             f"cut by max_new_tokens {report['max_new_tokens']}: {len(report['unfinished'])}, "

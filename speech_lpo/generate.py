@@ -77,6 +77,7 @@ class SamplingConfig:
     max_new_tokens: int = 256
     stop_ids: tuple[int, ...] = ()
     codebook_order: CodebookOrder | None = None  # TTS: keeps answers in codebook order, whole frames
+    num_beams: int = 1  # greedy only (decode --beam-size); the transformers backend alone searches beams
 
 
 @dataclass
@@ -109,33 +110,24 @@ class TransformersBackend:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else im_end_id(tokenizer)
         self.batch_size = batch_size
 
+    def close(self) -> None:
+        """Nothing to stop (the vLLM backends stop their engines here)."""
+
     def generate(self, prompts: list[list[int]], cfg: SamplingConfig, seed: int) -> list[list[Candidate]]:
-        torch = self.torch
-        torch.manual_seed(seed)
-        width = max(map(len, prompts))
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for i, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
-            input_ids[i, width - len(p) :] = torch.tensor(p)
-            attention_mask[i, width - len(p) :] = 1
+        from speech_lpo.decode import generate_batch  # decode imports this module
+
+        self.torch.manual_seed(seed)
         greedy = cfg.temperature == 0
-        sampling = {} if greedy else {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0}
+        if greedy:  # greedy decoding returns one sequence; its n samples are that one, repeated
+            search = {"do_sample": False, "num_beams": cfg.num_beams}
+        else:
+            search = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0}
+            search["num_return_sequences"] = cfg.n
         if cfg.codebook_order is not None:
-            sampling["logits_processor"] = LogitsProcessorList([cfg.codebook_order])
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=input_ids.to(self.device),
-                attention_mask=attention_mask.to(self.device),
-                do_sample=not greedy,
-                # greedy decoding cannot return several sequences; its n samples are one, repeated
-                num_return_sequences=1 if greedy else cfg.n,
-                max_new_tokens=cfg.max_new_tokens,
-                eos_token_id=list(cfg.stop_ids),
-                pad_token_id=self.pad_id,
-                use_cache=True,
-                **sampling,
-            )
-        new = out[:, width:].tolist()
+            search["logits_processor"] = LogitsProcessorList([cfg.codebook_order])
+        new = generate_batch(
+            self.model, prompts, self.pad_id, list(cfg.stop_ids), max_new_tokens=cfg.max_new_tokens, **search
+        )
         per_prompt = 1 if greedy else cfg.n
         return [
             [cut_at_stop(new[i * per_prompt + (0 if greedy else j)], cfg.stop_ids) for j in range(cfg.n)]
@@ -144,7 +136,8 @@ class TransformersBackend:
 
 
 class VLLMBackend:
-    """``vllm.LLM`` on the saved model dir; prompts go in as token ids, one seed per request."""
+    """``vllm.LLM`` on the saved model dir; prompts go in as token ids, one seed per request; TTS answers
+    under ``CodebookOrder`` through vLLM's logits-processor interface (speech_lpo.codecs.constrain_vllm)."""
 
     name = "vllm"
     batch_size = None  # vLLM schedules its own batches: it gets a whole shard at once
@@ -159,8 +152,14 @@ class VLLMBackend:
     ):
         from vllm import LLM
 
+        from speech_lpo.codecs.constrain_vllm import VLLMCodebookOrder
+
+        # the V1 model runner: its logits-processor interface is the one VLLMCodebookOrder implements (the
+        # V2 runner, vLLM's GPU default, refuses V1 processors); it is also the runner vLLM uses on CPU
+        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
         self.llm = LLM(
             model=str(model_dir),
+            logits_processors=[VLLMCodebookOrder],
             tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager,
@@ -173,11 +172,6 @@ class VLLMBackend:
         self.llm.llm_engine.engine_core.shutdown()
 
     def generate(self, prompts: list[list[int]], cfg: SamplingConfig, seed: int) -> list[list[Candidate]]:
-        if cfg.codebook_order is not None and cfg.codebook_order.num_quantizers > 1:
-            log.warning(
-                "vllm: the codebook-order constraint is not applied to TTS candidates (a code of the "
-                "wrong codebook shifts every later frame); --backend transformers applies it"
-            )
         return self.generate_seeded(prompts, cfg, request_seeds(seed, len(prompts), cfg))
 
     def generate_seeded(
@@ -187,7 +181,12 @@ class VLLMBackend:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        from speech_lpo.codecs.constrain_vllm import extra_args
+
+        if cfg.num_beams > 1:
+            raise ValueError(f"beam search ({cfg.num_beams} beams) runs on --backend transformers only")
         greedy = cfg.temperature == 0
+        constraint = None if cfg.codebook_order is None else extra_args(cfg.codebook_order)
         params = [
             SamplingParams(
                 n=samples_per_request(cfg),
@@ -197,6 +196,7 @@ class VLLMBackend:
                 stop_token_ids=list(cfg.stop_ids),
                 seed=seed,
                 detokenize=False,
+                extra_args=constraint,
             )
             for seed in seeds
         ]
@@ -599,7 +599,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", help="only utterances of this split (asr, tts)")
     parser.add_argument("--max-prompts", type=int, help="a fixed random subset of this many utterances")
     parser.add_argument("--out", required=True, help="output directory of shards")
-    parser.add_argument("--backend", choices=("transformers", "vllm"), default="transformers")
     parser.add_argument("--n", type=int, default=3, help="candidates per prompt")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 means greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -609,6 +608,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per transformers batch")
     parser.add_argument("--shard-size", type=int, default=256, help="prompts per output shard")
     parser.add_argument("--seed", type=int, default=0)
+    add_backend_arguments(parser)
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """The generation backend's options, the same in generate, decode and synthesize (``make_backend``)."""
+    parser.add_argument("--backend", choices=("transformers", "vllm"), default="transformers")
     parser.add_argument("--device", help="transformers device (default: cuda if available)")
     parser.add_argument(
         "--ngpu", type=int, default=1, help="vllm: GPUs; one engine per --tensor-parallel-size of them"
@@ -634,11 +639,12 @@ def stop_ids_for(task: str, tokenizer, vocab: AudioVocab) -> tuple[int, ...]:
     return (im_end_id(tokenizer), vocab.audio_end_id) if task == "tts" else (im_end_id(tokenizer),)
 
 
-def make_backend(args: argparse.Namespace):
+def make_backend(args: argparse.Namespace, model_dir: str | Path):
+    """The backend that ``add_backend_arguments`` chose, on ``model_dir``."""
     if args.backend == "vllm":
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(args.model)
+        config = AutoConfig.from_pretrained(model_dir)
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         engines = vllm_engines(config, args.ngpu, args.tensor_parallel_size, visible)
         engine_kwargs = {
@@ -647,9 +653,9 @@ def make_backend(args: argparse.Namespace):
             "enforce_eager": args.enforce_eager,
         }
         if len(engines) == 1:
-            return VLLMBackend(args.model, **engine_kwargs)
-        return DataParallelVLLM(args.model, engines, **engine_kwargs)
-    return TransformersBackend(args.model, args.batch_size, args.device)
+            return VLLMBackend(model_dir, **engine_kwargs)
+        return DataParallelVLLM(model_dir, engines, **engine_kwargs)
+    return TransformersBackend(model_dir, args.batch_size, args.device)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -692,7 +698,11 @@ def main(args: argparse.Namespace) -> None:
     }
     if args.backend == "transformers":
         settings["batch_size"] = args.batch_size  # padding changes the numbers, so the samples
-    report = run(items, make_backend(args), cfg, Path(args.out), settings, args.shard_size, args.seed)
+    backend = make_backend(args, args.model)
+    try:
+        report = run(items, backend, cfg, Path(args.out), settings, args.shard_size, args.seed)
+    finally:
+        backend.close()
     log.info(
         "report: %s", json.dumps({k: v for k, v in report.items() if k != "throughput"}, ensure_ascii=False)
     )

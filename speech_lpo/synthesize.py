@@ -28,8 +28,15 @@ from pathlib import Path
 import numpy as np
 
 from speech_lpo.codecs import MalformedCodes, unflatten_codes
-from speech_lpo.decode import batches, check_settings, generate_batch, load_model, load_rows, read_done
-from speech_lpo.generate import length_limit, tts_answer_tokens
+from speech_lpo.decode import batches, check_settings, load_rows, load_vocab, read_done
+from speech_lpo.generate import (
+    SamplingConfig,
+    TransformersBackend,
+    add_backend_arguments,
+    length_limit,
+    make_backend,
+    tts_answer_tokens,
+)
 from speech_lpo.prompts import im_end_id, tts_prompt_ids
 from speech_lpo.score import write_atomic
 from speech_lpo.tts_metrics import SYNTH_LIST
@@ -133,27 +140,29 @@ def synthesize(
     top_p: float = 1.0,
     seed: int = 0,
     limit: int | None = None,
+    backend=None,
 ) -> dict:
-    import torch
+    """Synthesise ``data`` into ``out_dir``; ``backend`` (speech_lpo.generate.make_backend) defaults to
+    transformers with ``batch_size``."""
     from tqdm import tqdm
-    from transformers import LogitsProcessorList
 
     from speech_lpo.codecs import load_codec, read_codec_meta
     from speech_lpo.codecs.constrain import CodebookOrder
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, tokenizer, vocab = load_model(model_dir)
+    backend = backend or TransformersBackend(model_dir, batch_size)
+    tokenizer, vocab, _ = load_vocab(model_dir)
     codec = load_codec(model_dir)
     end_id = im_end_id(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_id
     every = load_rows(data, split)
     rows = every[:limit] if limit else every
     if max_new_tokens is None:  # from the whole split, so that a run with --limit continues as the whole
         tps = read_codec_meta(model_dir)["tokens_per_second"]
         max_new_tokens = length_limit(tts_answer_tokens(r["duration"], tps) for r in every)
-    constraint = LogitsProcessorList([CodebookOrder.for_model(model_dir, vocab, end_id)])
     stops = [vocab.audio_end_id, end_id]
+    cfg = SamplingConfig(1, temperature, top_p, max_new_tokens, tuple(stops))
+    cfg.codebook_order = CodebookOrder.for_model(model_dir, vocab, end_id)
     list_path = out_dir / SYNTH_LIST
     settings = {
         "model": str(model_dir),
@@ -163,26 +172,16 @@ def synthesize(
         if temperature == 0
         else f"temperature {temperature}, top_p {top_p}, seed {seed}",
         "max_new_tokens": max_new_tokens,
+        "backend": backend.name,
     }
     check_settings(out_dir / "synthesize.json", settings, list_path)
     done = read_done(list_path)
     todo = [r for r in rows if r["id"] not in done]
-    sampling = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature}
-    sampling |= {"top_p": top_p, "top_k": 0} if temperature else {}
     t0 = time.time()
     with open(list_path, "a", encoding="utf-8") as out, tqdm(total=len(todo), desc="synthesize") as bar:
-        for i, batch in enumerate(batches(todo, batch_size)):
-            torch.manual_seed(seed + i)
+        for i, batch in enumerate(batches(todo, backend.batch_size or len(todo))):  # vLLM: all at once
             prompts = [tts_prompt_ids(tokenizer, r["text"]) for r in batch]
-            new = generate_batch(
-                model,
-                prompts,
-                pad_id,
-                stops,
-                max_new_tokens=max_new_tokens,
-                logits_processor=constraint,
-                **sampling,
-            )
+            new = [c.ids for [c] in backend.generate(prompts, cfg, seed + i)]
             for rec in synthesized_rows(out_dir, codec, vocab, batch, new, stops):
                 done[rec["id"]] = rec
                 out.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -224,21 +223,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="synthesise only the first N utterances (by id)")
+    add_backend_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> None:
-    report = synthesize(
-        args.model,
-        args.data,
-        args.out_dir,
-        args.split,
-        args.batch_size,
-        args.max_new_tokens,
-        args.temperature,
-        args.top_p,
-        args.seed,
-        args.limit,
-    )
+    backend = make_backend(args, args.model)
+    try:
+        report = synthesize(
+            args.model,
+            args.data,
+            args.out_dir,
+            args.split,
+            args.batch_size,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_p,
+            args.seed,
+            args.limit,
+            backend,
+        )
+    finally:
+        backend.close()
     print(
         f"synthesised {report['with_audio']}/{report['utterances']} with audio; "
         f"no <|audio_end|>: {len(report['no_audio_end'])}, malformed: {len(report['malformed'])}, "

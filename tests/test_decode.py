@@ -9,10 +9,10 @@ import jiwer
 import pytest
 import torch
 import yaml
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from speech_lpo.cli import main as cli_main
-from speech_lpo.decode import generate_batch, load_model, read_done
+from speech_lpo.decode import generate_batch, load_vocab, read_done
 from speech_lpo.generate import length_limit
 from speech_lpo.modeling import tiny_qwen2
 from speech_lpo.normalize import get_normalizer
@@ -49,7 +49,8 @@ def build_pipeline(tmp: Path, codebook_size: int = 32) -> tuple[Path, Path]:
 
 def train(model_dir: Path, tokens: Path, tasks: tuple[str, ...], steps: int, lr: float = 3e-3) -> None:
     """Memorise the utterances (loss on the responses only) and save the model in place."""
-    model, tokenizer, vocab = load_model(model_dir, "cpu")
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer, vocab, _ = load_vocab(model_dir)
     examples = []
     for row in load_tokenized(tokens):
         if "asr" in tasks:
@@ -58,7 +59,10 @@ def train(model_dir: Path, tokens: Path, tasks: tuple[str, ...], steps: int, lr:
             )
         if "tts" in tasks:
             examples.append(
-                (tts_prompt_ids(tokenizer, row["text"]), tts_response_ids(tokenizer, vocab, row["codes"]))
+                (
+                    tts_prompt_ids(tokenizer, row["text"]),
+                    tts_response_ids(tokenizer, vocab, row["codes"]),
+                )
             )
     torch.manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
