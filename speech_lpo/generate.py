@@ -352,7 +352,7 @@ def dataset_items(ds, task: str, tokenizer, vocab: AudioVocab, where: str = "dat
                     item.prompt_ids = asr_prompt_ids(tokenizer, vocab, codes)
                     item.reference_ids = asr_response_ids(tokenizer, text)
                 else:
-                    item.prompt_ids = tts_prompt_ids(tokenizer, text)
+                    item.prompt_ids = tts_prompt_ids(tokenizer, text, row.get("speaker"))
                     item.reference_ids = tts_response_ids(tokenizer, vocab, codes)
             except ValueError as err:  # codes out of the codebook: the wrong model for this data
                 raise ValueError(f"{where}: utterance {row['id']!r}: {err}") from err

@@ -1,9 +1,9 @@
 """ChatML prompts and responses for ASR and TTS, as token ids.
 
-DESIGN.md, Formats: ASR puts the audio tokens in the user turn and the assistant answers text; TTS puts
-the text in the user turn and the assistant answers audio tokens between <|audio_start|> and
-<|audio_end|>. Every response ends with <|im_end|>, which is also where generation stops.
-Ids are built by concatenation, so audio codes never pass through string formatting.
+DESIGN.md, Formats: ASR puts the audio tokens in the user turn and the assistant answers text; TTS names
+the voice (a speaker tag) and puts the text in the user turn, and the assistant answers audio tokens
+between <|audio_start|> and <|audio_end|>. Every response ends with <|im_end|>, which is also where
+generation stops. Ids are built by concatenation, so audio codes never pass through string formatting.
 """
 
 from __future__ import annotations
@@ -40,8 +40,12 @@ def asr_response_ids(tokenizer, text: str) -> list[int]:
     return _encode(tokenizer, text) + [im_end_id(tokenizer)]
 
 
-def tts_prompt_ids(tokenizer, text: str) -> list[int]:
-    return _encode(tokenizer, f"{IM_START}user\n{text}{IM_END}\n{IM_START}assistant\n")
+def tts_prompt_ids(tokenizer, text: str, speaker: str | None = None) -> list[int]:
+    """The TTS prompt (also a text task's): the user turn names the voice to speak, ``voice <speaker>`` on a
+    line of its own (the speaker tag of the data's utt2spk / manifest), then holds the text. Without a
+    speaker (a text prompt, data without speakers) the turn holds the text alone."""
+    voice = f"voice {speaker}\n" if speaker else ""
+    return _encode(tokenizer, f"{IM_START}user\n{voice}{text}{IM_END}\n{IM_START}assistant\n")
 
 
 def tts_response_ids(tokenizer, vocab: AudioVocab, codes: np.ndarray | list[int]) -> list[int]:

@@ -180,7 +180,7 @@ def synthesize(
     t0 = time.time()
     with open(list_path, "a", encoding="utf-8") as out, tqdm(total=len(todo), desc="synthesize") as bar:
         for i, batch in enumerate(batches(todo, backend.batch_size or len(todo))):  # vLLM: all at once
-            prompts = [tts_prompt_ids(tokenizer, r["text"]) for r in batch]
+            prompts = [tts_prompt_ids(tokenizer, r["text"], r.get("speaker")) for r in batch]
             new = [c.ids for [c] in backend.generate(prompts, cfg, seed + i)]
             for rec in synthesized_rows(out_dir, codec, vocab, batch, new, stops):
                 done[rec["id"]] = rec

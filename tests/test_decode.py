@@ -60,7 +60,7 @@ def train(model_dir: Path, tokens: Path, tasks: tuple[str, ...], steps: int, lr:
         if "tts" in tasks:
             examples.append(
                 (
-                    tts_prompt_ids(tokenizer, row["text"]),
+                    tts_prompt_ids(tokenizer, row["text"], row["speaker"]),
                     tts_response_ids(tokenizer, vocab, row["codes"]),
                 )
             )
