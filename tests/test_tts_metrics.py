@@ -56,6 +56,7 @@ def asr():
     return pocketsphinx_asr()
 
 
+@pytest.mark.slow  # pocketsphinx is no longer the default ASR; the meta-list test still runs it
 def test_pocketsphinx_intelligibility_on_real_librispeech(tmp_path, asr):
     texts, wavs = librispeech()
     norm = get_normalizer("whisper_en")
