@@ -47,19 +47,24 @@ def radio(page, dim: str, score: float):
 
 
 def play_through(page, expect, dims: list[str]) -> None:
-    """Press Play and wait for the end to open the questions (retried: a click while the clip loads
-    plays nothing)."""
+    """Press Play on each player (the reference first, when shown) and wait for its end (retried: a click
+    while the clip loads plays nothing); the questions open only at the last one's end."""
     first = page.locator(f"#mos-{dims[0]} input[type=radio]").first
-    page.wait_for_timeout(1000)  # let the player fetch and decode the new clip
-    for attempt in range(3):
-        page.locator('#mos-sample button[aria-label="Play (sample)"]').click()
-        assert attempt or first.is_disabled()  # playing is not enough: they open at the clip's end
-        try:
-            expect(first).to_be_enabled(timeout=8_000)
-            return
-        except AssertionError:
-            if attempt == 2:
-                raise
+    page.wait_for_timeout(1000)  # let the players fetch and decode the new clips
+    players = ["reference recording", "sample"] if page.locator("#mos-reference").is_visible() else ["sample"]
+    for k, player in enumerate(players):
+        for attempt in range(3):
+            page.locator(f'button[aria-label="Play ({player})"]').click()
+            assert attempt or first.is_disabled()  # playing is not enough: they open at the last end
+            try:
+                if k + 1 < len(players):
+                    expect(page.locator("#mos-message")).to_contain_text("Now play", timeout=8_000)
+                else:
+                    expect(first).to_be_enabled(timeout=8_000)
+                break
+            except AssertionError:
+                if attempt == 2:
+                    raise
 
 
 def answer(page, answers: dict[str, float]) -> None:
@@ -152,7 +157,7 @@ def test_rate_through_every_refusal(tmp_path: Path) -> None:
                     clicked[2] = {**clicked[2], dims[0]: 0.0}
                     radio(page, dims[0], 0.0).click()
                     submit.click()
-                    expect(message).to_contain_text("Listen to the whole sample")
+                    expect(message).to_contain_text("Play both recordings from start to end")
                     play_through(page, expect, dims)
                     answer(page, answers)
                     page.screenshot(path=str(tmp_path / "mos_panel.png"), full_page=True)

@@ -39,11 +39,11 @@ def test_the_commented_options_are_valid_yaml() -> None:
     """The commented keys at the end of eval/mos_tts.yaml parse as YAML once uncommented."""
     lines = (REPO / "eval" / "mos_tts.yaml").read_text(encoding="utf-8").splitlines()
     block = [line[4:] for line in lines if line.startswith("#   ")]
-    start = next(i for i, line in enumerate(block) if line.startswith("scale: acr"))
+    start = next(i for i, line in enumerate(block) if line.startswith("qualification:"))
     options = yaml.safe_load("\n".join(block[start:]))
     assert options["qualification"][0]["question"] == "Which number did you hear?"
     assert options["trapping_questions"] == [{"id": "poor", "audio": "traps/poor.wav", "answer": 2}]
-    assert options["scale"] == "acr" and options["comment"] is True
+    assert options["comment"] is True
 
 
 def test_package_outside_the_repo(tmp_path: Path) -> None:
@@ -104,8 +104,8 @@ def test_refusals_log_one_line_and_copies_go_at_stop(tmp_path: Path) -> None:
         kept, page = out[0], out[1]
         for _ in range(3):
             out = client.predict(kept, page, *[4.0] * 4, api_name="/submit")
-            assert "Listen to the whole sample" in out[2]
-        client.predict(kept, {"at": 10**6}, api_name="/play")
+            assert "Listen to the reference recording and the sample" in out[2]
+        client.predict(kept, {"at": 10**6}, api_name="/play_sample")
         out = client.predict(kept, page, "9" * 200_000, *[4.0] * 3, api_name="/submit")
         assert out[2] == f"**fidelity: score '{'9' * 39}... is not a number.**"
         (cache,) = temp.glob("speech_lpo_mos_*")

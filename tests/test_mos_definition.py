@@ -35,13 +35,7 @@ def test_shipped_definition_parses_up_to_its_audio(tmp_path: Path) -> None:
         "naturalness",
         "emotional_expressiveness",
     ]
-    assert raw["scale"] == {
-        "min": 0,
-        "max": 5,
-        "step": 0.5,
-        "min_label": "very poor",
-        "max_label": "excellent",
-    }
+    assert raw["scale"] == "acr"  # ITU-T P.808's five categories
     make_test(tmp_path)  # real audio for the first two utterances
     raw.update(root="audio", systems=["original", "noisy"], utterances=raw_utts(tmp_path), items_per_rater=4)
     raw["attention_checks"] = [
@@ -51,6 +45,7 @@ def test_shipped_definition_parses_up_to_its_audio(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(raw))
     defn = load_definition(path)
     assert defn.items_per_rater == 4 and defn.invitations == "required"
+    assert defn.scale.named_choices()[::4] == [("1 Bad", 1.0), ("5 Excellent", 5.0)]
 
 
 def raw_utts(folder: Path) -> list[str]:

@@ -71,6 +71,7 @@ def make_test(
         "title": "Speech quality listening test",
         "instructions": "Use headphones. Play each sample, then answer every question.",
         "root": "audio",
+        "scale": {"min": 0, "max": 5, "step": 0.5, "min_label": "very poor", "max_label": "excellent"},
         "dimensions": list(dimensions),
         "systems": list(systems),
         "utterances": UTTERANCES[:n_utts],
@@ -113,10 +114,11 @@ class Clock:
 
 
 def listen(store, token: str, browser: str, item: str) -> None:
-    """Play ``item`` through on ``store``'s hand-moved clock, as a rater who hears it all."""
-    store.play(token, browser, item)
-    store.clock.advance(store.defn.items[item].duration)
-    assert store.heard(token, browser, item)[0]
+    """Play every player of ``item`` through on ``store``'s hand-moved clock, as a rater who hears it all."""
+    for player in store.players(item):
+        store.play(token, browser, item, player)
+        store.clock.advance(store.length(token, item, player))
+        assert store.heard(token, browser, item, player)[0]
 
 
 def free_port() -> int:

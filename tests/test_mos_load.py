@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import yaml
 from gradio_client import Client
 
 from speech_lpo.mos.definition import load_definition
@@ -59,9 +60,9 @@ def rate(url: str, token: str, browser: str, acked: list[str]) -> str:
             if finished(out):
                 return "done"
             kept, page = out[0], out[1]
-            client.predict(kept, page, api_name="/play")
+            client.predict(kept, page, api_name="/play_sample")
             time.sleep(SECONDS)  # the listening gate measures the time heard
-            client.predict(kept, page, api_name="/heard")
+            client.predict(kept, page, api_name="/heard_sample")
             scores_now = [rng.choice(scores) for _ in DIMENSIONS]
             out = client.predict(kept, page, *scores_now, api_name="/submit")
             if out[2].startswith("**"):  # the panel's refusals are set in bold
@@ -93,6 +94,11 @@ def test_twenty_raters_then_sigkill_and_resume(tmp_path: Path) -> None:
     definition = make_test(
         tmp_path, n_utts=4, dimensions=DIMENSIONS, items_per_rater=ITEMS_PER_RATER, seconds=SECONDS
     )
+    raw = yaml.safe_load(definition.read_text())
+    raw.pop("reference_pattern")  # one gated player per sample: the load, not the gate, is tested here
+    for check in raw["attention_checks"]:
+        check.pop("reference")
+    definition.write_text(yaml.safe_dump(raw, sort_keys=False))
     defn = load_definition(definition)
     db = tmp_path / "ratings.sqlite"
     store = Store(db, defn)

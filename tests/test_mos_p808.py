@@ -1,5 +1,5 @@
 """A P.808-style test in the real browser: the five-category ACR scale, a qualification (which number
-does a voice say), training examples, a trapping question whose espeak-ng audio asks for "2 Poor",
+does a voice say), training examples, a trapping question (a real sample, then espeak-ng asks for "2 Poor"),
 a completion code and a comment. One rater passes everything, one gives the trap another answer, one
 fails the qualification; the report keeps only the first."""
 
@@ -16,7 +16,7 @@ import yaml
 from speech_lpo.mos.definition import load_definition
 from speech_lpo.mos.report import write_report
 from speech_lpo.mos.store import Store
-from speech_lpo.mos.trap import trap_audio
+from speech_lpo.mos.trap import spliced_trap
 from speech_lpo.synth_corpus import SAMPLE_RATE, synthesize
 from tests.test_mos_browser import CHROMIUM, CHROMIUM_ARGS, play_through, radio
 from tests.test_mos_kit import UTTERANCES, free_port, make_test, start_server, stop_server
@@ -29,8 +29,9 @@ pytestmark = pytest.mark.skipif(
 def p808_test(folder: Path) -> Path:
     definition = make_test(folder, n_utts=2, systems=["original", "noisy"], items_per_rater=2)
     root = folder / "audio"
+    carrier, rate = sf.read(root / "noisy" / f"{UTTERANCES[0]}.wav", dtype="float32")
     for name, (audio, sr) in {
-        "traps/poor.wav": trap_audio("2 Poor"),
+        "traps/poor.wav": (spliced_trap(carrier, rate, "2 Poor"), rate),
         "checks/seven.wav": (synthesize("The number is seven.", "en-us+f2"), SAMPLE_RATE),
     }.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)

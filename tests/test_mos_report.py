@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 import re
@@ -13,10 +14,11 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
+import yaml
 from scipy import stats
 
-from speech_lpo.mos.definition import load_definition
-from speech_lpo.mos.report import agreement, paired_tests, screen, summarize, t_interval
+from speech_lpo.mos.definition import DefinitionError, load_definition
+from speech_lpo.mos.report import agreement, paired_tests, screen, summarize, t_interval, write_report
 from speech_lpo.mos.store import Store
 from speech_lpo.stats import holm
 from tests.test_mos_kit import REPO, Clock, listen, make_test
@@ -118,7 +120,10 @@ def test_report_cli_writes_table_chart_and_summary(rated, tmp_path: Path) -> Non
         assert cell["high"] - cell["low"] == pytest.approx(2 * half)  # the t-interval stays in the JSON
         assert f"{np.mean(scores):.2f} [{cell['boot_low']:.2f}, {cell['boot_high']:.2f}]" in table
     assert len(summary["paired_tests"]) == 3 * 4 and set(summary["krippendorff_alpha"]) == set(DIM_SHIFT)
-    assert re.search(r"\| Fidelity \| original \| noisy \| 8 \| \+[12]\.\d\d \|", table)  # about +2
+    # about +2, with an interval around it
+    assert re.search(
+        r"\| Fidelity \| original \| noisy \| 8 \| \+[12]\.\d\d \[\+1\.\d\d, \+2\.\d\d\] \|", table
+    )
     assert "8 raters kept, excluded: 1 failed attention check, 1 same score for everything" in table
     image = matplotlib.image.imread(out / "mos_bars.png")
     assert image.shape[0] > 300 and image.shape[1] > 600 and image[..., :3].std() > 0.05  # a drawn chart
@@ -135,7 +140,7 @@ def test_invite_and_export_cli(rated, tmp_path: Path) -> None:
     lines = (tmp_path / "r.csv").read_text().splitlines()
     assert len(lines) == 1 + 10 * (12 + 2) * 4  # 10 raters x (12 samples + 2 checks) x 4 questions
     rows = [line.split(",") for line in lines[1:]]
-    assert all(r[0] and r[4] == f"{r[1]}@{r[0]}" or r[2] and r[4].startswith("check:") for r in rows)
+    assert all(r[0] and r[7] == f"{r[1]}@{r[0]}" or r[2] and r[7].startswith("check:") for r in rows)
     run = subprocess.run(
         base + ["invite", *args, "-n", "3", "--url", "https://mos.example.org"],
         capture_output=True,
@@ -212,3 +217,93 @@ def test_screening_on_listening_data(rated) -> None:
     verdict = screen(defn, rows)
     assert verdict[kept[0]] == verdict[kept[1]] == "rated without a full listen"
     assert sum(v is None for v in verdict.values()) == 6
+
+
+def test_each_screening_rule_trips_on_ratings_built_for_it(tmp_path: Path) -> None:
+    """The P.808 toolkit's screens, thresholds from the definition: a rater whose answers hardly vary,
+    a rater who rates against everyone else, and a clip with too few votes, each named in the report."""
+    definition = make_test(tmp_path, n_utts=4)
+    raw = yaml.safe_load(definition.read_text())
+    raw["screening"] = {"min_variance": 0.1, "min_correlation": 0.25, "min_votes": 3}
+    definition.write_text(yaml.safe_dump(raw, sort_keys=False))
+    defn = load_definition(definition)
+    store = Store(tmp_path / "ratings.sqlite", defn, clock=Clock())
+    tokens = store.invite(7, expires=None)
+
+    def checks_right(item) -> float:
+        return 4.5 if item.expect == "high" else 1.0
+
+    for k, token in enumerate(tokens[:5]):  # attentive: noise around the true MOS
+        rng = random.Random(k)
+        rate_all(
+            store,
+            token,
+            lambda item, dim, rng=rng: (
+                checks_right(item)
+                if item.expect
+                else BASE[item.system] + DIM_SHIFT[dim] + rng.choice([-0.5, 0.0, 0.5])
+            ),
+        )
+    flat, contrarian = tokens[5:]
+    # 3.0 for everything but one dimension of one system: variance 0.02, not all the same
+    rate_all(
+        store,
+        flat,
+        lambda item, dim: (
+            checks_right(item)
+            if item.expect
+            else 3.0 + 0.5 * (item.system == "original" and dim == "fidelity")
+        ),
+    )
+    rate_all(
+        store, contrarian, lambda item, dim: checks_right(item) if item.expect else 6.0 - BASE[item.system]
+    )
+    rows = store.ratings()
+    verdict = screen(defn, rows)
+    assert {t: verdict[t] for t in tokens[:5]} == dict.fromkeys(tokens[:5])
+    assert verdict[flat] == "rating variance 0.02 below 0.1"
+    assert re.fullmatch(r"correlation with the other raters -0\.\d\d below 0\.25", verdict[contrarian])
+
+    # one clip that three of the attentive raters did not rate: 2 votes, fewer than 3
+    clip = defn.system_items[0].id
+    rows = [r for r in rows if not (r["item"] == clip and r["rater"] in tokens[:3])]
+    table, cells = write_report(defn, rows, tmp_path / "report")
+    assert f"Clips left out, fewer than 3 votes from kept raters: {clip} (2)." in table
+    assert f"{flat} (rating variance 0.02 below 0.1)" in table and f"{contrarian} (correlation" in table
+    system = defn.items[clip].system
+    assert {c.n for c in cells if c.system == system} == {5 * 3}  # 5 raters x the 3 other utterances
+    bad = yaml.safe_load(definition.read_text())
+    bad["screening"] = {"min_votes": 2.5}
+    definition.write_text(yaml.safe_dump(bad))
+    with pytest.raises(DefinitionError, match="screening.min_votes: expected a whole number"):
+        load_definition(definition)
+
+
+def test_votes_per_clip_in_the_p808_toolkits_format(rated, tmp_path: Path) -> None:
+    """One CSV per dimension, as the P.808 toolkit's result parser writes ``*_votes_per_clip.csv``: per
+    clip the kept raters' votes, their number, mean, standard deviation and 95% CI half-width."""
+    definition, db, _, _ = rated
+    defn = load_definition(definition)
+    rows = Store(db, defn).ratings()
+    verdict = screen(defn, rows)
+    write_report(defn, rows, tmp_path)
+    path = tmp_path / f"{defn.name}_votes_per_clip_fidelity.csv"
+    header = path.read_text().splitlines()[0].split(",")
+    assert header == ["file_url", "n", "MOS", "std", "95%CI", "short_file_name", "system", "utterance"] + [
+        f"vote_{i}" for i in range(1, 9)
+    ]  # 8 kept raters
+    clips = list(csv.DictReader(path.open()))
+    assert sorted(c["short_file_name"] for c in clips) == sorted(i.id for i in defn.system_items)
+    for clip in clips:
+        item = defn.items[clip["short_file_name"]]
+        votes = sorted(
+            r["score"]
+            for r in rows
+            if r["item"] == item.id and r["dimension"] == "fidelity" and verdict[r["rater"]] is None
+        )
+        assert clip["file_url"] == str(item.audio.relative_to(defn.root)) and clip["system"] == item.system
+        assert int(clip["n"]) == len(votes) == 8
+        assert float(clip["MOS"]) == pytest.approx(np.mean(votes))
+        assert float(clip["std"]) == pytest.approx(np.std(votes, ddof=1))
+        assert float(clip["95%CI"]) == pytest.approx(1.96 * np.std(votes, ddof=1) / np.sqrt(8))
+        assert sorted(float(clip[f"vote_{i}"]) for i in range(1, 9)) == votes

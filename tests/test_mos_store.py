@@ -3,6 +3,8 @@ orders balanced; the same refusals through the running panel's API."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sqlite3
 import time
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import soundfile as sf
 import yaml
 from gradio_client import Client
 
@@ -51,15 +54,17 @@ def entered(store: Store, browser: str = "browser-a") -> tuple[str, str]:
 def test_wal_and_update_not_duplicate(store: Store) -> None:
     token, item = entered(store)
     store.submit(token, "browser-a", item, GOOD)
+    second, *_ = store.next_item(token, "browser-a")
     time.sleep(0.01)
-    with pytest.raises(AlreadyRated, match="rated already, in another tab"):  # not sent as a revision
+    with pytest.raises(AlreadyRated, match="rated already, in another tab"):  # a tab left on it
         store.submit(token, "browser-a", item, {**GOOD, "naturalness": 1.0})
-    store.submit(token, "browser-a", item, {**GOOD, "naturalness": 1.0}, revise=True)
+    assert store.previous(token, "browser-a", second)[0] == item  # went back on purpose
+    store.submit(token, "browser-a", item, {**GOOD, "naturalness": 1.0})
     rows = {r["dimension"]: r for r in store.ratings()}
     assert len(store.ratings()) == 4
     assert rows["naturalness"]["score"] == 1.0 and rows["fidelity"]["score"] == 4.0
     assert all(
-        r["revisions"] == 1 and r["plays"] == r["heard"] == 1 and r["updated"] > r["first_submitted"]
+        r["revisions"] == 1 and (r["plays"], r["heard"]) == (2, 1) and r["updated"] > r["first_submitted"]
         for r in rows.values()
     )
     with sqlite3.connect(store.path) as con:
@@ -95,6 +100,7 @@ def test_bad_submissions_are_refused_and_write_nothing(store: Store) -> None:
         ((token, "browser-a", item, {"fidelity": 3.0}), "missing: stability, naturalness"),
         ((token, "browser-a", "utt9@lpo", GOOD), "Unknown item 'utt9@lpo'"),
         ((token, "browser-a", foreign, GOOD), "not one of this rater's items"),
+        ((token, "browser-a", order_of(store, token)[1], GOOD), "not the sample on your screen"),
         ((other, "browser-a", other_item, GOOD), "in use in another browser"),
         (("no-such-token", "browser-a", item, GOOD), "Unknown invitation code"),
         ((expired, "browser-x", item, GOOD), "This invitation expired on"),
@@ -128,42 +134,54 @@ def test_invitation_follows_the_rater(store: Store) -> None:
 
 
 def test_rating_needs_a_full_listen(store: Store) -> None:
-    """The gate: no play, an end without a play, skipping or fast playback leave the sample unrated."""
+    """The gate: every player (sample and reference) heard through in one play on the store's clock; an
+    end without a play, a skip, a pause and resume, fast playback or a play interrupted by the other
+    player unlock nothing, and only the item on screen can be played."""
     (token,) = store.invite(1, expires=None)
     store.enter(token, "b")
     item, *_ = store.next_item(token, "b")
-    duration = store.defn.items[item].duration
-    assert 1.9 < duration <= 2.0
+    other = order_of(store, token)[1]
+    duration, ref = store.length(token, item, "sample"), store.length(token, item, "reference")
+    assert store.players(item) == ["reference", "sample"] and 1.9 < duration <= 2.0 and ref > 1.9
     before = dump(store.path)
-    with pytest.raises(Refused, match=r"Listen to the whole sample at normal speed .*heard 0.0 s of 2.0 s"):
+    with pytest.raises(Refused, match="Listen to the reference recording and the sample from start to end"):
         store.submit(token, "b", item, GOOD)  # plays = 0
     with pytest.raises(Refused, match="ended without being played"):  # /heard without /play
         store.heard(token, "b", item)
+    for call in (store.play, store.heard, store.pause):  # only the item on screen
+        with pytest.raises(Refused, match="not the sample on your screen"):
+            call(token, "b", other)
+    assert dump(store.path) == before
     assert store.play(token, "b", item) == 1
     store.clock.advance(0.06)  # seeked to 97% and played the rest
-    assert store.heard(token, "b", item) == (False, pytest.approx(0.06))
+    assert store.heard(token, "b", item) == (False, False, pytest.approx(0.06))
+    store.play(token, "b", item)
+    store.clock.advance(0.6 * duration)
+    assert store.pause(token, "b", item) == pytest.approx(0.6 * duration)
     store.clock.advance(5)  # time passing while paused is not listening
-    with pytest.raises(Refused, match=r"heard 0.1 s of 2.0 s"):
-        store.submit(token, "b", item, GOOD)
-    assert store.play(token, "b", item) == 2
+    store.play(token, "b", item)  # resumed (or seeked back to 40%): spans are not summed
+    store.clock.advance(0.6 * duration)
+    assert store.heard(token, "b", item)[0] is False
+    store.play(token, "b", item)
     store.clock.advance(duration / 2)  # 2x speed: the end comes after half the time
     assert store.heard(token, "b", item)[0] is False
-    with pytest.raises(Refused, match="Listen to the whole sample at normal speed"):
+    store.play(token, "b", item, "reference")
+    store.clock.advance(0.5)
+    store.play(token, "b", item)  # one open span per rater: the reference's is dropped
+    store.clock.advance(ref)
+    with pytest.raises(Refused, match="ended without being played"):
+        store.heard(token, "b", item, "reference")
+    assert store.heard(token, "b", item) == (True, False, pytest.approx(ref))
+    with pytest.raises(Refused, match="Listen to the reference recording from start to end"):
         store.submit(token, "b", item, GOOD)
     assert store.ratings() == []
-    store.play(token, "b", item)  # paused half-way, resumed: both spans count
-    store.clock.advance(0.4)
-    so_far = 0.06 + duration / 2 + 0.4
-    assert store.pause(token, "b", item) == pytest.approx(so_far)
-    store.clock.advance(3)
-    store.play(token, "b", item)
-    store.clock.advance(duration - so_far - 0.2)  # within the tolerance for event latency
-    assert store.heard(token, "b", item)[0] is True
+    store.play(token, "b", item, "reference")
+    store.clock.advance(ref - 0.2)  # within the tolerance for event latency
+    assert store.heard(token, "b", item, "reference")[:2] == (True, True)
     store.submit(token, "b", item, GOOD)
     rows = store.ratings()
-    assert {(r["plays"], r["heard"]) for r in rows} == {(4, 1)}
-    assert all(r["heard_s"] == pytest.approx(duration - 0.2) for r in rows)
-    assert dump(store.path) != before
+    assert {(r["plays"], r["heard"]) for r in rows} == {(7, 1)}
+    assert all(r["heard_s"] == pytest.approx(0.06 + 1.7 * duration + 2 * ref - 0.2) for r in rows)
 
 
 def test_orders_are_random_and_balanced(tmp_path: Path) -> None:
@@ -185,6 +203,25 @@ def test_orders_are_random_and_balanced(tmp_path: Path) -> None:
     assert len({tuple(o) for o in orders}) == len(orders)  # randomised per rater
     # across raters every (utterance, system) is given out equally often: 12 x 8 / 12 items
     assert set(totals.values()) == {8}
+
+
+def test_latin_square_each_rater_hears_each_sentence_once(tmp_path: Path) -> None:
+    """By default a rater gets one sample per utterance (each sentence heard once), systems balanced
+    within the rater, and across raters every utterance x system cell given out equally often."""
+    definition = make_test(tmp_path, n_utts=3)
+    raw = yaml.safe_load(definition.read_text())
+    raw.pop("items_per_rater")
+    definition.write_text(yaml.safe_dump(raw))
+    defn = load_definition(definition)
+    store = Store(tmp_path / "r.sqlite", defn)
+    cells = Counter()
+    for token in store.invite(9, expires=None):
+        store.enter(token, f"b-{token}")
+        rated = [defn.items[i] for i in order_of(store, token) if defn.items[i].system]
+        assert sorted(i.utterance for i in rated) == sorted({i.utterance for i in defn.system_items})
+        assert sorted(i.system for i in rated) == sorted(defn.systems)  # 3 sentences, 3 systems: one each
+        cells.update(i.id for i in rated)
+    assert set(cells) == {i.id for i in defn.system_items} and set(cells.values()) == {3}
 
 
 def test_open_test_gives_a_uuid(tmp_path: Path) -> None:
@@ -257,19 +294,32 @@ def test_refusals_through_the_panel(tmp_path: Path) -> None:
         def submit(*scores: float | None) -> str:
             return client.predict(kept, page, *scores, api_name="/submit")[MESSAGE]
 
-        assert "heard 0.0 s of 2.0 s" in submit(4.0, 4.0, 4.0, 4.0)  # plays = 0
-        assert "ended without being played" in client.predict(kept, page, api_name="/heard")[0]
-        client.predict(kept, page, api_name="/play")
-        assert "Part of the sample was skipped" in client.predict(kept, page, api_name="/heard")[0]
-        assert "Listen to the whole sample at normal speed" in submit(4.0, 4.0, 4.0, 4.0)
-        client.predict(kept, page, api_name="/play")
+        def call(name: str, at: dict = page) -> str:
+            out = client.predict(kept, at, api_name=f"/{name}")
+            out = out[0] if isinstance(out, tuple) else out  # play's one output comes alone
+            return out if isinstance(out, str) else ""  # an unchanged message comes as an update
+
+        unheard = "Listen to the reference recording and the sample from start to end"
+        assert unheard in submit(4.0, 4.0, 4.0, 4.0)  # plays = 0
+        assert "ended without being played" in call("heard_sample")
+        elsewhere = {**page, "at": page["at"] + 1}  # a script naming another item: refused, nothing kept
+        assert "not the sample on your screen" in call("play_sample", elsewhere)
+        call("play_sample")
+        assert "Part of the sample was skipped" in call("heard_sample")
+        assert unheard in submit(4.0, 4.0, 4.0, 4.0)
+        call("play_sample")
         time.sleep(duration / 2)  # as if played at 2x
-        assert "Part of the sample was skipped" in client.predict(kept, page, api_name="/heard")[0]
-        assert "Listen to the whole sample at normal speed" in submit(4.0, 4.0, 4.0, 4.0)
+        assert "Part of the sample was skipped" in call("heard_sample")
+        assert unheard in submit(4.0, 4.0, 4.0, 4.0)
         assert store.ratings() == []
-        client.predict(kept, page, api_name="/play")
+        call("play_sample")
         time.sleep(duration)
-        assert client.predict(kept, page, api_name="/heard")[0] == ""
+        assert call("heard_sample") == "Now play the reference recording from start to end."
+        call("play_reference")
+        time.sleep(duration)
+        assert call("heard_reference") == ""
+        with sqlite3.connect(db) as con:
+            assert con.execute("SELECT DISTINCT item FROM listens").fetchall() == [(store.shown(token),)]
         assert "fidelity: score 7.0 is outside the scale 0 to 5" in submit(7.0, 4.0, 4.0, 4.0)
         out = client.predict(kept, page, 4.0, None, 4.0, 4.0, api_name="/submit")
         assert "Please answer “Stability”." in out
@@ -295,7 +345,58 @@ def test_refusals_through_the_panel(tmp_path: Path) -> None:
         store.enter(token, "another")  # a remembered token may enter again once released
         csv = http.get("admin/ratings.csv", params={"token": admin}).text
         assert csv.splitlines() == [
-            "system,utterance,check,rater,item,dimension,score,plays,heard,heard_s,shown,first_submitted,updated,revisions"
+            "system,utterance,check,position,worker,verdict,rater,item,dimension,score,plays,heard,heard_s,"
+            "shown,first_submitted,updated,revisions,flipped"
         ]
     finally:
         stop_server(server)
+
+
+def test_ratings_are_not_mixed_across_a_changed_definition(tmp_path: Path) -> None:
+    """The store keeps a fingerprint of the audio, scale and dimensions; once ratings exist, a definition
+    that changed any of them is refused, naming what changed. Before any rating a change is taken."""
+    path = make_test(tmp_path)
+    db = tmp_path / "r.sqlite"
+    store = Store(db, load_definition(path), clock=Clock())
+    raw = yaml.safe_load(path.read_text())
+    raw["dimensions"] = raw["dimensions"][:2]
+    path.write_text(yaml.safe_dump(raw))
+    store = Store(db, load_definition(path), clock=Clock())  # nothing rated yet: the new one counts
+    token, item = entered(store)
+    store.submit(token, "browser-a", item, {d: 4.0 for d in store.defn.dimension_names()})
+    wav = store.defn.items[item].audio
+    original = wav.read_bytes()
+    audio, sr = sf.read(wav)
+    sf.write(wav, audio[::-1], sr)  # same length, other audio
+    with pytest.raises(Refused, match=rf"changed since ratings were stored in .*: the audio of {item}"):
+        Store(db, load_definition(path))
+    wav.write_bytes(original)
+    scale, raw["scale"] = raw["scale"], "acr"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(Refused, match="changed since ratings were stored in .*: the scale"):
+        Store(db, load_definition(path))
+    raw["scale"], raw["dimensions"] = scale, ["fidelity"]
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(Refused, match="changed since ratings were stored in .*: the dimensions"):
+        Store(db, load_definition(path))
+
+
+def test_open_test_takes_a_worker_id_once(tmp_path: Path) -> None:
+    """Open mode records the platform's worker id; the same id from another browser (a private window)
+    is refused, and the export carries it with each rating's place in the order, A/B flip and verdict."""
+    store = Store(
+        tmp_path / "r.sqlite", load_definition(make_test(tmp_path, invitations="open")), clock=Clock()
+    )
+    token = store.enter(None, "b1", worker="5f1e0c")
+    with pytest.raises(Refused, match="This worker id has taken part already"):
+        store.enter(None, "private-window", worker="5f1e0c")
+    other = store.enter(None, "b3", worker="77aa")
+    assert other != token
+    item, *_ = store.next_item(token, "b1")
+    listen(store, token, "b1", item)
+    store.submit(token, "b1", item, GOOD)
+    rows = list(csv.DictReader(io.StringIO(store.ratings_csv())))
+    assert len(rows) == 4 and {r["worker"] for r in rows} == {"5f1e0c"}
+    assert {(r["position"], r["flipped"], r["verdict"]) for r in rows} == {
+        ("0", "0", "answered no attention check")
+    }

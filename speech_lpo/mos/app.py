@@ -2,15 +2,15 @@
 
 Raters see no system names: each sample is copied into Gradio's cache under a keyed hash and a
 neutral file name, and nothing outside the test's root directory is ever read. The questions open
-only after the sample was heard through: the player's play, pause and end events reach the store,
-which measures the time heard on its own clock (store.py, the listening gate).
+only after every player (the sample, and the reference or CMOS's A) was heard through: each player's
+play, pause and end events reach the store, which times them on its own clock (store.py, the gate).
 
-Everything a page needs to go on lives in the browser: the rater's token and a browser id in
-localStorage (``gr.BrowserState``, its key and secret kept in the database), the sample on screen in
-a hidden JSON component (its place in the rater's order: the item id would name the system). So a
-reload, a second tab or a server restart resumes where it was, and every call is checked by the
-store. A refused action never raises ``gr.Error`` (that would turn every output into an error box):
-it answers with a message and changes nothing else.
+The server owns the page: the store keeps which sample each rater has on screen, and a request for any
+other one is refused. The browser keeps the rater's token and a browser id in localStorage
+(``gr.BrowserState``, its key and secret kept in the database) and the sample's place in the rater's
+order in a hidden JSON component (the item id would name the system), so a reload, a second tab or a
+server restart resumes where it was. A refused action never raises ``gr.Error`` (that would turn every
+output into an error box): it answers with a message and changes nothing else.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import signal
 import sys
 import tempfile
 import uuid
+from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -34,7 +35,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse,
 from gradio.utils import get_upload_folder
 
 from speech_lpo.mos.definition import Definition
-from speech_lpo.mos.store import AlreadyRated, Refused, Store, Unanswered
+from speech_lpo.mos.store import PLAYER_NAMES, AlreadyRated, Refused, Store, Unanswered
 
 log = logging.getLogger("speech_lpo.mos")
 
@@ -119,6 +120,14 @@ button.primary { background: #c2410c !important; border-color: #c2410c !importan
 """
 
 
+# the URL parameters in which crowd platforms pass a worker id (Prolific, MTurk, generic)
+WORKER_PARAMS = ("PROLIFIC_PID", "workerId", "worker_id")
+LISTEN_FIRST = (
+    "Listen to the whole sample to enable the questions.",
+    "Play both recordings from start to end to enable the questions.",
+)
+
+
 class AudioCopies:
     """Neutrally named copies of test audio in Gradio's cache; reads only files under ``root``.
 
@@ -166,7 +175,7 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
         saved = gr.BrowserState(
             None, storage_key=f"speech_lpo_mos_{defn.name}", secret=store.secret("browser_state_secret")
         )  # {"token", "browser"}
-        shown = gr.JSON(None, visible="hidden", elem_id="mos-page")  # {"at", "revise", "boot"}
+        shown = gr.JSON(None, visible="hidden", elem_id="mos-page")  # {"at", "boot"}
         gr.Markdown(f"# {defn.title}\n\n{defn.instructions}")
         with gr.Column(visible=True) as entry_page:
             code = gr.Textbox(label="Invitation code", placeholder="the code from your invitation link")
@@ -273,13 +282,11 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
                 sample: served(second, "sample"),
             }
 
-        def sample_view(
-            token: str, item_id: str, answers: dict, at: int, ready: bool, revise: bool, note: str
-        ) -> dict:
+        def sample_view(token: str, item_id: str, answers: dict, at: int, ready: bool, note: str) -> dict:
             sign = -1 if store.flipped(token, item_id) else 1  # answers are stored as system vs baseline
             answers = {d: sign * v + 0.0 for d, v in answers.items()}
             return {
-                shown: {"at": at, "revise": revise, "boot": boot},
+                shown: {"at": at, "boot": boot},
                 **pages("rating"),
                 message: note,
                 **players(token, item_id),
@@ -309,20 +316,20 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
                 code_text = f"Your completion code: **{store.completion_code(token)}**"
                 return {**view, shown: None, **pages("done"), message: note, completion: code_text}
             if not heard:
-                note = note or "Listen to the whole sample to enable the questions."
-            return {**view, **sample_view(token, item_id, {}, at, heard > 0, False, note)}
+                note = note or LISTEN_FIRST[len(store.players(item_id)) > 1]
+            return {**view, **sample_view(token, item_id, {}, at, heard, note)}
 
         def refused(action: str, e: Refused) -> dict:
             log.info("refused %s: %s", action, str(e)[:200])  # routine: one line, no traceback
             return {message: f"**{e}**"}
 
-        def enter(token: str | None, kept: dict | None, takeover: bool) -> dict:
+        def enter(token: str | None, kept: dict | None, takeover: bool, worker: str | None = None) -> dict:
             browser = (kept or {}).get("browser") or str(uuid.uuid4())
             token = (token or "").strip() or (kept or {}).get("token")
             if not token and defn.invitations == "required":
                 return entry_view("Please enter the invitation code you were sent.", browser)
             try:
-                return rating_view(store.enter(token, browser, takeover=takeover), browser)
+                return rating_view(store.enter(token, browser, takeover=takeover, worker=worker), browser)
             except Refused as e:
                 log.info("refused entry: %s", str(e)[:200])
                 return entry_view(f"**{e}**", browser)
@@ -332,7 +339,10 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
 
         def on_load(kept: dict | None, request: gr.Request) -> dict:
             token = request.query_params.get("token")
-            return enter(token, kept, takeover=bool(token))
+            worker = next(
+                (request.query_params[k] for k in WORKER_PARAMS if request.query_params.get(k)), None
+            )
+            return enter(token, kept, takeover=bool(token), worker=worker)
 
         def current(kept: dict | None, page: dict | None) -> tuple[str, str, str]:
             if not kept or not kept.get("token") or not page or not isinstance(page.get("at"), int):
@@ -347,32 +357,36 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
                 return "The server was restarted meanwhile; nothing you entered was lost. "
             return ""
 
-        def on_play(kept: dict | None, page: dict | None) -> dict:
+        def on_play(player: str, kept: dict | None, page: dict | None) -> dict:
             try:
-                store.play(*current(kept, page))
+                store.play(*current(kept, page), player)
             except Refused as e:
                 return refused("play", e)
             return {message: gr.update()}
 
-        def on_pause(kept: dict | None, page: dict | None) -> dict:
+        def on_pause(player: str, kept: dict | None, page: dict | None) -> dict:
             try:
-                store.pause(*current(kept, page))
+                store.pause(*current(kept, page), player)
             except Refused as e:
                 return refused("pause", e)
             return {message: gr.update()}
 
-        def on_heard(kept: dict | None, page: dict | None) -> dict:
+        def on_heard(player: str, kept: dict | None, page: dict | None) -> dict:
             try:
                 token, browser, item = current(kept, page)
-                through, heard_s = store.heard(token, browser, item)
+                through, ready, heard_s = store.heard(token, browser, item, player)
             except Refused as e:
                 return refused("heard", e)
             if not through:
-                duration = defn.items[item].duration
+                length = store.length(token, item, player)
                 return {
-                    message: f"**Part of the sample was skipped ({heard_s:.1f} s of {duration:.1f} s "
-                    "heard).** Play it through at normal speed to enable the questions."
+                    message: f"**Part of {PLAYER_NAMES[defn.kind][player]} was skipped or paused "
+                    f"({heard_s:.1f} s of {length:.1f} s heard in one go).** Play it from the start to the "
+                    "end at normal speed to enable the questions."
                 }
+            if not ready:
+                (other,) = set(store.players(item)) - {player}
+                return {message: f"Now play {PLAYER_NAMES[defn.kind][other]} from start to end."}
             return {
                 message: "",
                 **{r: gr.update(interactive=True) for r in radios},
@@ -383,13 +397,7 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
             note = restarted(page)
             try:
                 token, browser, item = current(kept, page)
-                store.submit(
-                    token,
-                    browser,
-                    item,
-                    dict(zip(dims, scores, strict=True)),
-                    revise=bool(page.get("revise")),
-                )
+                store.submit(token, browser, item, dict(zip(dims, scores, strict=True)))
             except Unanswered as e:
                 log.info("refused submit: unanswered %s", ", ".join(e.missing))
                 labels = {d.name: d.label for d in defn.dimensions}
@@ -421,7 +429,7 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
                 }
             item_id, answers, at = previous
             note = "You are changing an earlier answer; submit to go on where you were."
-            return sample_view(token, item_id, answers, at, True, True, restarted(page) + note)
+            return sample_view(token, item_id, answers, at, True, restarted(page) + note)
 
         def on_qualify(kept: dict | None, *answers: str | None) -> dict:
             if not kept or not kept.get("token"):
@@ -464,12 +472,21 @@ def build_panel(store: Store, defn: Definition) -> gr.Blocks:
         panel.load(on_load, inputs=[saved], outputs=outputs, api_visibility="private")
         start.click(on_enter, inputs=[code, saved], outputs=outputs, api_name="enter", **private)
         code.submit(on_enter, inputs=[code, saved], outputs=outputs, api_visibility="private")
-        sample.play(on_play, inputs=[saved, shown], outputs=[message], api_name="play", **timing)
-        sample.pause(on_pause, inputs=[saved, shown], outputs=[message], api_name="pause", **timing)
-        # Audio's "stop" event fires when playback reaches the end
-        sample.stop(
-            on_heard, inputs=[saved, shown], outputs=[message, *radios, submit], api_name="heard", **timing
-        )
+        for player, audio in (("sample", sample), ("reference", reference)):
+            audio.play(
+                partial(on_play, player), [saved, shown], [message], api_name=f"play_{player}", **timing
+            )
+            audio.pause(
+                partial(on_pause, player), [saved, shown], [message], api_name=f"pause_{player}", **timing
+            )
+            # Audio's "stop" event fires when playback reaches the end
+            audio.stop(
+                partial(on_heard, player),
+                [saved, shown],
+                [message, *radios, submit],
+                api_name=f"heard_{player}",
+                **timing,
+            )
         # preprocess=False: the store checks every score and refuses a bad one in one short log line
         # (Gradio's own check of a Radio's value prints a traceback echoing the whole value)
         submit.click(

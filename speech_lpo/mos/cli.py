@@ -58,15 +58,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("anchor", help="write a degraded anchor (3.5 kHz low-pass + noise at 5 dB SNR)")
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path)
-    p = sub.add_parser("trap", help="write a trapping question's audio (espeak-ng asks for one answer)")
+    p = sub.add_parser(
+        "trap", help="write a trapping question: a real test sample, then a voice asking for one answer"
+    )
     p.add_argument("output", type=Path)
+    p.add_argument("--carrier", type=Path, required=True, help="a sample of the test the message follows")
     p.add_argument("--answer", required=True, help='the answer the voice asks for, e.g. "2 Poor"')
+    p = sub.add_parser(
+        "headphone-check",
+        help="write an antiphase headphone check (three tones) and print its qualification question",
+    )
+    p.add_argument("output", type=Path)
+    p.add_argument(
+        "--quiet", type=int, choices=[1, 2, 3], required=True, help="the tone 6 dB down: the answer"
+    )
+    p.add_argument("--antiphase", type=int, choices=[1, 2, 3], required=True, help="the tone in antiphase")
+    p.add_argument("--sample-rate", type=int, default=16000)
     p = sub.add_parser("package", help="a listening test from `speech-lpo synthesize` outputs")
     p.add_argument("--systems", nargs="+", required=True, metavar="NAME=SYNTH_DIR")
     p.add_argument("--manifest", type=Path, required=True, help="test manifest: the reference recordings")
     p.add_argument("--template", type=Path, default=TEMPLATE, help="test definition to adapt")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("-n", type=int, default=8, help="utterances in the test")
+    p.add_argument("-n", type=int, default=8, help="utterances in the test, drawn at random")
+    p.add_argument("--seed", type=int, default=0, help="seeds the draw of utterances")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -82,25 +96,52 @@ def main(args: argparse.Namespace) -> None:
     if args.mos_command == "trap":
         import soundfile as sf
 
-        from speech_lpo.mos.trap import trap_audio
+        from speech_lpo.mos.trap import spliced_trap
 
-        audio, sr = trap_audio(args.answer)
+        carrier, sr = sf.read(args.carrier, dtype="float32", always_2d=True)
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(args.output, audio, sr)
+        sf.write(args.output, spliced_trap(carrier.mean(axis=1), sr, args.answer), sr)
+        return
+    if args.mos_command == "headphone-check":
+        import soundfile as sf
+        import yaml
+
+        from speech_lpo.mos.headphones import CHOICES, antiphase_trial
+
+        try:
+            audio = antiphase_trial(args.quiet - 1, args.antiphase - 1, args.sample_rate)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(args.output, audio, args.sample_rate)
+        question = {
+            "audio": str(args.output),
+            "question": "Which of the three tones was the quietest?",
+            "choices": CHOICES,
+            "answer": CHOICES[args.quiet - 1],
+        }
+        print("# add under the definition (audio relative to its root):")
+        print(yaml.safe_dump({"qualification": [question]}, sort_keys=False), end="")
         return
     if args.mos_command == "package":
         from speech_lpo.mos.package import build_package
 
         systems = dict(s.split("=", 1) for s in args.systems)
         try:
-            definition, utts = build_package(
-                {k: Path(v) for k, v in systems.items()}, args.manifest, args.template, args.out, args.n
+            definition, utts, failed = build_package(
+                {k: Path(v) for k, v in systems.items()},
+                args.manifest,
+                args.template,
+                args.out,
+                args.n,
+                args.seed,
             )
         except (DefinitionError, ValueError) as e:
             sys.exit(f"error: {e}")
         print(
-            f"{len(utts)} utterances x {len(systems)} systems; serve with: speech-lpo mos serve "
-            f"--definition {definition} --db {args.out / 'ratings.sqlite'}"
+            f"{len(utts)} utterances x {len(systems)} systems, levelled to -26 dBov; {len(failed)} failed "
+            f"syntheses served as silence{': ' + ', '.join(failed) if failed else ''}; serve with: "
+            f"speech-lpo mos serve --definition {definition} --db {args.out / 'ratings.sqlite'}"
         )
         return
     try:

@@ -46,6 +46,8 @@ TOP_KEYS = {
     "comment",
     "type",
     "baseline",
+    "failed_syntheses",
+    "screening",
 }
 # what each test type asks when the YAML does not say otherwise
 SMOS_LABELS = (
@@ -64,8 +66,10 @@ CCR_LABELS = (
     "Better",
     "Much better",
 )
+# ITU-T P.808's absolute category rating scale
+ACR_LABELS = ("Bad", "Poor", "Fair", "Good", "Excellent")
 TYPE_DEFAULTS = {
-    "mos": ({}, list(PAPER_DIMENSIONS)),
+    "mos": ({"min": 1, "max": 5, "step": 1, "labels": list(ACR_LABELS)}, list(PAPER_DIMENSIONS)),
     "smos": (
         {"min": 1, "max": 5, "step": 1, "labels": list(SMOS_LABELS)},
         [
@@ -87,8 +91,6 @@ TYPE_DEFAULTS = {
         ],
     ),
 }
-# ITU-T P.808's absolute category rating scale
-ACR_LABELS = ("Bad", "Poor", "Fair", "Good", "Excellent")
 
 
 class DefinitionError(ValueError):
@@ -144,9 +146,11 @@ class Item:
     system: str | None = None  # None for attention checks
     utterance: str | None = None
     reference: Path | None = None
-    expect: str | None = None  # checks: "high" (hidden reference), "low" (degraded anchor) or "trap"
-    answer: float | None = None  # trapping questions: the score their audio asks for
-    reference_duration: float | None = None  # cmos: the baseline's length, when it is the one played as B
+    # checks: "high" (hidden reference), "low" (degraded anchor), "same" (CMOS: A and B identical),
+    # "gold" (a known score, every answer within 1 of it) or "trap"
+    expect: str | None = None
+    answer: float | None = None  # trapping questions: the score their audio asks for; gold: the known score
+    reference_duration: float | None = None  # the reference's (CMOS: the baseline's) length
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,15 @@ class Example:
 
     audio: Path
     caption: str
+
+
+@dataclass(frozen=True)
+class Screening:
+    """The P.808 toolkit's screening rules; each rater or clip that fails one is named in the report."""
+
+    min_variance: float = 0.1  # a rater whose answers vary less than this (variance) is excluded
+    min_correlation: float = 0.25  # ... or whose answers correlate less with the other raters' means
+    min_votes: int = 1  # a clip with fewer votes from kept raters is left out of the MOS (P.808: 5 or more)
 
 
 @dataclass(frozen=True)
@@ -188,6 +201,8 @@ class Definition:
     comment: bool = False  # offer a comment box at the end
     kind: str = "mos"  # "mos", "smos" (similarity to the reference) or "cmos" (A/B against baseline)
     baseline: str | None = None  # cmos: the system every other one is compared with
+    failed_syntheses: list[str] = field(default_factory=list)  # items that are silence: synthesis failed
+    screening: Screening = field(default_factory=Screening)
 
     @property
     def system_items(self) -> list[Item]:
@@ -337,7 +352,7 @@ def _parse(path: Path, raw: object) -> Definition:
                 raise fail("audio_pattern", f"only {{system}} and {{utt}} may appear, not {e}") from e
             item_id = f"{utt}@{system}"
             wav = audio("audio_pattern", rel)
-            ref_s = seconds("audio_pattern", ref) if kind == "cmos" else None
+            ref_s = seconds("audio_pattern", ref) if ref else None
             items[item_id] = Item(
                 item_id, wav, seconds("audio_pattern", wav), system, utt, ref, reference_duration=ref_s
             )
@@ -349,15 +364,36 @@ def _parse(path: Path, raw: object) -> Definition:
         key = f"attention_checks[{i}]"
         if not isinstance(check, dict) or not isinstance(check.get("id"), str):
             raise fail(key, "expected a mapping with id, audio, expect")
-        if check.get("expect") not in ("high", "low"):
-            raise fail(f"{key}.expect", "expected 'high' (hidden reference) or 'low' (degraded anchor)")
+        expects = ("same", "low") if kind == "cmos" else ("high", "low", "gold")
+        if check.get("expect") not in expects:
+            raise fail(
+                f"{key}.expect",
+                "expected 'same' (A and B identical) or 'low' (B a degraded anchor of A)"
+                if kind == "cmos"
+                else "expected 'high' (hidden reference), 'low' (degraded anchor) or 'gold' (with a score)",
+            )
+        known = None
+        if check["expect"] == "gold":
+            problem = scale.problem(check.get("score"))
+            if problem:
+                raise fail(f"{key}.score", f"a gold clip needs its known score: {problem}")
+            known = float(check["score"])
         item_id = f"check:{check['id']}"
         if item_id in items:
             raise fail(f"{key}.id", f"repeated attention check id {check['id']!r}")
         ref = audio(f"{key}.reference", check["reference"]) if "reference" in check else None
         wav = audio(f"{key}.audio", check.get("audio"))
         duration = seconds(f"{key}.audio", wav)
-        items[item_id] = Item(item_id, wav, duration, reference=ref, expect=check["expect"])
+        ref_s = seconds(f"{key}.reference", ref) if ref else None
+        items[item_id] = Item(
+            item_id,
+            wav,
+            duration,
+            reference=ref,
+            expect=check["expect"],
+            answer=known,
+            reference_duration=ref_s,
+        )
 
     traps = raw.get("trapping_questions", [])
     if not isinstance(traps, list):
@@ -408,11 +444,27 @@ def _parse(path: Path, raw: object) -> Definition:
     low_max = attention.get("low_max", scale.min + 0.4 * (scale.max - scale.min))
 
     n_system_items = len(utterances) * len(rated)
-    per_rater = raw.get("items_per_rater", n_system_items)
+    # by default each rater hears every sentence once, its system rotating across raters (order.py)
+    per_rater = raw.get("items_per_rater", len(utterances))
     if isinstance(per_rater, bool) or not isinstance(per_rater, int) or not 1 <= per_rater <= n_system_items:
         raise fail(
             "items_per_rater", f"expected an integer from 1 to {n_system_items} (utterances x systems)"
         )
+    failed = raw.get("failed_syntheses", [])
+    if not isinstance(failed, list) or any(i not in items or items[i].system is None for i in failed):
+        raise fail("failed_syntheses", "expected a list of rated item ids, utt@system")
+    screening = raw.get("screening", {})
+    if not isinstance(screening, dict) or set(screening) - {"min_variance", "min_correlation", "min_votes"}:
+        raise fail("screening", "expected a mapping with min_variance, min_correlation, min_votes")
+    for key, value in screening.items():
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or value < (0 if key != "min_correlation" else -1)
+        ):
+            raise fail(f"screening.{key}", f"expected a number (min_correlation from -1), got {value!r}")
+    if not isinstance(screening.get("min_votes", 1), int):
+        raise fail("screening.min_votes", "expected a whole number of votes")
     invitations = raw.get("invitations", "required")
     if invitations not in ("required", "open"):
         raise fail("invitations", "expected 'required' or 'open'")
@@ -437,4 +489,6 @@ def _parse(path: Path, raw: object) -> Definition:
         comment=raw.get("comment", False),
         kind=kind,
         baseline=baseline,
+        failed_syntheses=failed,
+        screening=Screening(**screening),
     )
