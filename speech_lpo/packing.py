@@ -320,11 +320,17 @@ def response_logps(model: torch.nn.Module, batch: Batch, chunk_size: int = LOGPS
         kwargs = {"attention_mask": batch["attention_mask"]}
     captured: list[torch.Tensor] = []
     hook = decoder.register_forward_hook(lambda _m, _a, out: captured.append(out.last_hidden_state))
+    # Tied weights: the head's dense gradient waits for the embedding's through the decoder's backward; the
+    # embedding's comes as a sparse tensor (its rows used) added into it in place, instead of a second
+    # vocabulary-sized tensor at the end of backward. The weight's gradient is still dense.
+    embed = decoder.get_input_embeddings()
+    embed.sparse = embed.weight is lm_head.weight and torch.is_grad_enabled() and embed.weight.requires_grad
     try:
         no_logits = torch.zeros(0, dtype=torch.long, device=input_ids.device)
         model(input_ids=input_ids, use_cache=False, logits_to_keep=no_logits, **kwargs)
     finally:
         hook.remove()
+        embed.sparse = False
     hidden = captured[-1][batch["tok_row"], batch["tok_pred"]]
     logps = token_logps(lm_head, hidden, batch["tok_target"], chunk_size)
     out = torch.zeros(len(batch["resp_len"]), dtype=torch.float32, device=logps.device)
