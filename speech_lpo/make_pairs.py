@@ -1,7 +1,8 @@
 """Build preference groups from sampled candidates (LPPC) or from corrupted ASR transcripts.
 
-The chosen response is always the ground truth. ``--method model`` reads `speech-lpo generate` output
-and makes one group per prompt whose rejected responses are the model's own samples:
+The chosen response is the ground truth (but for ``--select metric-best``). ``--method model`` reads
+`speech-lpo generate` output and makes one group per prompt whose rejected responses are the model's own
+samples:
 
 - TTS: every candidate (three by default) against the reference audio; a candidate identical to the
   reference or without audio codes is dropped.
@@ -10,13 +11,13 @@ and makes one group per prompt whose rejected responses are the model's own samp
 - A candidate cut by max_new_tokens is dropped and counted: its missing end, not its content, would make
   it the rejected one. ``--keep-cut-candidates`` keeps them, flagged in the report and the group's meta.
 
-``--select`` chooses which usable candidates become rejected responses (ASR and text tasks):
+``--select`` chooses which usable candidates become rejected responses, for ASR and text tasks:
 
 - ``all``: every one (deduplicated);
 - ``near-miss``: those with an edit rate (edit distance / reference length) of at most ``--max-edit-rate``,
   the ``--max-rejected`` most likely under the model first (summed log-prob of the response given the
   prompt, stored as ``meta.logp``): the paper's point that good rejected responses are near misses
-  (homophones, one word off) rather than gross errors.
+  (homophones, one word off) rather than gross errors;
 
 and for TTS candidates, scored with the TTS instruments of ``score tts`` (the model's codec makes the
 audio, ``--asr`` its transcript, ``--speaker-encoder`` its voice):
