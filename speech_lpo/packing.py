@@ -220,17 +220,60 @@ def _addmm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         acc.addmm_(a.float(), b.float())
 
 
+def _head_grads(hidden, weight, targets, log_z, grad_out, chunk, compute_dtype, want_hidden, want_weight):
+    """Gradients of the chunked log-probs for the hidden states and the LM-head weight, in float32: one
+    chunk's logits recomputed at a time, turned into the logits' gradient in place, its two GEMMs added
+    into float32 buffers (the weight's accumulated in place, not materialised per chunk and summed)."""
+    grad_hidden = (
+        torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if want_hidden else None
+    )
+    grad_weight = (
+        torch.zeros(weight.shape, dtype=torch.float32, device=hidden.device) if want_weight else None
+    )
+    with _gathered(weight):
+        w = weight.to(compute_dtype)
+        for s in range(0, len(hidden), chunk):
+            h = hidden[s : s + chunk].to(compute_dtype)
+            g = grad_out[s : s + chunk, None].float()
+            # d logp / d logits = onehot(target) - softmax, times the incoming gradient, in place
+            grad = (h @ w.T).float().sub_(log_z[s : s + chunk, None]).exp_().mul_(-g)
+            grad.scatter_add_(1, targets[s : s + chunk, None], g)
+            if grad_hidden is not None:
+                _addmm_fp32(grad_hidden[s : s + chunk], grad, w)
+            if grad_weight is not None:
+                _addmm_fp32(grad_weight, grad.T, h)
+    return grad_hidden, grad_weight
+
+
+class DeferredHeadGrad(torch.autograd.Function):
+    """Identity on the embedding output and the LM-head weight, placed between the embedding and the
+    decoder. Its backward runs once the decoder's gradient has reached the embedding output, when the
+    decoder's activations are freed, and only then computes the head's weight gradient, which
+    ``ChunkedLogProbs`` left to it: the vocabulary-sized gradient never coexists with the activations."""
+
+    @staticmethod
+    def forward(ctx, embeds, weight, pending: dict):
+        ctx.pending = pending
+        return embeds.view_as(embeds), weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad_embeds, _placeholder):
+        args = ctx.pending.pop("args")  # (hidden, weight, targets, log_z, grad_out, chunk, compute dtype)
+        grad_weight = _head_grads(*args, want_hidden=False, want_weight=True)[1]
+        return grad_embeds, grad_weight.to(args[1].dtype), None
+
+
 class ChunkedLogProbs(torch.autograd.Function):
     """Log-prob of each target token from its final hidden state, ``chunk`` tokens at a time, in float32.
 
-    Forward keeps only the hidden states and each token's log-partition; backward recomputes one chunk's
-    logits at a time, turns them into the logits' gradient in place and adds its two GEMMs into float32
-    buffers: the hidden states' rows and the whole LM-head weight, which is accumulated in place rather than
-    materialised per chunk and summed.
+    Forward keeps only the hidden states and each token's log-partition; backward recomputes the logits a
+    chunk at a time (``_head_grads``). With ``pending`` (the dict of a ``DeferredHeadGrad``), backward
+    computes the hidden states' gradient only, leaves what the weight's needs in ``pending`` and gives the
+    weight a zero placeholder that takes no memory (an expanded scalar).
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk: int, compute_dtype: torch.dtype):
+    def forward(ctx, hidden, weight, targets, chunk: int, compute_dtype: torch.dtype, pending: dict | None):
         out = torch.empty(len(hidden), dtype=torch.float32, device=hidden.device)
         log_z = torch.empty_like(out)
         with _gathered(weight):
@@ -240,51 +283,42 @@ class ChunkedLogProbs(torch.autograd.Function):
                 log_z[s : s + chunk] = logits.logsumexp(dim=-1)
                 out[s : s + chunk] = logits.gather(1, targets[s : s + chunk, None]).squeeze(1)
         ctx.save_for_backward(hidden, weight, targets, log_z)
-        ctx.chunk, ctx.compute_dtype = chunk, compute_dtype
+        ctx.chunk, ctx.compute_dtype, ctx.pending = chunk, compute_dtype, pending
         return out - log_z
 
     @staticmethod
     def backward(ctx, grad_out):
         hidden, weight, targets, log_z = ctx.saved_tensors
-        chunk, compute_dtype = ctx.chunk, ctx.compute_dtype
         want_hidden, want_weight = ctx.needs_input_grad[:2]
-        grad_hidden = (
-            torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if want_hidden else None
-        )
-        grad_weight = (
-            torch.zeros(weight.shape, dtype=torch.float32, device=hidden.device) if want_weight else None
-        )
-        with _gathered(weight):
-            w = weight.to(compute_dtype)
-            for s in range(0, len(hidden), chunk):
-                h = hidden[s : s + chunk].to(compute_dtype)
-                g = grad_out[s : s + chunk, None].float()
-                # d logp / d logits = onehot(target) - softmax, times the incoming gradient, in place
-                grad = (h @ w.T).float().sub_(log_z[s : s + chunk, None]).exp_().mul_(-g)
-                grad.scatter_add_(1, targets[s : s + chunk, None], g)
-                if grad_hidden is not None:
-                    _addmm_fp32(grad_hidden[s : s + chunk], grad, w)
-                if grad_weight is not None:
-                    _addmm_fp32(grad_weight, grad.T, h)
-        return (
-            grad_hidden.to(hidden.dtype) if grad_hidden is not None else None,
-            grad_weight.to(weight.dtype) if grad_weight is not None else None,
-            None,
-            None,
-            None,
-        )
+        args = (hidden, weight, targets, log_z, grad_out, ctx.chunk, ctx.compute_dtype)
+        if ctx.pending is not None and want_weight:
+            ctx.pending["args"] = args
+            grad_hidden = _head_grads(*args, want_hidden=want_hidden, want_weight=False)[0]
+            grad_weight = weight.new_zeros(()).expand(weight.shape)
+        else:
+            grad_hidden, grad_weight = _head_grads(*args, want_hidden=want_hidden, want_weight=want_weight)
+            grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
+        grad_hidden = grad_hidden.to(hidden.dtype) if grad_hidden is not None else None
+        return grad_hidden, grad_weight, None, None, None, None
 
 
 def token_logps(
-    lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int = LOGPS_CHUNK
+    lm_head: torch.nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int = LOGPS_CHUNK,
+    weight: torch.Tensor | None = None,
+    pending: dict | None = None,
 ) -> torch.Tensor:
-    """Log-prob of each target token from its final hidden state, in float32 (``ChunkedLogProbs``)."""
+    """Log-prob of each target token from its final hidden state, in float32 (``ChunkedLogProbs``);
+    ``weight`` and ``pending`` from a ``DeferredHeadGrad`` (default: the head's own weight)."""
     if getattr(lm_head, "bias", None) is not None:
         raise ValueError("the chunked LM head supports heads without a bias (Qwen2's)")
     device = hidden.device.type
     compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else lm_head.weight.dtype
+    weight = lm_head.weight if weight is None else weight
     with torch.autocast(device, enabled=False):  # the casts are ChunkedLogProbs's own
-        return ChunkedLogProbs.apply(hidden, lm_head.weight, targets, chunk_size, compute)
+        return ChunkedLogProbs.apply(hidden, weight, targets, chunk_size, compute, pending)
 
 
 def _mask_dtype(model: torch.nn.Module, device: torch.device) -> torch.dtype:
@@ -325,13 +359,31 @@ def response_logps(model: torch.nn.Module, batch: Batch, chunk_size: int = LOGPS
     # vocabulary-sized tensor at the end of backward. The weight's gradient is still dense.
     embed = decoder.get_input_embeddings()
     embed.sparse = embed.weight is lm_head.weight and torch.is_grad_enabled() and embed.weight.requires_grad
+    # The head's weight gradient is computed after the decoder's backward (DeferredHeadGrad at the
+    # embedding's output); not under ZeRO-3, whose partitioned weight the view would hide from the gather.
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    defer = torch.is_grad_enabled() and lm_head.weight.requires_grad and not is_deepspeed_zero3_enabled()
+    pending: dict = {}
+    head_weight: list[torch.Tensor] = []
+
+    def through_deferred(_m, _a, embeds):
+        embeds, weight = DeferredHeadGrad.apply(embeds, lm_head.weight, pending)
+        head_weight.append(weight)
+        return embeds
+
+    hooks = [hook, embed.register_forward_hook(through_deferred)] if defer else [hook]
     try:
         no_logits = torch.zeros(0, dtype=torch.long, device=input_ids.device)
         model(input_ids=input_ids, use_cache=False, logits_to_keep=no_logits, **kwargs)
     finally:
-        hook.remove()
+        for h in hooks:
+            h.remove()
         embed.sparse = False
     hidden = captured[-1][batch["tok_row"], batch["tok_pred"]]
-    logps = token_logps(lm_head, hidden, batch["tok_target"], chunk_size)
+    if defer:
+        logps = token_logps(lm_head, hidden, batch["tok_target"], chunk_size, head_weight[-1], pending)
+    else:
+        logps = token_logps(lm_head, hidden, batch["tok_target"], chunk_size)
     out = torch.zeros(len(batch["resp_len"]), dtype=torch.float32, device=logps.device)
     return out.index_add_(0, batch["tok_resp"], logps)

@@ -159,8 +159,9 @@ def test_lm_head_sees_response_tokens_only_in_chunks():
         response_logps(model, batch, chunk_size=16).sum().backward()
     n_tokens = int(batch["resp_len"].sum())
     # forward: the model asks its head for no logits, then one product per chunk; backward recomputes each
+    # chunk for the hidden states' gradient, then again for the weight's once the decoder's backward is done
     chunks = [min(16, n_tokens - s) for s in range(0, n_tokens, 16)]
-    assert shapes.rows == [0, *chunks, *chunks]
+    assert shapes.rows == [0, *chunks, *chunks, *chunks]
     assert n_tokens < batch["input_ids"].numel()  # fewer rows than the logits of every column
 
 
