@@ -229,7 +229,9 @@ def make_asr(spec: str, language: str | None = None, jsgf: str | None = None) ->
             )
         return pocketsphinx_asr(jsgf)
     if spec == "whisper" or spec.startswith("whisper:"):
-        hotwords = " ".join(grammar_words(jsgf)) if jsgf else None
+        # capitalised, as Whisper saw names and sentence starts written: 19.5% WER on the TTS recipe's 50
+        # original test recordings, 22.0% with the grammar's lower-case words (21.6% with sampled fallback)
+        hotwords = " ".join(w[:1].upper() + w[1:] for w in grammar_words(jsgf)) if jsgf else None
         return whisper_asr(spec.removeprefix("whisper").removeprefix(":") or None, language, hotwords)
     if spec.startswith("funasr:"):
         if jsgf:
