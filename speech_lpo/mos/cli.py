@@ -51,9 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--url", default="http://127.0.0.1:7860/", help="the panel's public address, for the links"
     )
-    p = command("report", "MOS table (Markdown), bar chart and JSON summary with 95%% t-intervals")
+    p = command(
+        "report",
+        "screen raters (each exclusion named); MOS table (Markdown) with 0.95 bootstrap intervals over "
+        "raters and utterances, system differences, CMOS tests against 0, bar chart, JSON summary, "
+        "per-clip votes",
+    )
     p.add_argument("--out-dir", type=Path, required=True)
-    p = command("export", "all ratings as CSV")
+    p = command("export", "all ratings as CSV, with order position, A/B flip, worker id and verdict")
     p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("anchor", help="write a degraded anchor (3.5 kHz low-pass + noise at 5 dB SNR)")
     p.add_argument("input", type=Path)
