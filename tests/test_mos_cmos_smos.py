@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def typed_test(folder: Path, kind: str, seconds: float = 2.0) -> Path:
+def typed_test(folder: Path, kind: str, seconds: float = 1.0) -> Path:
     definition = make_test(folder, n_utts=2, systems=["original", "noisy"], seconds=seconds)
     raw = yaml.safe_load(definition.read_text())
     for key in ("scale", "dimensions", "attention_checks", "attention"):

@@ -307,3 +307,29 @@ def test_votes_per_clip_in_the_p808_toolkits_format(rated, tmp_path: Path) -> No
         assert float(clip["std"]) == pytest.approx(np.std(votes, ddof=1))
         assert float(clip["95%CI"]) == pytest.approx(1.96 * np.std(votes, ddof=1) / np.sqrt(8))
         assert sorted(float(clip[f"vote_{i}"]) for i in range(1, 9)) == votes
+
+
+def test_gold_clips_accept_answers_within_one_per_dimension(tmp_path: Path) -> None:
+    """P.808's gold questions: a clip of known score; every dimension's answer within 1 of it passes,
+    one dimension off by more fails the rater (the mean over dimensions would have passed)."""
+    definition = make_test(tmp_path, n_utts=2)
+    raw = yaml.safe_load(definition.read_text())
+    for check, score in zip(raw["attention_checks"], (5, 0), strict=True):
+        check.update(expect="gold", score=score)
+    definition.write_text(yaml.safe_dump(raw, sort_keys=False))
+    defn = load_definition(definition)
+    assert sorted(i.answer for i in defn.check_items) == [0.0, 5.0]
+    store = Store(tmp_path / "ratings.sqlite", defn, clock=Clock())
+    within, off = store.invite(2, expires=None)
+
+    def answers(gold):
+        return lambda item, dim: gold(item, dim) if item.expect else BASE[item.system] + DIM_SHIFT[dim]
+
+    # 1 below the known score on every dimension: passes
+    rate_all(store, within, answers(lambda item, dim: max(0.0, item.answer - 1)))
+    # exact but for one dimension 1.5 off: fails, though the mean over dimensions (4.6) is within 1 of 5
+    rate_all(
+        store, off, answers(lambda item, dim: item.answer - 1.5 * (item.answer > 0 and dim == "stability"))
+    )
+    verdict = screen(defn, store.ratings())
+    assert verdict == {within: None, off: "failed attention check"}
