@@ -1,25 +1,27 @@
-"""melvq on real speech: encode speed and what its round trip costs an ASR.
+"""Embedded codecs against the recordings they encode: naturalness, intelligibility, voice, and cost.
 
-On the real LibriSpeech utterances in ../shared/data (release layout, prepared by `speech-lpo prepare`),
-pocketsphinx (its wheel's US English acoustic and language model) transcribes the 7 test-clean ones as
+On the TTS recipe's embedded corpus (made as stage 0 and 1 make it, from recipes/tts/conf/corpus.yaml:
+espeak-ng English, 2,400 train and 50 test sentences), for each codec spec (default: worldvq_25hz, the
+recipe's codec, and melvq_20hz, the one before it):
 
-  original       the 16 kHz recordings
-  griffin-lim    Griffin-Lim from the unquantised 40 Hz log-mel (what the codebook cannot be blamed for)
-  melvq          the codec round trip, encode to codes and decode with Griffin-Lim, with the codebook fitted
-                 (a) held out: on the 4 train + dev utterances only (1,300 frames for 512 centroids), and
-                 (b) in sample: on all 11 utterances, test ones included, which is how TTS training
-                     targets are made (the codebook is fitted on the very split it then encodes)
+  fit          the codebooks fitted on the train manifest as `speech-lpo tokenize` fits them (wall seconds)
+  round trip   every test recording encoded and decoded
+  scored       by the project's TTS instrument (speech_lpo.tts_metrics.tts_metrics; the English ASR and
+               normaliser of eval/scoring.yaml, the corpus words as the recipe gives them): WER, DNSMOS
+               OVRL and SIM to the original recording (resemblyzer), the original recordings scored the same
+  speed        encode, audio seconds per wall-clock second with one BLAS thread per process, in one and in
+               two processes (`speech-lpo tokenize --jobs 2` on 2 cores), resampling included
+  real speech  the real LibriSpeech utterances in ../shared/data (every split: none is fitted on) through the
+               codec fitted on the embedded corpus, scored beside their originals; reported, not gated
 
-and the word error rate of each is pooled over the utterances (jiwer). The same is measured on English
-of the embedded mini corpus (espeak-ng, fitted on its train split, test split measured), with
-pocketsphinx both as is and restricted to the corpus's words (synth_corpus.jsgf_word_loop).
+Targets (issue 24) for the first spec: DNSMOS OVRL within 0.5 of the originals', WER within 3 points, SIM
+at least 0.85, at most 50 tokens per second, encode at least 200x real time on 2 cores, the fit within
+180 s. Encode speed and fit time are wall clock: on shared cores they read low.
 
-Encode speed is audio seconds per wall-clock second of ``codec.encode`` (resampling included), one BLAS
-thread per process: in one process, and in two worker processes as `speech-lpo tokenize --jobs 2` runs.
-Goals (issue #3): encode >= 200x real time on 2 cores; melvq WER at most 15 points above the originals'.
-
-Usage: .venv/bin/python bench/codec.py
-Prints Markdown tables, the ratios, and last one JSON line of the figures.
+Usage: .venv/bin/python bench/codec.py [--work DIR] [--specs tokenizers/a.yaml ...]
+Prints Markdown tables, the target checks, and last one JSON line of the figures: the first spec's under
+the issue's keys (dnsmos_ovrl_original, dnsmos_ovrl_roundtrip, wer_original, wer_roundtrip,
+sim_roundtrip, ...), every spec's under its file name.
 """
 
 from __future__ import annotations
@@ -31,34 +33,31 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import jiwer
 import numpy as np
+import soundfile as sf
 import yaml
 from threadpoolctl import threadpool_limits
 
-from speech_lpo.codecs import Codec, load_audio, resample
-from speech_lpo.prepare import prepare, read_manifest
-from speech_lpo.synth_corpus import jsgf_word_loop, synth_corpus
-from speech_lpo.tokenize_audio import fit_melvq
-from speech_lpo.tts_metrics import ASR_SAMPLE_RATE, pocketsphinx_asr
+from speech_lpo.cli import main as cli
+from speech_lpo.codecs import Codec, load_audio
+from speech_lpo.normalize import get_normalizer
+from speech_lpo.score import scoring_config
+from speech_lpo.synth_corpus import GRAMMAR_FILE
+from speech_lpo.tokenize_audio import fit_codec
+from speech_lpo.tts_metrics import Utterance, from_manifest, read_manifest, tts_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRISPEECH = ROOT / ".." / "shared" / "data" / "librispeech"
-
-
-def pocketsphinx(jsgf: str | None = None):
-    asr = pocketsphinx_asr(jsgf)
-    return lambda wav: asr(wav).upper()
-
-
-def wer(asr, refs: list[str], wavs: list[np.ndarray], sample_rate: int) -> float:
-    return 100 * jiwer.wer(refs, [asr(resample(w, sample_rate, ASR_SAMPLE_RATE)) for w in wavs])
-
-
-def write_manifest(path: Path, lines: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return path
-
+RECIPE_CONF = ROOT / "recipes" / "tts" / "conf" / "corpus.yaml"
+DEFAULT_SPECS = [ROOT / "tokenizers" / "worldvq_25hz.yaml", ROOT / "tokenizers" / "melvq_20hz.yaml"]
+TARGETS = {
+    "dnsmos_gap": 0.5,
+    "wer_gap": 3.0,
+    "sim": 0.85,
+    "tokens_per_second": 50,
+    "encode_x": 200,
+    "fit_s": 180,
+}
 
 _CODEC: Codec | None = None
 
@@ -68,7 +67,7 @@ def _encode_all(audio: list[tuple[np.ndarray, int]]) -> int:
         return sum(len(_CODEC.encode(w, sr)) for w, sr in audio)
 
 
-def encode_speed(codec: Codec, audio: list[tuple[np.ndarray, int]], repeats: int, workers: int) -> float:
+def encode_speed(codec: Codec, audio: list[tuple[np.ndarray, int]], workers: int) -> float:
     """Audio seconds encoded per wall-clock second, ``workers`` processes each encoding all of ``audio``."""
     global _CODEC
     _CODEC = codec
@@ -76,115 +75,147 @@ def encode_speed(codec: Codec, audio: list[tuple[np.ndarray, int]], repeats: int
     with ProcessPoolExecutor(workers) as pool:  # forked: workers inherit the codec
         list(pool.map(_encode_all, [audio[:1]] * workers))  # warm up
         t0 = time.perf_counter()
-        list(pool.map(_encode_all, [audio] * (workers * repeats)))
-        return seconds * workers * repeats / (time.perf_counter() - t0)
+        list(pool.map(_encode_all, [audio] * workers))
+        return seconds * workers / (time.perf_counter() - t0)
+
+
+def round_trips(codec: Codec, manifest: dict[str, dict], out: Path) -> list[Utterance]:
+    """Each recording encoded and decoded into ``out/<id>.wav``, as an utterance scored against it."""
+    out.mkdir(parents=True, exist_ok=True)
+    utts = []
+    with threadpool_limits(1):
+        for uttid, row in manifest.items():
+            wav = out / f"{uttid}.wav"
+            sf.write(wav, codec.decode(codec.encode(*load_audio(row["audio"])), uttid), codec.sample_rate)
+            utts.append(
+                Utterance(uttid, row["text"], str(wav), row["audio"], row.get("speaker"), row.get("duration"))
+            )
+    return utts
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", type=Path, default=ROOT / "tokenizers" / "melvq.yaml")
-    parser.add_argument("--speed-repeats", type=int, default=5)
-    parser.add_argument("--synthetic-train", type=int, default=300, help="mini corpus train utterances")
-    parser.add_argument("--synthetic-test", type=int, default=30)
+    parser.add_argument("--specs", type=Path, nargs="+", default=DEFAULT_SPECS)
+    parser.add_argument("--work", type=Path, help="keep the corpus and audio here (default: a temporary dir)")
+    parser.add_argument(
+        "--corpus-conf", type=Path, default=RECIPE_CONF, help="recipes/tts/conf/ci/corpus.yaml: a quick look"
+    )
     args = parser.parse_args()
     if not LIBRISPEECH.is_dir():
         raise SystemExit(f"{LIBRISPEECH}: the real LibriSpeech utterances are not there")
-    spec = yaml.safe_load(args.spec.read_text())
-
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        prepare("librispeech", LIBRISPEECH, tmp / "real")
-        split = {s: read_manifest(tmp / "real" / f"{s}-clean.jsonl") for s in ("dev", "test")}
-        split["train"] = read_manifest(tmp / "real" / "train.jsonl")
-        held_out = fit_melvq(spec, write_manifest(tmp / "fit_a.jsonl", split["train"] + split["dev"]))
-        in_sample = fit_melvq(
-            spec, write_manifest(tmp / "fit_b.jsonl", split["train"] + split["dev"] + split["test"])
+        run(args.specs, args.work or Path(tmp), args.corpus_conf)
+
+
+def run(specs: list[Path], work: Path, corpus_conf: Path) -> None:
+    corpus = work / "corpus"
+    cli(["synth-corpus", "--config", str(corpus_conf), "--out", str(corpus)])
+    cli(["prepare", "--corpus", "librispeech", "--corpus-dir", str(corpus / "librispeech")]
+        + ["--out", str(work / "manifests")])  # fmt: skip
+    cli(["prepare", "--corpus", "librispeech", "--corpus-dir", str(LIBRISPEECH), "--out", str(work / "real")])
+    test = read_manifest(work / "manifests" / "test-clean.jsonl")
+    real = {k: v for m in sorted((work / "real").glob("*.jsonl")) for k, v in read_manifest(m).items()}
+    setting = scoring_config()["tts"]["en"]
+    normalizer = get_normalizer(setting["normalizer"])
+    grammar = corpus / "librispeech" / GRAMMAR_FILE
+
+    def score(utts: list[Utterance], name: str, real_speech: bool = False) -> dict:
+        out = tts_metrics(
+            utts,
+            name,
+            setting["asr"],
+            normalizer,
+            work / "score",
+            language="en",
+            grammar=None if real_speech else grammar,  # the real texts are not the corpus's words
         )
+        return {k: out[k]["value"] for k in ("wer", "dnsmos_ovrl", "sim") if k in out}
 
-        counts = {"train": args.synthetic_train, "dev": 0, "test": args.synthetic_test}
-        synth_corpus(tmp / "mini", counts, langs=("en",))
-        prepare("librispeech", tmp / "mini" / "librispeech", tmp / "mini_manifests")
-        synth_codec = fit_melvq(spec, tmp / "mini_manifests" / "train.jsonl")
-        synth_test = read_manifest(tmp / "mini_manifests" / "test-clean.jsonl")
-        synth_audio = [load_audio(x["audio"]) for x in synth_test]  # before the directory goes
-
-    test = split["test"]
-    audio = [load_audio(x["audio"]) for x in test]
-    seconds = sum(len(w) / sr for w, sr in audio)
-    speed_1 = encode_speed(held_out, audio, args.speed_repeats, 1)
-    speed_2 = encode_speed(held_out, audio, args.speed_repeats, 2)
-    with threadpool_limits(1):
-        t0 = time.perf_counter()
-        decoded = {
-            name: [c.decode(c.encode(w, sr)) for w, sr in audio]
-            for name, c in (("held_out", held_out), ("in_sample", in_sample))
-        }
-        decode_x = 2 * seconds / (time.perf_counter() - t0)
-    sr_codec = held_out.sample_rate
-    unquantised = [held_out.mel_to_audio(held_out.features(resample(w, sr, sr_codec))) for w, sr in audio]
-
-    asr = pocketsphinx()
-    refs = [x["text"] for x in test]
-    real = {
-        "original": wer(asr, refs, [w for w, _ in audio], audio[0][1]),
-        "griffin-lim, unquantised mel": wer(asr, refs, unquantised, sr_codec),
-        "melvq, codebook held out": wer(asr, refs, decoded["held_out"], sr_codec),
-        "melvq, codebook in sample": wer(asr, refs, decoded["in_sample"], sr_codec),
+    originals = {
+        "embedded": score(from_manifest(test), "original"),
+        "real": score(from_manifest(real), "real", True),
     }
+    test_audio = [load_audio(row["audio"]) for row in test.values()]
+    seconds = sum(len(w) / sr for w, sr in test_audio)
+    results = {}
+    for spec_path in specs:
+        spec = yaml.safe_load(spec_path.read_text())
+        name = spec_path.stem
+        t0 = time.perf_counter()
+        codec = fit_codec(spec, work / "manifests" / "train.jsonl")
+        fit_s = time.perf_counter() - t0
+        speed = {n: encode_speed(codec, test_audio, n) for n in (1, 2)}
+        t0 = time.perf_counter()
+        utts = round_trips(codec, test, work / "roundtrip" / name)
+        round_trip_x = seconds / (time.perf_counter() - t0)
+        results[name] = {
+            "tokens_per_second": codec.frame_rate * codec.num_quantizers,
+            "codebook_size": codec.codebook_size,
+            "fit_seconds": round(fit_s, 1),
+            "encode_x_realtime_1_process": round(speed[1], 1),
+            "encode_x_realtime_2_processes": round(speed[2], 1),
+            "round_trip_x_realtime": round(round_trip_x, 1),
+            "embedded": score(utts, f"roundtrip-{name}"),
+            "real": score(round_trips(codec, real, work / "real_roundtrip" / name), f"real-{name}", True),
+        }
 
-    synth_refs = [x["text"] for x in synth_test]
-    with threadpool_limits(1):
-        synth_round = [synth_codec.decode(synth_codec.encode(w, sr)) for w, sr in synth_audio]
-    synth = {}
-    for asr_name, synth_asr in (("general LM", asr), ("corpus words", pocketsphinx(jsgf_word_loop("en")))):
-        synth[(asr_name, "original")] = wer(synth_asr, synth_refs, [w for w, _ in synth_audio], 16000)
-        synth[(asr_name, "melvq")] = wer(synth_asr, synth_refs, synth_round, synth_codec.sample_rate)
+    print(f"Embedded TTS corpus ({corpus_conf}): {len(test)} test sentences, {seconds:.0f} s")
+    print(f"ASR {setting['asr']} (corpus words as hotwords), normaliser {normalizer.name}\n")
+    print(
+        "| audio | tokens/s | WER % | DNSMOS OVRL | SIM to original | real LibriSpeech WER % | real DNSMOS |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    o, r = originals["embedded"], originals["real"]
+    print(f"| original recordings | - | {o['wer']:.1f} | {o['dnsmos_ovrl']:.2f} | - | {r['wer']:.1f} | "
+          f"{r['dnsmos_ovrl']:.2f} |")  # fmt: skip
+    for name, x in results.items():
+        e, rr = x["embedded"], x["real"]
+        print(f"| {name} round trip | {x['tokens_per_second']:g} | {e['wer']:.1f} | {e['dnsmos_ovrl']:.2f} | "
+              f"{e['sim']:.3f} | {rr['wer']:.1f} | {rr['dnsmos_ovrl']:.2f} |")  # fmt: skip
+    print("\n| codec | fit s | encode x real time, 1 process | 2 processes | encode + decode, 1 process |")
+    print("|---|---|---|---|---|")
+    for name, x in results.items():
+        print(f"| {name} | {x['fit_seconds']:.0f} | {x['encode_x_realtime_1_process']:.0f} | "
+              f"{x['encode_x_realtime_2_processes']:.0f} | {x['round_trip_x_realtime']:.1f} |")  # fmt: skip
+    print(f"\nReal LibriSpeech: {len(real)} utterances of ../shared/data, no text restriction; codecs fitted "
+          "on the embedded corpus only\n")  # fmt: skip
 
-    c = held_out
-    print(f"melvq K={c.codebook_size}, {c.frame_rate:g} Hz, {c.griffin_lim_iters} Griffin-Lim iterations")
-    print(f"\nReal LibriSpeech test-clean: {len(test)} utterances, {seconds:.1f} s; pocketsphinx WER %\n")
-    print("| audio | WER % | minus original |")
-    print("|---|---|---|")
-    for name, value in real.items():
-        print(f"| {name} | {value:.1f} | {value - real['original']:+.1f} |")
-    print(
-        f"\nMini corpus English (espeak-ng, {args.synthetic_train} train / {len(synth_test)} test); WER %\n"
-    )
-    print("| pocketsphinx | original | melvq round trip | minus original |")
-    print("|---|---|---|---|")
-    for asr_name in ("general LM", "corpus words"):
-        o, m = synth[(asr_name, "original")], synth[(asr_name, "melvq")]
-        print(f"| {asr_name} | {o:.1f} | {m:.1f} | {m - o:+.1f} |")
-    print("\n| melvq speed, 1 BLAS thread per process | x real time |")
-    print("|---|---|")
-    print(f"| encode, 1 process | {speed_1:.0f} |")
-    print(f"| encode, 2 processes (2 cores) | {speed_2:.0f} |")
-    print(f"| decode, 1 process | {decode_x:.1f} |")
-    gap_held, gap_in = (
-        real[k] - real["original"] for k in ("melvq, codebook held out", "melvq, codebook in sample")
-    )
-    print(
-        f"\nWER gap to the originals (goal <= +15 points): in sample {gap_in:+.1f}, held out {gap_held:+.1f}"
-    )
-    print(f"encode speed on 2 cores / goal of 200x = {speed_2 / 200:.2f}")
+    first, x = next(iter(results.items()))
+    e = x["embedded"]
+    checks = {
+        "DNSMOS OVRL original - round trip": (
+            o["dnsmos_ovrl"] - e["dnsmos_ovrl"],
+            TARGETS["dnsmos_gap"],
+            "<=",
+        ),
+        "WER round trip - original (points)": (e["wer"] - o["wer"], TARGETS["wer_gap"], "<="),
+        "SIM round trip to original": (e["sim"], TARGETS["sim"], ">="),
+        "tokens per second": (x["tokens_per_second"], TARGETS["tokens_per_second"], "<="),
+        "encode x real time, 2 processes": (x["encode_x_realtime_2_processes"], TARGETS["encode_x"], ">="),
+        "fit seconds": (x["fit_seconds"], TARGETS["fit_s"], "<="),
+    }
+    print(f"Targets for {first}:\n\n| figure | value | target | ratio to target | holds |")
+    print("|---|---|---|---|---|")
+    for label, (value, target, sense) in checks.items():
+        holds = value <= target if sense == "<=" else value >= target
+        verdict = "yes" if holds else "NO"
+        print(f"| {label} | {value:.3g} | {sense} {target:g} | {value / target:.2f} | {verdict} |")
     figures = {
-        "codebook_size": held_out.codebook_size,
-        "frame_rate": held_out.frame_rate,
-        "real_test_utterances": len(test),
-        "real_test_seconds": round(seconds, 2),
-        "wer_original": round(real["original"], 2),
-        "wer_griffin_lim_unquantised": round(real["griffin-lim, unquantised mel"], 2),
-        "wer_melvq_held_out": round(real["melvq, codebook held out"], 2),
-        "wer_melvq_in_sample": round(real["melvq, codebook in sample"], 2),
-        "wer_gap_in_sample": round(gap_in, 2),
-        "wer_gap_held_out": round(gap_held, 2),
-        "synth_wer_original_general_lm": round(synth[("general LM", "original")], 2),
-        "synth_wer_melvq_general_lm": round(synth[("general LM", "melvq")], 2),
-        "synth_wer_original_corpus_words": round(synth[("corpus words", "original")], 2),
-        "synth_wer_melvq_corpus_words": round(synth[("corpus words", "melvq")], 2),
-        "encode_x_realtime_1_process": round(speed_1, 1),
-        "encode_x_realtime_2_processes": round(speed_2, 1),
-        "decode_x_realtime": round(decode_x, 2),
+        "codec": first,
+        "dnsmos_ovrl_original": round(o["dnsmos_ovrl"], 3),
+        "dnsmos_ovrl_roundtrip": round(e["dnsmos_ovrl"], 3),
+        "wer_original": round(o["wer"], 2),
+        "wer_roundtrip": round(e["wer"], 2),
+        "sim_roundtrip": round(e["sim"], 3),
+        "tokens_per_second": x["tokens_per_second"],
+        "encode_x_realtime_2_processes": x["encode_x_realtime_2_processes"],
+        "fit_seconds": x["fit_seconds"],
+        "real_wer_original": round(r["wer"], 2),
+        "real_wer_roundtrip": round(x["real"]["wer"], 2),
+        "real_dnsmos_ovrl_original": round(r["dnsmos_ovrl"], 3),
+        "real_dnsmos_ovrl_roundtrip": round(x["real"]["dnsmos_ovrl"], 3),
+        "real_sim_roundtrip": round(x["real"]["sim"], 3),
+        "codecs": results,
     }
     print(json.dumps(figures))
 

@@ -47,7 +47,7 @@ class WorldVQ(Codec):
         sample_rate: int = 16000,
         hop_length: int = 640,
         analysis_period: float = 5.0,
-        mcep_order: int = 24,
+        mcep_order: int = 40,
         alpha: float = 0.42,
         fft_size: int = 1024,
         f0_floor: float = 60.0,
@@ -218,7 +218,7 @@ class WorldVQ(Codec):
             raise ValueError(
                 f"worldvq: codebook_size {codebook_size} is not {NUM_QUANTIZERS} equal codebooks"
             )
-        order = params.get("mcep_order", 24)
+        order = params.get("mcep_order", 40)
         probe = cls(
             [np.zeros((1, order), np.float32), np.zeros((1, 4), np.float32)],
             np.zeros(order + 4),
