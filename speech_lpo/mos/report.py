@@ -425,13 +425,17 @@ def tests_table(defn: Definition, tests: list[dict], alphas: dict[str, float]) -
             f"| {labels[t['dimension']]} | {t['a']} | {t['b']} | {t['raters']} | "
             f"{t['difference']:+.2f} [{t['low']:+.2f}, {t['high']:+.2f}] | {t['p']:.3g} | {t['p_holm']:.3g} |"
         )
+    agreement = "Krippendorff's alpha (interval): " + ", ".join(
+        f"{labels[d]} {a:.2f}" for d, a in alphas.items()
+    )
+    if not tests:  # one system rated (CMOS against its baseline): no pair to compare
+        return agreement + ".\n"
     lines.append("")
     lines.append(
         f"A - B: difference of the means, {CONFIDENCE:.0%} bootstrap interval over raters and utterances "
         "(paired: one draw weighs both systems). "
         "Wilcoxon signed-rank tests on each rater's mean per system, Holm-corrected over all rows. "
-        "Krippendorff's alpha (interval): "
-        + ", ".join(f"{labels[d]} {a:.2f}" for d, a in alphas.items())
+        + agreement
         + "."
     )
     return "\n".join(lines) + "\n"
