@@ -227,10 +227,10 @@ def _head_grads(hidden, weight, targets, log_z, grad_out, chunk, compute_dtype, 
     grad_hidden = (
         torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if want_hidden else None
     )
-    grad_weight = (
-        torch.zeros(weight.shape, dtype=torch.float32, device=hidden.device) if want_weight else None
-    )
-    with _gathered(weight):
+    with _gathered(weight):  # under ZeRO-3 the weight has its full shape only inside
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=hidden.device) if want_weight else None
+        )
         w = weight.to(compute_dtype)
         for s in range(0, len(hidden), chunk):
             h = hidden[s : s + chunk].to(compute_dtype)
@@ -354,16 +354,15 @@ def response_logps(model: torch.nn.Module, batch: Batch, chunk_size: int = LOGPS
         kwargs = {"attention_mask": batch["attention_mask"]}
     captured: list[torch.Tensor] = []
     hook = decoder.register_forward_hook(lambda _m, _a, out: captured.append(out.last_hidden_state))
-    # Tied weights: the head's dense gradient waits for the embedding's through the decoder's backward; the
-    # embedding's comes as a sparse tensor (its rows used) added into it in place, instead of a second
-    # vocabulary-sized tensor at the end of backward. The weight's gradient is still dense.
-    embed = decoder.get_input_embeddings()
-    embed.sparse = embed.weight is lm_head.weight and torch.is_grad_enabled() and embed.weight.requires_grad
     # The head's weight gradient is computed after the decoder's backward (DeferredHeadGrad at the
-    # embedding's output); not under ZeRO-3, whose partitioned weight the view would hide from the gather.
+    # embedding's output); with tied weights the embedding's comes as a sparse tensor (its rows used), added
+    # into it in place instead of a second vocabulary-sized tensor; the weight's gradient stays dense.
+    # Neither under ZeRO-3, whose partitioned weight a view would hide from the gather.
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     defer = torch.is_grad_enabled() and lm_head.weight.requires_grad and not is_deepspeed_zero3_enabled()
+    embed = decoder.get_input_embeddings()
+    embed.sparse = defer and embed.weight is lm_head.weight
     pending: dict = {}
     head_weight: list[torch.Tensor] = []
 

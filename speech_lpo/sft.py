@@ -73,7 +73,7 @@ class ResponseLossTrainer:
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
         tokens = torch.tensor(sum(len(b["tok_target"]) for b in batch_samples), device=device)
-        return self.accelerator.gather(tokens[None]).sum() if self.args.world_size > 1 else tokens
+        return self.accelerator.gather(tokens[None]).sum() if self.accelerator.num_processes > 1 else tokens
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         total = -response_logps(model, inputs).sum()

@@ -260,7 +260,7 @@ class PreferenceTrainer(Trainer):
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
         """Pairs in the global batch: every accumulation step's batches on every rank."""
         pairs = torch.tensor(sum(len(b["pair_chosen"]) for b in batch_samples), device=device)
-        return self.accelerator.gather(pairs[None]).sum() if self.args.world_size > 1 else pairs
+        return self.accelerator.gather(pairs[None]).sum() if self.accelerator.num_processes > 1 else pairs
 
     def _check_step0(self, model, inputs: dict, x1: torch.Tensor, x2: torch.Tensor) -> None:
         """Stop when stored reference log-probs do not give x1 = x2 = 0 at the first step (STEP0_TOLERANCE);
