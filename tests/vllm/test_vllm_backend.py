@@ -139,16 +139,21 @@ def test_decode_and_synthesize_through_vllm_as_through_transformers(model_dir, b
     assert settings["backend"] == "vllm" and settings["utterances"] == len(synthesized)
 
 
-def test_two_engines_give_what_one_engine_gives(model_dir, backends):
+def test_two_engines_give_what_one_engine_gives(model_dir):
     items, stops, _, _ = items_and_stops(model_dir, "asr")
     prompts = [i.prompt_ids for i in items] * 2  # more prompts than engines, an odd share each
     cfg = SamplingConfig(n=2, temperature=1.0, max_new_tokens=8, stop_ids=stops)
-    engines = DataParallelVLLM(model_dir, ["0", "1"], **VLLM_CPU)
+    small = {**VLLM_CPU, "gpu_memory_utilization": 0.04}  # three engines' KV caches on a shared 24 GB machine
+    engines = DataParallelVLLM(model_dir, ["0", "1"], **small)
     try:
         both = engines.generate(prompts, cfg, seed=3)
         few = engines.generate(prompts[:1], cfg, seed=3)  # fewer prompts than engines
     finally:
         engines.close()
-    one = backends["vllm"].generate(prompts, cfg, seed=3)
+    single = VLLMBackend(model_dir, **small)
+    try:
+        one = single.generate(prompts, cfg, seed=3)
+    finally:
+        single.close()
     assert [[c.ids for c in cs] for cs in both] == [[c.ids for c in cs] for cs in one]
     assert [[c.ids for c in cs] for cs in few] == [[c.ids for c in cs] for cs in one[:1]]
