@@ -154,7 +154,7 @@ score_one() {
 reference_one() {
   local dir="${expdir}/decode/$1/whisper_tiny_en"
   speech-lpo score transcribe --manifest "${datadir}/manifests/$1.jsonl" --out-dir "${dir}"
-  score_one "$1" "${dir}" whisper_tiny_en "" method="Whisper tiny.en (bundled)"
+  score_one "$1" "${dir}" whisper_tiny_en "" method="Whisper tiny.en (bundled)" row=reference
 }
 
 score_stage() {

@@ -290,8 +290,10 @@ def _findings_of_one_seed(summaries: list[dict], seed_label: str) -> list[str]:
 def across_seeds_table(summaries: list[dict]) -> str:
     """The answer, laid out like the paper's Table 7: one row per system with its rate averaged over seeds
     (crossed 95% interval), the difference from SFT (the SFT of the same seed, or the one every seed starts
-    from) with its interval, the minimum detectable effect, the verdict and the non-inferiority reading."""
-    groups = groups_by_seed(last_epochs([s for s in summaries if s["kind"] == "asr"]))
+    from) with its interval, the minimum detectable effect, the verdict and the non-inferiority reading.
+    Reference rows (``--tag row=reference``: an outside ASR such as Whisper) stay in the per-test-set tables."""
+    trained = [s for s in summaries if s["kind"] == "asr" and tag(s, "row") != "reference"]
+    groups = groups_by_seed(last_epochs(trained))
     sft = {key[0]: group for key, group in groups.items() if key[2] == "sft"}
     metric = next(iter(next(iter(groups.values())).values()))["metric"] if groups else "WER"
     lines = [
@@ -333,12 +335,13 @@ def tts_across_seeds_table(summaries: list[dict], baseline: str = "sft") -> str:
     base = intelligibility(groups[baseline]) if baseline in groups else None
     lines = [
         "| System | Seeds | %WER mean (sd) | Min–max | Δ WER vs SFT (95% CI) | MDE (% of SFT) "
-        "| Better than SFT in | Verdict | SIM mean (sd) | DNSMOS OVRL mean (sd) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| Better than SFT in | Verdict | %WER, failures as 100 | SIM mean (sd) | Voice gap mean (sd) "
+        "| DNSMOS OVRL mean (sd) | Utts scored (no audio, no speech) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
-    def mean_sd(group: dict, key: str, digits: int) -> str:
-        values = [s[key]["value"] for s in group.values() if key in s]
+    def mean_sd(group: dict, key: str, digits: int, field: str = "value") -> str:
+        values = [s[key][field] for s in group.values() if s.get(key, {}).get(field) is not None]
         if not values:
             return "n/a"
         sp = spread(values)
@@ -357,12 +360,22 @@ def tts_across_seeds_table(summaries: list[dict], baseline: str = "sft") -> str:
             if cmp
             else " | | | |"
         )
-        lines.append(f"{row} | {mean_sd(group, 'sim', 3)} | {mean_sd(group, 'dnsmos_ovrl', 2)} |")
+        failures = [f"{sum(s.get(k, 0) for s in group.values())}" for k in ("no_audio", "no_speech")]
+        scored = sum(s["wer"].get("n", s["utterances"]) for s in group.values())
+        lines.append(
+            f"{row} | {mean_sd(group, 'wer', 2, 'worst_case')} | {mean_sd(group, 'sim', 3)} "
+            f"| {mean_sd(group, 'voice_gap', 3)} | {mean_sd(group, 'dnsmos_ovrl', 2)} "
+            f"| {scored} ({', '.join(failures)}) |"
+        )
     seeds = max((len(g) for g in groups.values()), default=0)
     base_seeds = len(groups.get(baseline, {}))
     lines += [
         "",
-        "Mean and sd over training seeds of pooled %WER. " + footnote(comparisons, base_seeds, seeds),
+        "Mean and sd over training seeds. %WER, failures as 100: the sensitivity figure with every output "
+        "that has no audio scored as all words wrong. Voice gap: SIM to the requested voice's reference "
+        "minus SIM to another voice's recording (above 0: the output has the voice its prompt named). Utts "
+        "scored: summed over seeds; SIM and DNSMOS exist only where the VAD finds speech. "
+        + footnote(comparisons, base_seeds, seeds),
     ]
     return "\n".join(lines) + "\n"
 

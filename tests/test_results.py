@@ -521,6 +521,7 @@ def test_tts_across_seeds_table_knows_better_in_every_seed_from_better_in_one():
             "kind": "tts",
             "system": name,
             "source": f"exp/{where}synth/{name}",
+            "utterances": len(errors),
             "wer": {"value": rate},
             "sim": {"value": 0.6},
             "intelligibility": {"utterance_errors": errs, "problem_counts": {}},
@@ -539,7 +540,7 @@ def test_tts_across_seeds_table_knows_better_in_every_seed_from_better_in_one():
     assert lines["sft"].startswith("| sft | 1 | 30.00 (n/a) |")
     lpo = lines["lpo_r2_0.4"]
     assert "| lpo_r2_0.4 | 3 | 20.00 (0.00) | 20.00–20.00 | -10.00 (-10.00 to -10.00) |" in lpo
-    assert lpo.endswith("| 3 of 3 | better | 0.600 (0.000) | n/a |")
+    assert lpo.endswith("| 3 of 3 | better | n/a | 0.600 (0.000) | n/a | n/a | 180 (0, 0) |")
     assert "| dpo | 3 | 30.00 (17.32) | 10.00–40.00 | +0.00" in lines["dpo"]
     assert "| 1 of 3 | not resolved |" in lines["dpo"]
     assert "SFT was trained once and shared by every seed" in table and "crossed bootstrap" in table
