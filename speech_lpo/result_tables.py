@@ -291,7 +291,8 @@ def across_seeds_table(summaries: list[dict]) -> str:
     """The answer, laid out like the paper's Table 7: one row per system with its rate averaged over seeds
     (crossed 95% interval), the difference from SFT (the SFT of the same seed, or the one every seed starts
     from) with its interval, the minimum detectable effect, the verdict and the non-inferiority reading.
-    Reference rows (``--tag row=reference``: an outside ASR such as Whisper) stay in the per-test-set tables."""
+    Reference rows (``--tag row=reference``: an outside ASR such as Whisper) stay in the per-test-set
+    tables."""
     trained = [s for s in summaries if s["kind"] == "asr" and tag(s, "row") != "reference"]
     groups = groups_by_seed(last_epochs(trained))
     sft = {key[0]: group for key, group in groups.items() if key[2] == "sft"}
