@@ -267,7 +267,9 @@ class PreferenceTrainer(Trainer):
         ``x1``, ``x2``: summed log-ratios."""
         lengths = inputs["resp_len"].to(x1.dtype)
         per_token = torch.cat([x1 / lengths[inputs["pair_chosen"]], x2 / lengths[inputs["pair_rejected"]]])
-        worst = self.accelerator.gather(per_token.detach().abs().max()[None]).max().item()
+        # a non-finite value is not a precision mismatch: the non-finite stop names its groups
+        per_token = per_token.detach().abs().nan_to_num(nan=0.0, posinf=0.0)
+        worst = self.accelerator.gather(per_token.max()[None]).max().item()
         if worst <= STEP0_TOLERANCE:
             return
         ids = inputs["group_ids"]

@@ -7,6 +7,7 @@ import pytest
 
 from speech_lpo.groups import GroupFormatError, PreferenceGroup, load_groups, write_groups
 from speech_lpo.modeling import tiny_qwen2
+from speech_lpo.ref_logps import with_ref_logps
 from speech_lpo.trainer import NonFiniteLossError, PreferenceConfig, PreferenceTrainer
 from tests.test_packing import VOCAB, random_groups
 
@@ -106,10 +107,9 @@ def test_duplicate_ids_are_refused(tmp_path):
 
 def test_non_finite_loss_stops_training_naming_the_groups(tmp_path):
     model = tiny_qwen2(VOCAB, hidden_size=32)
-    groups = random_groups(k=2, seed=1)
-    for g in groups:  # groups handed to the trainer directly, not through load_groups' checks
-        g.ref_chosen_logp, g.ref_chosen_len = -10.0, len(g.chosen_ids)
-        g.ref_rejected_logp, g.ref_rejected_len = [-10.0] * g.k, [len(r) for r in g.rejected_ids]
+    # the model's own reference log-probs, in train's batches (x1 = x2 = 0 at step 0), then one broken;
+    # the groups go to the trainer directly, not through load_groups' checks
+    groups = list(with_ref_logps(model, random_groups(k=2, seed=1), batch_size=4))
     groups[2].ref_chosen_logp = -math.inf
     args = PreferenceConfig(
         output_dir=str(tmp_path),
