@@ -9,6 +9,8 @@ CSV export; a rater who was cut off resumes with the same browser id and finishe
 
 from __future__ import annotations
 
+import csv as csv_module
+import io
 import json
 import os
 import random
@@ -137,7 +139,7 @@ def test_twenty_raters_then_sigkill_and_resume(tmp_path: Path) -> None:
         # who was cut off resumes at the first sample not stored
         server = start_server(definition, db, port, log)
         csv = httpx.get(f"{url}admin/ratings.csv", params={"token": store.secret("admin_token")}, timeout=30)
-        exported = Counter(line.split(",")[3] for line in csv.text.splitlines()[1:])
+        exported = Counter(row["rater"] for row in csv_module.DictReader(io.StringIO(csv.text)))
         assert exported == rows and sum(exported.values()) == 1000 + sum(rows[t] for t in second)
         token = min(second, key=lambda t: rows[t])
         assert rate(url, token, second[token], []) == "done"
