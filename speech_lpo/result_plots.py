@@ -156,7 +156,7 @@ def r2_figure(summaries: list[dict]):
             pts.sort(key=lambda s: num(tag(s, "r2")))
             x = [num(tag(s, "r2")) for s in pts]
             y = [s["error_rate"] for s in pts]
-            # a rate above 100 (insertions) has an interval saturated at 100, below the point: no bar above
+            # summaries scored before intervals followed a rate past 100 end theirs at 100, below the point
             err = [
                 [max(0.0, s["error_rate"] - s["ci95"]["low"]) for s in pts],
                 [max(0.0, s["ci95"]["high"] - s["error_rate"]) for s in pts],

@@ -95,7 +95,8 @@ def asr_table(summaries: list[dict]) -> str:
     lines += [
         "",
         "Error rate: pooled (all errors / all reference units, as Kaldi), in percent; 95% CI: bootstrap "
-        "(percentile, within [0, 100]); P(better than SFT): probability of improvement (Bisani & Ney's "
+        "(percentile, of the pooled rate itself: above 100 where insertions lift it there); P(better than "
+        "SFT): probability of improvement (Bisani & Ney's "
         "paired bootstrap), not a p-value; no hypothesis: utterances of the test set with no hypothesis "
         "line, their reference units counted as deletions. Normalisers: " + "; ".join(normalizers) + ".",
     ]
@@ -168,8 +169,9 @@ def tts_table(summaries: list[dict], baseline: str = "sft") -> str:
             "overall and P.808 (1-5). Truncated: no <|audio_end|> before the length limit; repetition: a "
             "loop of repeated code frames lasting 1 s or more; silence: leading, trailing and inner pauses "
             "(silero-vad) as a share of the duration; duration ratio: synthesised / reference. 95% CI: "
-            f"percentile bootstrap by {'/'.join(by)}, inside each metric's range (WER: [0, 100]; a WER above "
-            "100, reached through insertions, has the interval of the WER saturated at 100, ending at 100). "
+            f"percentile bootstrap by {'/'.join(by)} (speakers where a set has 20 or more), of the figure "
+            "reported (a WER above 100, reached through insertions, has its interval around it; the duration "
+            "ratio is a geometric mean). "
             "Emotional expressiveness, the paper's fourth dimension, has no automatic measure here: it is "
             "left to the listening test.",
             "",

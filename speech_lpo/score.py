@@ -276,7 +276,7 @@ def errs_report(system: SystemScore, summ: dict, top: int = 20) -> str:
         f"Mean of per-utterance {m} = {system.mean_utterance_error_rate:.2f}  "
         f"(unweighted, over {sum(bool(u.ref) for u in system.utts)} utterances with a non-empty reference)",
         f"95% interval of %{m}: [{ci['low']:.2f}, {ci['high']:.2f}] ({ci['method']}, "
-        f"{ci['replications']} replications by {ci['resampled']}, within [0, 100])",
+        f"{ci['replications']} replications by {ci['resampled']})",
     ]
     if "baseline" in summ:
         b = summ["baseline"]

@@ -467,8 +467,9 @@ def test_r2_plot_marks_a_system_far_off_scale(tmp_path):
 
 
 def test_r2_plot_of_one_seed_above_100_percent():
-    """A tiny model's CER can pass 100% (insertions); its interval is saturated at 100, below the point,
-    and the plot draws no bar above it instead of failing."""
+    """A tiny model's CER can pass 100% (insertions); a summary scored before intervals followed the rate
+    past 100 has one that ends at 100, below the point, and the plot draws no bar above it instead of
+    failing."""
     from speech_lpo.result_plots import r2_figure
 
     rows = [plotted("sft", 389.0, 0), plotted("lpo", 240.0, 0, r2="1.0"), plotted("lpo", 180.0, 0, r2="2.0")]
