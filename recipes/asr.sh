@@ -6,7 +6,8 @@
 set -euo pipefail
 
 help_message="Usage: $0 [options]; stages: 0 corpus, 1 prepare, 2 tokenize, 3 build-model, 4 sft,
-5 candidates, 6 pairs, 7 ref-logps, 8 train (LPO grid + DPO), 9 decode, 10 score + RESULTS.md"
+5 candidates, 6 pairs, 7 ref-logps, 8 tune_lr (learning rates on dev) and train (LPO grid + DPO), 9 decode,
+10 score + RESULTS.md"
 
 # options (every variable here can be set with --name value)
 stage=0               # first stage to run
@@ -27,6 +28,7 @@ methods="model perturb"   # candidate methods: model-sampled and/or perturbation
 pref_utts=""          # training utterances set aside before SFT as the pref split; empty: conf/prepare.yaml's
 pref_prompts=600      # pref utterances (a fixed random subset) given candidates / perturbations; 0: all
 r2_grid="1.0 2.0 3.0" # one LPO run per value and method
+lr_grid="5e-5 2e-4 8e-4"  # learning rates LPO and DPO each choose from on dev (stage 8); empty: the conf's
 epoch_curves="dpo lpo_r2_2.0"  # systems (of the first method) decoded at every epoch for Figure 2
 seeds="0"             # training seeds: every preference system is trained, decoded and scored once per seed
 sft_seeds=false       # true: SFT (and its candidates, pairs, reference log-probs) once per seed as well
@@ -36,7 +38,7 @@ dumpdir=dump          # audio tokens and the fitted codec
 expdir=exp            # models, outputs, logs and .done sentinels
 conf_dir=conf          # stage configs (conf/ci: the reduced run CI makes; conf/paper: Table 9, Qwen2.5, 8 GPUs)
 option_names="stage stop_stage force corpus corpus_dir download subsets test_sets valid_set benchmark model codec ngpu
-nj methods pref_utts pref_prompts r2_grid epoch_curves seeds sft_seeds seed_jobs datadir dumpdir expdir conf_dir"
+nj methods pref_utts pref_prompts r2_grid lr_grid epoch_curves seeds sft_seeds seed_jobs datadir dumpdir expdir conf_dir"
 
 resume_command="${RECIPE_COMMAND:-$0 $*}"
 utils=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/utils
@@ -86,6 +88,50 @@ ref_logps_one() {  # ref_logps_one SEED
   done
 }
 
+# Stage 8 first: each loss's learning rate chosen on the dev set at equal compute. LPO (at the middle r2 of
+# --r2_grid) and DPO are trained once per rate of --lr_grid on the first seed's pairs of the first method;
+# every epoch's checkpoint is scored on dev; select-lr keeps per loss the rate best at the last epoch.
+tune_one() {  # tune_one LOSS:RATE
+  local loss=${1%%:*} lr=${1#*:} s=${seeds%% *} root extra=()
+  root=$(seed_sft_root "${s}")
+  if [[ ${loss} == lpo ]]; then local r2s=(${r2_grid}); extra+=(--r2 "${r2s[$(( ${#r2s[@]} / 2 ))]}"); fi
+  train_cmd train --config "${conf_dir}/${loss}.yaml" --groups "${root}/pairs/${methods%% *}.ref.jsonl" \
+    --model "${root}/sft" --output_dir "${expdir}/tune_lr/${loss}_lr${lr}" --seed "${s}" --learning_rate "${lr}" \
+    "${extra[@]}"
+}
+
+tune_lr_stage() {
+  [[ -n ${lr_grid} ]] || { echo "no --lr_grid: every loss trains at its conf's learning rate"; return; }
+  local dir=${expdir}/tune_lr dev runs=() models=() outs=() loss lr run ckpt
+  dev=${valid_set:-$(prepared_sets dev | head -n 1)}
+  for loss in lpo dpo; do for lr in ${lr_grid}; do runs+=("${loss}:${lr}"); done; done
+  for_each_seed tune_one "${runs[*]}"
+  models=("$(seed_sft_root "${seeds%% *}")/sft"); outs=("${dir}/decode/sft")
+  for run in "${dir}"/*_lr*/; do
+    for ckpt in "${run}"checkpoint-*; do models+=("${ckpt}"); outs+=("${dir}/decode/$(basename "${run}")/${ckpt##*/}"); done
+  done
+  speech-lpo decode --config "${conf_dir}/decode.yaml" --data "${dumpdir}/tokens/${dev}" --model "${models[@]}" \
+    --out-dir "${outs[@]}"
+  local score=(speech-lpo score asr --ref "${datadir}/manifests/kaldi/${dev}/text" --benchmark "${benchmark}"
+    --out-dir "${dir}/score" --tag test_set="${dev}" --tag benchmark="${benchmark}")
+  "${score[@]}" --hyp "${dir}/decode/sft/text" --name sft --tag method=sft
+  for run in "${dir}"/*_lr*/; do
+    run=$(basename "${run}"); loss=${run%%_lr*}; lr=${run#*_lr}
+    for ckpt in "${dir}/decode/${run}"/checkpoint-*; do
+      "${score[@]}" --hyp "${ckpt}/text" --name "${run}_${ckpt##*/}" --tag method="${loss}" --tag lr="${lr}" \
+        --tag epoch="$(epoch_of "${dir}/${run}/${ckpt##*/}")"
+    done
+  done
+  speech-lpo select-lr --scores "${dir}"/score/summary-*.json --runs "${dir}"/*_lr* --out "${dir}/selection.json"
+}
+
+# --learning_rate RATE as chosen on dev for a loss (lpo, dpo); nothing without --lr_grid (the conf's rate)
+chosen_lr() {
+  [[ -n ${lr_grid} ]] || return 0
+  python -c "import json, sys; print('--learning_rate', json.load(open(sys.argv[1]))['chosen'][sys.argv[2]])" \
+    "${expdir}/tune_lr/selection.json" "$1"
+}
+
 # Trained systems: <method>/lpo_r2_<r2> for each r2 and <method>/dpo, under $expdir/seed<S>/train.
 systems() {
   for method in ${methods}; do
@@ -99,6 +145,7 @@ train_one() {  # train_one SEED: every system, trained with this seed
   for system in $(systems); do
     local method=${system%%/*} name=${system#*/} conf="${conf_dir}/lpo.yaml" extra=()
     if [[ ${name} == dpo ]]; then conf="${conf_dir}/dpo.yaml"; else extra+=(--r2 "${name#lpo_r2_}"); fi
+    extra+=($(chosen_lr "${name%%_*}"))
     echo "== ${system}"
     train_cmd train --config "${conf}" --groups "${root}/pairs/${method}.ref.jsonl" --model "${root}/sft" \
       --output_dir "${expdir}/seed$1/train/${system}" --seed "$1" "${extra[@]}"
@@ -189,7 +236,8 @@ score_stage() {
   done
   # shellcheck disable=SC2046  # one report path per line, no spaces
   speech-lpo score table "${expdir}"/score/*/summary-*.json --out RESULTS.md --plot-dir "${expdir}/plots" \
-    --runs "${runs[@]}" --pairs $(find "${expdir}" -path '*/pairs/*.report.json' | sort)
+    --runs "${runs[@]}" --pairs $(find "${expdir}" -path '*/pairs/*.report.json' | sort) \
+    $([[ -f ${expdir}/tune_lr/selection.json ]] && echo --lr-selection "${expdir}/tune_lr/selection.json")
 }
 
 sft_stage() { for_each_sft sft_one; }
@@ -206,6 +254,7 @@ run_stage 4 sft sft_stage
 run_stage 5 candidates candidates_stage
 run_stage 6 pairs pairs_stage
 run_stage 7 ref_logps ref_logps_stage
+run_stage 8 tune_lr tune_lr_stage
 run_stage 8 train train_stage
 run_stage 9 decode decode_stage
 run_stage 10 score score_stage

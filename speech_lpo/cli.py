@@ -22,6 +22,7 @@ STAGES: dict[str, str] = {
     "make-pairs": "speech_lpo.make_pairs",
     "ref-logps": "speech_lpo.ref_logps",
     "train": "speech_lpo.train",
+    "select-lr": "speech_lpo.select_lr",
     "decode": "speech_lpo.decode",
     "synthesize": "speech_lpo.synthesize",
     "score": "speech_lpo.score_command",

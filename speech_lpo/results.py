@@ -13,6 +13,7 @@ in ``result_plots``; all read summaries through ``summaries``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from speech_lpo.result_tables import (
     tts_table,
 )
 from speech_lpo.score import write_atomic
+from speech_lpo.select_lr import selection_table
 from speech_lpo.summaries import load_summaries
 
 
@@ -38,6 +40,7 @@ def write_results(
     runs: list[str | Path] | None = None,
     tts_baseline: str = "sft",
     pair_reports: list[str | Path] | None = None,
+    lr_selection: str | Path | None = None,
 ) -> str:
     asr = any(s["kind"] == "asr" for s in summaries)
     tts = any(s["kind"] == "tts" for s in summaries)
@@ -55,6 +58,9 @@ def write_results(
     parts += ["## Per seed and per test set", ""]
     if pair_reports:
         parts += ["### Preference pairs", "", pair_table(pair_reports)]
+    if lr_selection:
+        selection = json.loads(Path(lr_selection).read_text(encoding="utf-8"))
+        parts += ["### Learning rates chosen on dev", "", *selection_table(selection)]
     if asr:
         parts += ["### ASR", "", table_per_test_set(summaries), asr_table(summaries)]
         parts += ["Measured:", *asr_findings(summaries), ""]
@@ -93,12 +99,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tts-baseline", default="sft", help="the TTS system the others are tested against (paired tests)"
     )
     parser.add_argument("--pairs", nargs="*", help="make-pairs reports (<out>.report.json): the pair table")
+    parser.add_argument("--lr-selection", help="`speech-lpo select-lr` output: the learning-rate table")
     parser.set_defaults(run=_main)
 
 
 def _main(args: argparse.Namespace) -> None:
     print(
         write_results(
-            load_summaries(args.summaries), args.out, args.plot_dir, args.runs, args.tts_baseline, args.pairs
+            load_summaries(args.summaries),
+            args.out,
+            args.plot_dir,
+            args.runs,
+            args.tts_baseline,
+            args.pairs,
+            args.lr_selection,
         )
     )

@@ -180,6 +180,8 @@ def main(args: argparse.Namespace) -> None:
             "train_loss": result.training_loss,
             "steps": result.global_step,
             "seed": args.seed,
+            "learning_rate": config.learning_rate,
+            "epochs": config.num_train_epochs,
             "skipped": dict(report.counts),
             "loss": loss_settings(config),
         }
