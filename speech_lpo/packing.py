@@ -280,8 +280,10 @@ class ChunkedLogProbs(torch.autograd.Function):
             w = weight.to(compute_dtype)
             for s in range(0, len(hidden), chunk):
                 logits = (hidden[s : s + chunk].to(compute_dtype) @ w.T).float()
-                log_z[s : s + chunk] = logits.logsumexp(dim=-1)
                 out[s : s + chunk] = logits.gather(1, targets[s : s + chunk, None]).squeeze(1)
+                # logsumexp in place: torch.logsumexp would hold a second chunk-sized buffer
+                peak = logits.amax(dim=-1, keepdim=True)
+                log_z[s : s + chunk] = logits.sub_(peak).exp_().sum(dim=-1).log_() + peak.squeeze(1)
         ctx.save_for_backward(hidden, weight, targets, log_z)
         ctx.chunk, ctx.compute_dtype, ctx.pending = chunk, compute_dtype, pending
         return out - log_z
