@@ -2,7 +2,8 @@
 does not hold / not resolved at this scale (with the minimum detectable effect beside it, so that "not
 resolved" can be read as what it is).
 
-- Table 7 (ASR): LPO's error rate below SFT's, for every candidate method, at every r2.
+- Table 7 (ASR): LPO's error rate below SFT's, for every candidate method, at every r2; and below the DPO
+  baseline's, trained on the same pairs with the same seeds.
 - Table 6 (TTS): MOS on four dimensions, measured here by proxies, one verdict per dimension.
 - Figure 1: larger r2, a faster fall of rejected and a slower rise of chosen log-probs.
 - Figures 2 and 3 are the paper's GSM8K (DPO degrades over epochs, LPO keeps improving) and MT-Bench (the
@@ -95,6 +96,38 @@ def claim_table7(groups: dict[tuple, dict], bench: str) -> str:
         f"- Table 7 ({bench}), LPO below SFT for every candidate method ({', '.join(cands)}): **{overall}**. "
         + " | ".join(parts)
         + f". The paper's effect: {paper}. Test: {TEST}, LPO at every r2 against SFT."
+    )
+
+
+def claim_lpo_vs_dpo(groups: dict[tuple, dict], bench: str) -> str | None:
+    """LPO at every r2 against the DPO baseline trained on the same candidates, seed by seed."""
+    cands = sorted(
+        {k[1] for k in groups if k[0] == bench and k[2] == "lpo"}
+        & {k[1] for k in groups if k[0] == bench and k[2] == "dpo"}
+    )
+    if not cands:
+        return None
+    parts, claims = [], []
+    for cand in cands:
+        dpo = next(g for k, g in groups.items() if k[:3] == (bench, cand, "dpo"))
+        lpo = sorted((k for k in groups if k[:3] == (bench, cand, "lpo")), key=lambda k: num(k[3]))
+        cmps = [(k[3], compare_groups(groups[k], dpo)) for k in lpo]
+        verdicts = [c.verdict if c else "n/a" for _, c in cmps]
+        claims.append(_claim(verdicts, "better", "worse"))
+        parts.append(
+            f"{cand} candidates: "
+            + "; ".join(
+                f"r2={r2} {c.describe() if c else 'n/a'} {v}"
+                for (r2, c), v in zip(cmps, verdicts, strict=True)
+            )
+        )
+    overall = HOLDS if all(c == HOLDS for c in claims) else (FAILS if FAILS in claims else OPEN)
+    return (
+        f"- Table 7 ({bench}), LPO below DPO (the paper's baseline, on the same pairs and seeds) for every "
+        f"candidate method ({', '.join(cands)}): **{overall}**. "
+        + " | ".join(parts)
+        + ". Test: crossed bootstrap (one test-unit draw per replication shared by every seed, LPO and DPO), "
+        "95% interval, LPO at every r2 against DPO of the same seed; MDE as % of DPO's rate."
     )
 
 
@@ -273,7 +306,9 @@ def claims(summaries: list[dict], runs: list[str | Path] | None = None) -> list[
     groups = groups_by_seed(last_epochs(asr))
     lines = []
     for bench in sorted({bench_of(s) for s in asr}):
-        lines += [claim_table7(groups, bench), claim_figure2(asr, bench), claim_figure3(groups, bench)]
+        vs_dpo = claim_lpo_vs_dpo(groups, bench)
+        lines += [claim_table7(groups, bench), *([vs_dpo] if vs_dpo else [])]
+        lines += [claim_figure2(asr, bench), claim_figure3(groups, bench)]
     if runs:
         lines.append(claim_figure1(runs))
     tts = claim_table6(summaries)
