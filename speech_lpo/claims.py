@@ -72,16 +72,14 @@ TABLE6 = {
 }
 
 
-def claim_table7(groups: dict[tuple, dict], bench: str) -> str:
-    sft = next((g for k, g in groups.items() if k[0] == bench and k[2] == "sft"), None)
-    cands = sorted({k[1] for k in groups if k[0] == bench and k[2] == "lpo"})
-    if sft is None or not cands:
-        return f"- Table 7 ({bench}), LPO below SFT for every candidate method: {OPEN}: no SFT or LPO scored."
-    paper = PAPER_TABLE7.get(bench.split()[0], "not reported for this benchmark")
+def _lpo_against(groups: dict[tuple, dict], bench: str, cands: list[str], baseline_of) -> tuple[str, str]:
+    """LPO at every r2 of each candidate method against ``baseline_of(cand)``: the overall verdict and
+    the per-method parts of the claim line."""
     parts, claims = [], []
     for cand in cands:
+        baseline = baseline_of(cand)
         lpo = sorted((k for k in groups if k[:3] == (bench, cand, "lpo")), key=lambda k: num(k[3]))
-        cmps = [(k[3], compare_groups(groups[k], sft)) for k in lpo]
+        cmps = [(k[3], compare_groups(groups[k], baseline)) for k in lpo]
         verdicts = [c.verdict if c else "n/a" for _, c in cmps]
         claims.append(_claim(verdicts, "better", "worse"))
         parts.append(
@@ -92,9 +90,19 @@ def claim_table7(groups: dict[tuple, dict], bench: str) -> str:
             )
         )
     overall = HOLDS if all(c == HOLDS for c in claims) else (FAILS if FAILS in claims else OPEN)
+    return overall, " | ".join(parts)
+
+
+def claim_table7(groups: dict[tuple, dict], bench: str) -> str:
+    sft = next((g for k, g in groups.items() if k[0] == bench and k[2] == "sft"), None)
+    cands = sorted({k[1] for k in groups if k[0] == bench and k[2] == "lpo"})
+    if sft is None or not cands:
+        return f"- Table 7 ({bench}), LPO below SFT for every candidate method: {OPEN}: no SFT or LPO scored."
+    paper = PAPER_TABLE7.get(bench.split()[0], "not reported for this benchmark")
+    overall, parts = _lpo_against(groups, bench, cands, lambda cand: sft)
     return (
         f"- Table 7 ({bench}), LPO below SFT for every candidate method ({', '.join(cands)}): **{overall}**. "
-        + " | ".join(parts)
+        + parts
         + f". The paper's effect: {paper}. Test: {TEST}, LPO at every r2 against SFT."
     )
 
@@ -107,25 +115,15 @@ def claim_lpo_vs_dpo(groups: dict[tuple, dict], bench: str) -> str | None:
     )
     if not cands:
         return None
-    parts, claims = [], []
-    for cand in cands:
-        dpo = next(g for k, g in groups.items() if k[:3] == (bench, cand, "dpo"))
-        lpo = sorted((k for k in groups if k[:3] == (bench, cand, "lpo")), key=lambda k: num(k[3]))
-        cmps = [(k[3], compare_groups(groups[k], dpo)) for k in lpo]
-        verdicts = [c.verdict if c else "n/a" for _, c in cmps]
-        claims.append(_claim(verdicts, "better", "worse"))
-        parts.append(
-            f"{cand} candidates: "
-            + "; ".join(
-                f"r2={r2} {c.describe() if c else 'n/a'} {v}"
-                for (r2, c), v in zip(cmps, verdicts, strict=True)
-            )
-        )
-    overall = HOLDS if all(c == HOLDS for c in claims) else (FAILS if FAILS in claims else OPEN)
+
+    def dpo_of(cand: str) -> dict:
+        return next(g for k, g in groups.items() if k[:3] == (bench, cand, "dpo"))
+
+    overall, parts = _lpo_against(groups, bench, cands, dpo_of)
     return (
         f"- Table 7 ({bench}), LPO below DPO (the paper's baseline, on the same pairs and seeds) for every "
         f"candidate method ({', '.join(cands)}): **{overall}**. "
-        + " | ".join(parts)
+        + parts
         + ". Test: crossed bootstrap (one test-unit draw per replication shared by every seed, LPO and DPO), "
         "95% interval, LPO at every r2 against DPO of the same seed; MDE as % of DPO's rate."
     )
