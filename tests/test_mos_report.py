@@ -52,12 +52,14 @@ def rated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict, d
     tokens = store.invite(10, expires=None)
     expected = defaultdict(list)
     for k, token in enumerate(tokens[:8]):  # attentive raters: noise around the true MOS
-        rng = random.Random(k)
 
-        def attentive(item, dim, rng=rng):
+        def attentive(item, dim, k=k):
             if item.expect:
                 return 4.5 if item.expect == "high" else 1.0
-            score = min(5.0, BASE[item.system] + DIM_SHIFT[dim] + rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0]))
+            # noise keyed on (rater, sample, dimension), not on the serving order, which follows the
+            # random invite tokens: every run rates the same way
+            noise = random.Random(f"{k}/{item.id}/{dim}").choice([-1.0, -0.5, 0.0, 0.5, 1.0])
+            score = min(5.0, BASE[item.system] + DIM_SHIFT[dim] + noise)
             expected[item.system, dim].append(score)
             return score
 
