@@ -42,6 +42,12 @@ def rate_all(store: Store, token: str, answer) -> None:
     raise AssertionError("rater did not finish")
 
 
+def keyed_noise(rater: int, item, dim: str, levels: list[float]) -> float:
+    """A rater's noise on one sample and dimension. Keyed, not drawn in serving order: the order
+    follows the random invite tokens, and every run should rate the same way."""
+    return random.Random(f"{rater}/{item.id}/{dim}").choice(levels)
+
+
 @pytest.fixture(scope="module")
 def rated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict, dict]:
     """10 raters who rated everything: 8 attentive ones, a straight-liner and one who fails a check."""
@@ -56,9 +62,7 @@ def rated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict, d
         def attentive(item, dim, k=k):
             if item.expect:
                 return 4.5 if item.expect == "high" else 1.0
-            # noise keyed on (rater, sample, dimension), not on the serving order, which follows the
-            # random invite tokens: every run rates the same way
-            noise = random.Random(f"{k}/{item.id}/{dim}").choice([-1.0, -0.5, 0.0, 0.5, 1.0])
+            noise = keyed_noise(k, item, dim, [-1.0, -0.5, 0.0, 0.5, 1.0])
             score = min(5.0, BASE[item.system] + DIM_SHIFT[dim] + noise)
             expected[item.system, dim].append(score)
             return score
@@ -236,14 +240,13 @@ def test_each_screening_rule_trips_on_ratings_built_for_it(tmp_path: Path) -> No
         return 4.5 if item.expect == "high" else 1.0
 
     for k, token in enumerate(tokens[:5]):  # attentive: noise around the true MOS
-        rng = random.Random(k)
         rate_all(
             store,
             token,
-            lambda item, dim, rng=rng: (
+            lambda item, dim, k=k: (
                 checks_right(item)
                 if item.expect
-                else BASE[item.system] + DIM_SHIFT[dim] + rng.choice([-0.5, 0.0, 0.5])
+                else BASE[item.system] + DIM_SHIFT[dim] + keyed_noise(k, item, dim, [-0.5, 0.0, 0.5])
             ),
         )
     flat, contrarian = tokens[5:]
