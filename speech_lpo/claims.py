@@ -25,9 +25,9 @@ from speech_lpo.summaries import (
     PAPER_TABLE7,
     bench_of,
     compare_groups,
+    compare_intelligibility,
     final_logratios,
     groups_by_seed,
-    intelligibility,
     last_epochs,
     num,
     seed_of,
@@ -286,9 +286,12 @@ def claim_table6(summaries: list[dict]) -> str | None:
         overall = HOLDS
     else:
         overall = FAILS if "worse" in measured else OPEN
-    wer = compare_groups(intelligibility(groups["lpo"]), intelligibility(groups["sft"]))
+    wer, lacking = compare_intelligibility(groups["lpo"], groups["sft"])
+    left_out = f", {lacking} utterances without audio in a seed left out" if lacking else ""
     wer_part = (
-        f" Intelligibility (%WER, not a Table 6 dimension): {wer.describe()} {wer.verdict}." if wer else ""
+        f" Intelligibility (%WER, not a Table 6 dimension): {wer.describe()} {wer.verdict}{left_out}."
+        if wer
+        else ""
     )
     return (
         f"{head}: **{overall}**. "

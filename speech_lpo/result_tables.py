@@ -15,10 +15,10 @@ from speech_lpo.summaries import (
     PAPER_TABLE7,
     bench_of,
     compare_groups,
+    compare_intelligibility,
     counts_of,
     fmt,
     groups_by_seed,
-    intelligibility,
     last_epochs,
     num,
     of_seed,
@@ -335,7 +335,6 @@ def tts_across_seeds_table(summaries: list[dict], baseline: str = "sft") -> str:
     """Per TTS system: the mean and spread over seeds of its WER, SIM and DNSMOS, and the crossed bootstrap
     comparison of its WER with the baseline's (of the same seed, or the one shared by all)."""
     groups = tts_by_seed(summaries)
-    base = intelligibility(groups[baseline]) if baseline in groups else None
     lines = [
         "| System | Seeds | %WER mean (sd) | Min–max | Δ WER vs SFT (95% CI) | MDE (% of SFT) "
         "| Better than SFT in | Verdict | %WER, failures as 100 | SIM mean (sd) | Voice gap mean (sd) "
@@ -355,11 +354,14 @@ def tts_across_seeds_table(summaries: list[dict], baseline: str = "sft") -> str:
         group = groups[name]
         sp = spread([s["wer"]["value"] for s in group.values()])
         row = f"| {name} | {sp.seeds} | {fmt(sp.mean)} ({fmt(sp.sd)}) | {fmt(sp.low)}–{fmt(sp.high)}"
-        cmp = compare_groups(intelligibility(group), base) if base and name != baseline else None
+        cmp, lacking = (None, 0)
+        if baseline in groups and name != baseline:
+            cmp, lacking = compare_intelligibility(group, groups[baseline])
         comparisons += [cmp] if cmp else []
+        left_out = f"; {lacking} utts left out (no audio in a seed)" if lacking else ""
         row += (
             f" | {cmp.delta:+.2f} ({cmp.low:+.2f} to {cmp.high:+.2f}) | {cmp.mde:.2f} ({cmp.mde_pct:.1f}%) "
-            f"| {cmp.better_in} of {len(cmp.per_seed)} | {cmp.verdict}"
+            f"| {cmp.better_in} of {len(cmp.per_seed)} | {cmp.verdict}{left_out}"
             if cmp
             else " | | | |"
         )

@@ -71,6 +71,13 @@ class Counts:
     def error_rate(self) -> float:
         return self.scale * self.errors.sum() / self.units.sum()
 
+    def subset(self, ids: list[str]) -> Counts:
+        """The same counts on ``ids`` only (each one of ``self.ids``), in that order."""
+        index = {u: k for k, u in enumerate(self.ids)}
+        rows = [index[u] for u in ids]
+        speakers = tuple(self.speakers[k] for k in rows) if self.speakers else None
+        return Counts(tuple(ids), self.errors[rows], self.units[rows], speakers, self.scale)
+
 
 @dataclass(frozen=True)
 class Spread:

@@ -117,6 +117,25 @@ def compare_groups(system: dict, baseline: dict) -> Comparison | None:
         return None
 
 
+def compare_intelligibility(system: dict, baseline: dict) -> tuple[Comparison | None, int]:
+    """WER of two TTS groups ({seed: summary}) on the utterances that every seed of both has audio for
+    (``score tts --missing skip`` leaves a failed output out of its counts), and how many utterances that
+    leaves out; (None, 0) where a summary has no per-utterance counts."""
+    try:
+        sys_counts, base_counts = counts_of(intelligibility(system)), counts_of(intelligibility(baseline))
+    except ValueError:
+        return None, 0
+    every = [set(c.ids) for c in (*sys_counts.values(), *base_counts.values())]
+    common = sorted(set.intersection(*every))
+    if not common:
+        return None, len(set.union(*every))
+
+    def on_common(counts: dict) -> dict:
+        return {seed: c.subset(common) for seed, c in counts.items()}
+
+    return compare(on_common(sys_counts), on_common(base_counts)), len(set.union(*every)) - len(common)
+
+
 def tts_by_seed(summaries: list[dict], method: bool = False) -> dict[str, dict[int | None, dict]]:
     """{system: {seed: summary}} of the trained systems' TTS summaries (not the original recordings or the
     codec round trip); ``method``: keyed by method instead (``lpo_r2_0.4`` -> ``lpo``)."""

@@ -549,3 +549,15 @@ def test_tts_across_seeds_table_knows_better_in_every_seed_from_better_in_one():
     assert "| dpo | 3 | 30.00 (17.32) | 10.00–40.00 | +0.00" in lines["dpo"]
     assert "| 1 of 3 | not resolved |" in lines["dpo"]
     assert "SFT was trained once and shared by every seed" in table and "crossed bootstrap" in table
+
+    # one output without audio (`score tts --missing skip` leaves it out of that seed's counts): the
+    # comparison is made on the utterances every seed and SFT have, and says how many it leaves out
+    rows[4]["intelligibility"]["utterance_errors"].pop(7)
+    rows[5]["intelligibility"]["utterance_errors"].pop(7)
+    lines = {
+        line.split(" | ")[0].strip("| "): line
+        for line in tts_across_seeds_table(rows).splitlines()
+        if line.startswith("| ")
+    }
+    assert "| 1 of 3 | not resolved; 1 utts left out (no audio in a seed) |" in lines["dpo"]
+    assert "| 3 of 3 | better |" in lines["lpo_r2_0.4"]  # the other systems keep every utterance
