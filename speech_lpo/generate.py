@@ -537,13 +537,18 @@ def run(
     return report
 
 
+def generation_settings(out_dir: str | Path) -> dict:
+    """A generation's settings file (its prompt count among them)."""
+    settings_path = Path(out_dir) / SETTINGS_FILE
+    if not settings_path.is_file():
+        raise FileNotFoundError(f"{out_dir}: no {SETTINGS_FILE}; is this a `speech-lpo generate` output?")
+    return json.loads(settings_path.read_text())
+
+
 def iter_rows(out_dir: str | Path) -> Iterator[dict]:
     """The rows of a finished generation, in prompt order; an unfinished one is an error."""
     out_dir = Path(out_dir)
-    settings_path = out_dir / SETTINGS_FILE
-    if not settings_path.is_file():
-        raise FileNotFoundError(f"{out_dir}: no {SETTINGS_FILE}; is this a `speech-lpo generate` output?")
-    settings = json.loads(settings_path.read_text())
+    settings = generation_settings(out_dir)
     n_shards = -(-settings["prompts"] // settings["shard_size"])
     missing = [k for k in range(n_shards) if not shard_path(out_dir, k).is_file()]
     if missing:

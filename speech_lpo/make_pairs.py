@@ -41,18 +41,20 @@ distance and edit rate between chosen and rejected, with quartiles) and ``groups
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from kaldialign import edit_distance
+from tqdm import tqdm
 
-from speech_lpo.generate import Item, iter_rows, load_dataset_items
+from speech_lpo.generate import Item, generation_settings, iter_rows, load_dataset_items
 from speech_lpo.groups import PreferenceGroup, write_groups
 from speech_lpo.normalize import Normalizer, get_normalizer
 from speech_lpo.perturb import (
@@ -236,20 +238,48 @@ class Measured:
 
 class TtsInstruments:
     """``score tts``'s instruments on code sequences: the model's codec makes 16 kHz audio, an ASR
-    (speech_lpo.tts_metrics.make_asr) transcribes it, a speaker encoder embeds it."""
+    (speech_lpo.tts_metrics.make_asr) transcribes it, a speaker encoder embeds it.
 
-    def __init__(self, model_dir: str | Path, asr: str, speaker_encoder: str) -> None:
+    With ``cache`` (a JSON-lines file), each prompt's measurements are appended as they are made and read
+    back on a re-run, keyed by the prompt and a digest of its code sequences: a killed selection resumes
+    where it stopped, and a prompt whose candidates changed is measured again."""
+
+    def __init__(
+        self, model_dir: str | Path, asr: str, speaker_encoder: str, cache: Path | None = None
+    ) -> None:
         from speech_lpo.codecs import load_codec
         from speech_lpo.tts_metrics import make_asr, make_speaker_encoder
 
         self.codec = load_codec(model_dir)
         self.asr = make_asr(asr)
         self.embed = make_speaker_encoder(speaker_encoder)
+        self.cache, self.cached = cache, {}
+        if cache is not None and cache.is_file():
+            lines = cache.read_text(encoding="utf-8").splitlines(keepends=True)
+            for line in lines:
+                if line.endswith("\n"):  # not the last line cut by a kill: that prompt is measured again
+                    entry = json.loads(line)
+                    self.cached[entry["key"]] = [Measured(*m) for m in entry["measured"]]
+            if lines and not lines[-1].endswith("\n"):
+                cache.write_text("".join(lines[:-1]), encoding="utf-8")
 
     def measure(
+        self, key: str, text_units: list[str], normalizer: Normalizer, codes: list[np.ndarray]
+    ) -> list[Measured]:
+        """The reference's codes first: similarity is to its voice. ``key`` names the prompt."""
+        digest = hashlib.sha1(b"".join(np.ascontiguousarray(c, np.int64).tobytes() + b"|" for c in codes))
+        key = f"{key}:{digest.hexdigest()}"
+        if key in self.cached:
+            return self.cached[key]
+        measured = self._measure(text_units, normalizer, codes)
+        if self.cache is not None:
+            with self.cache.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"key": key, "measured": [astuple(m) for m in measured]}) + "\n")
+        return measured
+
+    def _measure(
         self, text_units: list[str], normalizer: Normalizer, codes: list[np.ndarray]
     ) -> list[Measured]:
-        """The reference's codes first: similarity is to its voice."""
         import soxr
 
         from speech_lpo.tts_metrics import ASR_SAMPLE_RATE, cosine
@@ -305,7 +335,7 @@ class TtsSelection:
         normalizer = normalizer_for("asr", row["lang"], None)
         units = normalizer.units(row["text"])
         ref, *measured = self.instruments.measure(
-            units, normalizer, [ref_codes] + [c for _, c, _ in candidates]
+            str(row["id"]), units, normalizer, [ref_codes] + [c for _, c, _ in candidates]
         )
         chosen_ids, anchor = row["reference_ids"], ref
         if self.select == "metric-best":
@@ -440,7 +470,8 @@ def model_groups(
     tts_selection: TtsSelection | None = None,
 ) -> list[PreferenceGroup]:
     groups = []
-    for row in iter_rows(candidates_dir):
+    prompts = generation_settings(candidates_dir)["prompts"]
+    for row in tqdm(iter_rows(candidates_dir), total=prompts, desc="make-pairs", unit="prompt"):
         report.prompts += 1
         if row["skipped"]:
             report.dropped_groups[f"skipped by generate: {row['skipped']}"] += 1
@@ -618,7 +649,9 @@ def main(args: argparse.Namespace) -> None:
             raise SystemExit("--method model needs --candidates (a `speech-lpo generate` output directory)")
         selection, tts_selection = ALL, None
         if args.select.startswith("metric"):
-            instruments = TtsInstruments(args.model, args.asr, args.speaker_encoder)
+            # beside the output: a killed run keeps what it measured (the ASR is most of the stage)
+            cache = Path(args.out).with_suffix(".measured.jsonl")
+            instruments = TtsInstruments(args.model, args.asr, args.speaker_encoder, cache)
             tts_selection = TtsSelection(
                 instruments,
                 args.select,

@@ -144,6 +144,16 @@ def test_tts_metric_selection_hears_the_candidates(melvq_codec_dir, mini_manifes
         "not worse than the chosen response by a margin": 1,
     }
     assert report["pairs"] == 2 and report["wer_gap"]["count"] == report["sim_gap"]["count"] == 2
+    # the measurements were kept as they were made; a re-run reads them (here edited so that every
+    # candidate is heard as the reference is) instead of measuring again, and a line cut by a kill is dropped
+    cache = tmp_path / "metric.measured.jsonl"
+    (entry,) = [json.loads(line) for line in cache.read_text().splitlines()]
+    assert len(entry["measured"]) == 4  # the reference and the three candidates heard
+    entry["measured"] = [[0.0, 1.0, 3.0]] * 4
+    cache.write_text(json.dumps(entry) + "\n" + '{"key": "cut by a ki')
+    cli([*argv, "metric", "--out", str(tmp_path / "metric.jsonl")])
+    assert read_report(tmp_path / "metric.jsonl")["pairs"] == 0
+    assert cache.read_text() == json.dumps(entry) + "\n"
 
     cli([*argv, "metric-best", "--max-chosen-wer", "10", "--out", str(tmp_path / "best.jsonl")])
     (best,) = load_valid_groups(tmp_path / "best.jsonl")  # NeMo's: the best whole candidate is chosen
