@@ -241,8 +241,9 @@ class TtsInstruments:
     (speech_lpo.tts_metrics.make_asr) transcribes it, a speaker encoder embeds it.
 
     With ``cache`` (a JSON-lines file), each prompt's measurements are appended as they are made and read
-    back on a re-run, keyed by the prompt and a digest of its code sequences: a killed selection resumes
-    where it stopped, and a prompt whose candidates changed is measured again."""
+    back on a re-run, keyed by the instruments, the prompt and a digest of its code sequences: a killed
+    selection resumes where it stopped, and a prompt whose candidates (or instruments) changed is measured
+    again."""
 
     def __init__(
         self, model_dir: str | Path, asr: str, speaker_encoder: str, cache: Path | None = None
@@ -253,7 +254,7 @@ class TtsInstruments:
         self.codec = load_codec(model_dir)
         self.asr = make_asr(asr)
         self.embed = make_speaker_encoder(speaker_encoder)
-        self.cache, self.cached = cache, {}
+        self.cache, self.cached, self.names = cache, {}, f"{asr}|{speaker_encoder}"
         if cache is not None and cache.is_file():
             lines = cache.read_text(encoding="utf-8").splitlines(keepends=True)
             for line in lines:
@@ -267,8 +268,10 @@ class TtsInstruments:
         self, key: str, text_units: list[str], normalizer: Normalizer, codes: list[np.ndarray]
     ) -> list[Measured]:
         """The reference's codes first: similarity is to its voice. ``key`` names the prompt."""
-        digest = hashlib.sha1(b"".join(np.ascontiguousarray(c, np.int64).tobytes() + b"|" for c in codes))
-        key = f"{key}:{digest.hexdigest()}"
+        digest = hashlib.sha1()
+        for c in codes:
+            digest.update(f"{np.shape(c)}".encode() + np.ascontiguousarray(c, np.int64).tobytes())
+        key = f"{self.names}|{key}|{digest.hexdigest()}"
         if key in self.cached:
             return self.cached[key]
         measured = self._measure(text_units, normalizer, codes)
