@@ -38,6 +38,12 @@ def add_optimisation_arguments(parser: argparse.ArgumentParser, batch_help: str)
     opt.add_argument(
         "--min_lr", type=float, default=None, help="the floor of --lr_scheduler_type cosine_with_min_lr"
     )
+    opt.add_argument(
+        "--decay_steps",
+        type=int,
+        default=None,
+        help="the final cosine decay of --lr_scheduler_type warmup_stable_decay (the peak rate until then)",
+    )
     opt.add_argument("--weight_decay", type=float, default=0.0)
     opt.add_argument("--adam_beta2", type=float, default=0.999)
     opt.add_argument("--max_grad_norm", type=float, default=1.0)
@@ -151,6 +157,13 @@ def trainer_kwargs(args: argparse.Namespace, has_eval: bool) -> dict:
         raise SystemExit(
             "--min_lr goes with --lr_scheduler_type cosine_with_min_lr, and that scheduler needs it"
         )
+    if (args.decay_steps is None) != (args.lr_scheduler_type != "warmup_stable_decay"):
+        raise SystemExit(
+            "--decay_steps goes with --lr_scheduler_type warmup_stable_decay, and that scheduler needs it"
+        )
+    schedule = {} if args.min_lr is None else {"min_lr": args.min_lr}
+    if args.decay_steps is not None:
+        schedule = {"num_decay_steps": args.decay_steps}
     return {
         "output_dir": args.output_dir,
         "learning_rate": args.learning_rate,
@@ -161,7 +174,7 @@ def trainer_kwargs(args: argparse.Namespace, has_eval: bool) -> dict:
         "gradient_accumulation_steps": args.grad_accum,
         "warmup_steps": args.warmup_steps,
         "lr_scheduler_type": args.lr_scheduler_type,
-        "lr_scheduler_kwargs": {} if args.min_lr is None else {"min_lr": args.min_lr},
+        "lr_scheduler_kwargs": schedule,
         "weight_decay": args.weight_decay,
         "adam_beta2": args.adam_beta2,
         "max_grad_norm": args.max_grad_norm,

@@ -116,6 +116,30 @@ def test_min_lr_goes_with_its_scheduler():
         trainer_kwargs(options, has_eval=False)
 
 
+def test_warmup_stable_decay_holds_the_peak_until_its_decay():
+    options = stage_options("sft", RECIPES / "aishell/conf/sft.yaml")
+    options.lr_scheduler_type, options.decay_steps, options.warmup_steps = "warmup_stable_decay", 30, 10
+    kwargs = trainer_kwargs(options, has_eval=False)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=kwargs["learning_rate"])
+    scheduler = get_scheduler(
+        kwargs["lr_scheduler_type"],
+        optimizer,
+        10,
+        100,
+        scheduler_specific_kwargs=kwargs["lr_scheduler_kwargs"],
+    )
+    rates = []
+    for _ in range(100):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates[10:70] == [kwargs["learning_rate"]] * 60  # the peak, warm-up to the decay's start
+    assert rates[70] == kwargs["learning_rate"] and rates[-1] < 0.01 * kwargs["learning_rate"]
+    options.decay_steps = None
+    with pytest.raises(SystemExit, match="--decay_steps goes with"):
+        trainer_kwargs(options, has_eval=False)
+
+
 def test_train_states_the_pairs_per_optimiser_step():
     from speech_lpo.groups import PreferenceGroup
     from speech_lpo.train import build_config, pairs_per_step
