@@ -254,7 +254,7 @@ class TtsInstruments:
         self.codec = load_codec(model_dir)
         self.asr = make_asr(asr)
         self.embed = make_speaker_encoder(speaker_encoder)
-        self.cache, self.cached, self.names = cache, {}, f"{asr}|{speaker_encoder}"
+        self.cache, self.cached, self.instruments_key = cache, {}, f"{asr}|{speaker_encoder}"
         if cache is not None and cache.is_file():
             lines = cache.read_text(encoding="utf-8").splitlines(keepends=True)
             for line in lines:
@@ -271,7 +271,7 @@ class TtsInstruments:
         digest = hashlib.sha1()
         for c in codes:
             digest.update(f"{np.shape(c)}".encode() + np.ascontiguousarray(c, np.int64).tobytes())
-        key = f"{self.names}|{key}|{digest.hexdigest()}"
+        key = f"{self.instruments_key}|{key}|{digest.hexdigest()}"
         if key in self.cached:
             return self.cached[key]
         measured = self._measure(text_units, normalizer, codes)

@@ -127,13 +127,14 @@ def compare_intelligibility(system: dict, baseline: dict) -> tuple[Comparison | 
         return None, 0
     every = [set(c.ids) for c in (*sys_counts.values(), *base_counts.values())]
     common = sorted(set.intersection(*every))
+    left_out = len(set.union(*every)) - len(common)
     if not common:
-        return None, len(set.union(*every))
+        return None, left_out
 
     def on_common(counts: dict) -> dict:
         return {seed: c.subset(common) for seed, c in counts.items()}
 
-    return compare(on_common(sys_counts), on_common(base_counts)), len(set.union(*every)) - len(common)
+    return compare(on_common(sys_counts), on_common(base_counts)), left_out
 
 
 def tts_by_seed(summaries: list[dict], method: bool = False) -> dict[str, dict[int | None, dict]]:

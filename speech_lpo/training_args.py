@@ -145,6 +145,13 @@ def warn_if_updates_round_away(model: torch.nn.Module, learning_rate: float) -> 
         )
 
 
+# (option, the scheduler it belongs to, its name in TrainingArguments.lr_scheduler_kwargs)
+SCHEDULER_OPTIONS = (
+    ("min_lr", "cosine_with_min_lr", "min_lr"),
+    ("decay_steps", "warmup_stable_decay", "num_decay_steps"),
+)
+
+
 def trainer_kwargs(args: argparse.Namespace, has_eval: bool) -> dict:
     """TrainingArguments keyword arguments from the options above."""
     if not has_eval:
@@ -153,17 +160,15 @@ def trainer_kwargs(args: argparse.Namespace, has_eval: bool) -> dict:
         evaluation = {"eval_strategy": "steps", "eval_steps": args.eval_steps}
     else:
         evaluation = {"eval_strategy": "epoch"}
-    if (args.min_lr is None) != (args.lr_scheduler_type != "cosine_with_min_lr"):
-        raise SystemExit(
-            "--min_lr goes with --lr_scheduler_type cosine_with_min_lr, and that scheduler needs it"
-        )
-    if (args.decay_steps is None) != (args.lr_scheduler_type != "warmup_stable_decay"):
-        raise SystemExit(
-            "--decay_steps goes with --lr_scheduler_type warmup_stable_decay, and that scheduler needs it"
-        )
-    schedule = {} if args.min_lr is None else {"min_lr": args.min_lr}
-    if args.decay_steps is not None:
-        schedule = {"num_decay_steps": args.decay_steps}
+    schedule = {}
+    for option, scheduler, kwarg in SCHEDULER_OPTIONS:
+        value = getattr(args, option)
+        if (value is None) != (args.lr_scheduler_type != scheduler):
+            raise SystemExit(
+                f"--{option} goes with --lr_scheduler_type {scheduler}, and that scheduler needs it"
+            )
+        if value is not None:
+            schedule[kwarg] = value
     return {
         "output_dir": args.output_dir,
         "learning_rate": args.learning_rate,
