@@ -14,9 +14,11 @@ Both produce the same flat description of the response tokens (``tok_*``) and of
 (``pair_*``: indices into the responses), so one function computes response log-probs for either.
 
 Log-probs never build the logits of the whole batch (DESIGN.md, Scale): the final hidden states of the
-positions that predict a response token are gathered first, then go through the LM head and log-softmax
-a chunk of tokens at a time, each chunk recomputed in backward, so memory grows with the chunk times the
-vocabulary (151,936 + audio rows for Qwen2.5), not with the response tokens times the vocabulary. As TRL
+positions that predict a response token go through the LM head and log-softmax a chunk of tokens at a
+time, each chunk gathered from the decoder's output as it is used and recomputed in backward, so memory
+grows with the chunk times the vocabulary (151,936 + audio rows for Qwen2.5), not with the response tokens
+times the vocabulary, and no copy of the response positions' hidden states (or of their gradient) is made
+beside the decoder's output. As TRL
 1.16's chunked head does it: the matmul in the weights' (or autocast's) dtype, the log-softmax and both
 gradient GEMMs accumulated in float32, the LM-head weight's gradient accumulated in place in one float32
 buffer across chunks (as Liger's fused linear losses do), and under ZeRO-3 the head gathered once per pass.
@@ -220,7 +222,9 @@ def _addmm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         acc.addmm_(a.float(), b.float())
 
 
-def _head_grads(hidden, weight, targets, log_z, grad_out, chunk, compute_dtype, want_hidden, want_weight):
+def _head_grads(
+    hidden, weight, rows, targets, log_z, grad_out, chunk, compute_dtype, want_hidden, want_weight
+):
     """Gradients of the chunked log-probs for the hidden states and the LM-head weight, in float32: one
     chunk's logits recomputed at a time, turned into the logits' gradient in place, its two GEMMs added
     into float32 buffers (the weight's accumulated in place, not materialised per chunk and summed)."""
@@ -232,14 +236,18 @@ def _head_grads(hidden, weight, targets, log_z, grad_out, chunk, compute_dtype, 
             torch.zeros(weight.shape, dtype=torch.float32, device=hidden.device) if want_weight else None
         )
         w = weight.to(compute_dtype)
-        for s in range(0, len(hidden), chunk):
-            h = hidden[s : s + chunk].to(compute_dtype)
+        for s in range(0, len(rows), chunk):
+            at = rows[s : s + chunk]
+            h = hidden[at].to(compute_dtype)
             g = grad_out[s : s + chunk, None].float()
             # d logp / d logits = onehot(target) - softmax, times the incoming gradient, in place
             grad = (h @ w.T).float().sub_(log_z[s : s + chunk, None]).exp_().mul_(-g)
             grad.scatter_add_(1, targets[s : s + chunk, None], g)
             if grad_hidden is not None:
-                _addmm_fp32(grad_hidden[s : s + chunk], grad, w)
+                # index_add: a position may predict several tokens (a shared prompt's last one)
+                part = torch.zeros(len(at), hidden.shape[1], dtype=torch.float32, device=hidden.device)
+                _addmm_fp32(part, grad, w)
+                grad_hidden.index_add_(0, at, part)
             if grad_weight is not None:
                 _addmm_fp32(grad_weight, grad.T, h)
     return grad_hidden, grad_weight
@@ -258,41 +266,47 @@ class DeferredHeadGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_embeds, _placeholder):
-        args = ctx.pending.pop("args")  # (hidden, weight, targets, log_z, grad_out, chunk, compute dtype)
+        args = ctx.pending.pop(
+            "args"
+        )  # (hidden, weight, rows, targets, log_z, grad_out, chunk, compute dtype)
         grad_weight = _head_grads(*args, want_hidden=False, want_weight=True)[1]
         return grad_embeds, grad_weight.to(args[1].dtype), None
 
 
 class ChunkedLogProbs(torch.autograd.Function):
-    """Log-prob of each target token from its final hidden state, ``chunk`` tokens at a time, in float32.
+    """Log-prob of each target token from the hidden state at its row of ``hidden``, ``chunk`` tokens at a
+    time, in float32.
 
     Forward keeps only the hidden states and each token's log-partition; backward recomputes the logits a
-    chunk at a time (``_head_grads``). With ``pending`` (the dict of a ``DeferredHeadGrad``), backward
-    computes the hidden states' gradient only, leaves what the weight's needs in ``pending`` and gives the
-    weight a zero placeholder that takes no memory (an expanded scalar).
+    chunk at a time (``_head_grads``). Each chunk's rows are gathered as it is used: the hidden states of
+    all targets, or their gradient, are never copied out whole. With ``pending`` (the dict of a
+    ``DeferredHeadGrad``), backward computes the hidden states' gradient only, leaves what the weight's
+    needs in ``pending`` and gives the weight a zero placeholder that takes no memory (an expanded scalar).
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk: int, compute_dtype: torch.dtype, pending: dict | None):
-        out = torch.empty(len(hidden), dtype=torch.float32, device=hidden.device)
+    def forward(
+        ctx, hidden, weight, rows, targets, chunk: int, compute_dtype: torch.dtype, pending: dict | None
+    ):
+        out = torch.empty(len(rows), dtype=torch.float32, device=hidden.device)
         log_z = torch.empty_like(out)
         with _gathered(weight):
             w = weight.to(compute_dtype)
-            for s in range(0, len(hidden), chunk):
-                logits = (hidden[s : s + chunk].to(compute_dtype) @ w.T).float()
+            for s in range(0, len(rows), chunk):
+                logits = (hidden[rows[s : s + chunk]].to(compute_dtype) @ w.T).float()
                 out[s : s + chunk] = logits.gather(1, targets[s : s + chunk, None]).squeeze(1)
                 # logsumexp in place: torch.logsumexp would hold a second chunk-sized buffer
                 peak = logits.amax(dim=-1, keepdim=True)
                 log_z[s : s + chunk] = logits.sub_(peak).exp_().sum(dim=-1).log_() + peak.squeeze(1)
-        ctx.save_for_backward(hidden, weight, targets, log_z)
+        ctx.save_for_backward(hidden, weight, rows, targets, log_z)
         ctx.chunk, ctx.compute_dtype, ctx.pending = chunk, compute_dtype, pending
         return out - log_z
 
     @staticmethod
     def backward(ctx, grad_out):
-        hidden, weight, targets, log_z = ctx.saved_tensors
+        hidden, weight, rows, targets, log_z = ctx.saved_tensors
         want_hidden, want_weight = ctx.needs_input_grad[:2]
-        args = (hidden, weight, targets, log_z, grad_out, ctx.chunk, ctx.compute_dtype)
+        args = (hidden, weight, rows, targets, log_z, grad_out, ctx.chunk, ctx.compute_dtype)
         if ctx.pending is not None and want_weight:
             ctx.pending["args"] = args
             grad_hidden = _head_grads(*args, want_hidden=want_hidden, want_weight=False)[0]
@@ -301,7 +315,7 @@ class ChunkedLogProbs(torch.autograd.Function):
             grad_hidden, grad_weight = _head_grads(*args, want_hidden=want_hidden, want_weight=want_weight)
             grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
         grad_hidden = grad_hidden.to(hidden.dtype) if grad_hidden is not None else None
-        return grad_hidden, grad_weight, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None
 
 
 def token_logps(
@@ -311,16 +325,22 @@ def token_logps(
     chunk_size: int = LOGPS_CHUNK,
     weight: torch.Tensor | None = None,
     pending: dict | None = None,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Log-prob of each target token from its final hidden state, in float32 (``ChunkedLogProbs``);
-    ``weight`` and ``pending`` from a ``DeferredHeadGrad`` (default: the head's own weight)."""
+    """Log-prob of each target token from a final hidden state, in float32 (``ChunkedLogProbs``).
+
+    ``hidden`` is (positions, hidden size); ``rows`` the position that predicts each target (default: the
+    positions in order, one per target); ``weight`` and ``pending`` from a ``DeferredHeadGrad`` (default:
+    the head's own weight).
+    """
     if getattr(lm_head, "bias", None) is not None:
         raise ValueError("the chunked LM head supports heads without a bias (Qwen2's)")
     device = hidden.device.type
     compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else lm_head.weight.dtype
     weight = lm_head.weight if weight is None else weight
+    rows = torch.arange(len(targets), device=hidden.device) if rows is None else rows
     with torch.autocast(device, enabled=False):  # the casts are ChunkedLogProbs's own
-        return ChunkedLogProbs.apply(hidden, weight, targets, chunk_size, compute, pending)
+        return ChunkedLogProbs.apply(hidden, weight, rows, targets, chunk_size, compute, pending)
 
 
 def _mask_dtype(model: torch.nn.Module, device: torch.device) -> torch.dtype:
@@ -336,7 +356,7 @@ def response_logps(model: torch.nn.Module, batch: Batch, chunk_size: int = LOGPS
     ``model`` may be wrapped (DDP, DeepSpeed, a peft model): it is called as it is, so the wrapper's
     forward does its work (gradient reduction, parameter gathering, accelerate's autocast), and the
     decoder's output is taken from a forward hook; the LM head is asked for no logits at all inside the
-    forward. The LM head then runs on the gathered response positions only, ``chunk_size`` tokens at a
+    forward. The LM head then runs on the response positions only, ``chunk_size`` tokens at a
     time, each chunk recomputed in backward (``ChunkedLogProbs``). The caller's autocast applies.
     """
     causal_lm = extract_model_from_parallel(model)
@@ -381,10 +401,16 @@ def response_logps(model: torch.nn.Module, batch: Batch, chunk_size: int = LOGPS
         for h in hooks:
             h.remove()
         embed.sparse = False
-    hidden = captured[-1][batch["tok_row"], batch["tok_pred"]]
-    if defer:
-        logps = token_logps(lm_head, hidden, batch["tok_target"], chunk_size, head_weight[-1], pending)
-    else:
-        logps = token_logps(lm_head, hidden, batch["tok_target"], chunk_size)
+    hidden = captured[-1]
+    rows = (batch["tok_row"] * hidden.shape[1] + batch["tok_pred"]).to(hidden.device)  # row-major positions
+    logps = token_logps(
+        lm_head,
+        hidden.flatten(0, 1),
+        batch["tok_target"],
+        chunk_size,
+        weight=head_weight[-1] if defer else None,
+        pending=pending if defer else None,
+        rows=rows,
+    )
     out = torch.zeros(len(batch["resp_len"]), dtype=torch.float32, device=logps.device)
     return out.index_add_(0, batch["tok_resp"], logps)
