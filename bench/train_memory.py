@@ -13,7 +13,9 @@ gradient:
 
 Memory is the peak resident set above the set before the step (Linux VmHWM after resetting it through
 /proc/self/clear_refs), with glibc told to serve every allocation over 64 KiB by mmap so that a freed tensor
-leaves the resident set at once. Both steps build the packed 4-D attention mask inside the measured step
+leaves the resident set at once; each step's peak is also shown by phase (the high-water mark read and reset
+at the phase's end: for the training step the forward and loss, the head's hidden-state gradient, the
+decoder's backward, the head's deferred weight gradient, the embedding's backward). Both steps build the packed 4-D attention mask inside the measured step
 (row length squared, 64 MiB at 4,096 tokens in float32), as training does. The target line is issue 21's:
 the decoder-only step plus one chunk's float32 logits (``LOGPS_CHUNK`` x vocabulary), whose gradient
 is computed in place.
@@ -24,6 +26,7 @@ is computed in place.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -40,13 +43,45 @@ def rss_mib(field: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field} (not Linux?)")
 
 
-def peak_above_baseline(model, step) -> float:
-    """Peak RSS (MiB) that ``step()`` adds to the resident set before it, from no gradients."""
-    model.zero_grad(set_to_none=True)
+def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+
+def phase_peaks(model, step) -> dict[str, float]:
+    """Peak RSS (MiB) above the resident set before ``step(mark)``, from no gradients, for each phase the
+    step ends with ``mark(name)`` (VmHWM read and reset at each mark), and for the whole step."""
+    model.zero_grad(set_to_none=True)
+    reset_peak()
     base = rss_mib("VmRSS")
-    step()
-    return rss_mib("VmHWM") - base
+    peaks: dict[str, float] = {}
+
+    def mark(name: str) -> None:
+        peaks[name] = round(rss_mib("VmHWM") - base, 1)
+        reset_peak()
+
+    step(mark)
+    return {**peaks, "whole step": max(peaks.values())}
+
+
+@contextlib.contextmanager
+def head_phases(mark):
+    """Marks the phases of the training step's backward around the chunked head's two gradient passes:
+    the hidden states' (first in backward) and the weight's (deferred until the decoder's is done)."""
+    from speech_lpo import packing
+
+    original = packing._head_grads
+
+    def traced(*args, want_hidden, want_weight):
+        mark("forward, loss" if want_hidden else "decoder backward")
+        grads = original(*args, want_hidden=want_hidden, want_weight=want_weight)
+        mark("head: hidden-state gradient" if want_hidden else "head: weight gradient")
+        return grads
+
+    packing._head_grads = traced
+    try:
+        yield
+    finally:
+        packing._head_grads = original
 
 
 GIB = 2**30
@@ -147,26 +182,30 @@ def main() -> None:
     with torch.no_grad():
         ref = response_logps(model, batch)
 
-    def decoder_only() -> None:
+    def decoder_only(mark) -> None:
         hidden = model.model(
             input_ids=batch["input_ids"],
             attention_mask=packed_attention_mask(batch["segment_ids"], torch.float32),
             position_ids=batch["position_ids"],
             use_cache=False,
         ).last_hidden_state
+        mark("forward")
         hidden[batch["tok_row"], batch["tok_pred"]].sum().backward()
+        mark("backward")
 
-    def step() -> None:
-        logps = response_logps(model, batch)
-        x = (logps - ref) / batch["resp_len"]
-        losses, _ = lpo_loss(x[batch["pair_chosen"]], x[batch["pair_rejected"]], r2=0.4)
-        losses.mean().backward()
+    def step(mark) -> None:
+        with head_phases(mark):
+            logps = response_logps(model, batch)
+            x = (logps - ref) / batch["resp_len"]
+            losses, _ = lpo_loss(x[batch["pair_chosen"]], x[batch["pair_rejected"]], r2=0.4)
+            losses.mean().backward()
+        mark("embedding backward, rest")
 
-    decoder_only()  # warm-up: first-call allocations (thread pools, kernels) are not the step's
-    figures = {
-        name: round(peak_above_baseline(model, fn), 1)
-        for name, fn in (("decoder_only", decoder_only), ("step", step))
-    }
+    decoder_only(
+        lambda _name: None
+    )  # warm-up: first-call allocations (thread pools, kernels) are not the step's
+    phases = {name: phase_peaks(model, fn) for name, fn in (("decoder_only", decoder_only), ("step", step))}
+    figures = {name: phases[name]["whole step"] for name in phases}
     chunk_mib = LOGPS_CHUNK * opts.vocab * 4 / 2**20
     target = figures["decoder_only"] + chunk_mib
     weights_mib = sum(p.numel() for p in model.parameters()) * 4 / 2**20
@@ -188,6 +227,12 @@ def main() -> None:
         f"| estimate (gradients + activations + head, docs/memory.md) | {probe:.0f} "
         f"| {probe / figures['decoder_only']:.2f}x |"
     )
+    print("\nPeak of each phase (MiB above the set before the step; the whole step's is the largest)\n")
+    print("| step | phase | peak |\n|---|---|---|")
+    for name, peaks in phases.items():
+        for phase, peak in peaks.items():
+            if phase != "whole step":
+                print(f"| {name} | {phase} | {peak:.0f} |")
     print(
         "\nPaper presets, per GPU (GiB): DeepSpeed ZeRO-2 bf16 over 8 GPUs, one group per GPU at the cap\n"
         "\n| model | task | length | gradient checkpointing | states | activations | head | total |\n"
@@ -201,7 +246,7 @@ def main() -> None:
             f"| {parts} |"
         )
     figures.update(chunk_logits_mib=round(chunk_mib, 1), target_mib=round(target, 1), row_length=length)
-    figures.update(estimate_mib=round(probe, 1))
+    figures.update(estimate_mib=round(probe, 1), phases=phases)
     figures["presets_gib"] = {
         f"{r['model']}_{r['task']}_{'ckpt' if r['checkpointing'] else 'full'}": round(r["total"] / GIB, 1)
         for r in presets

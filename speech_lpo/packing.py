@@ -257,20 +257,32 @@ class DeferredHeadGrad(torch.autograd.Function):
     """Identity on the embedding output and the LM-head weight, placed between the embedding and the
     decoder. Its backward runs once the decoder's gradient has reached the embedding output, when the
     decoder's activations are freed, and only then computes the head's weight gradient, which
-    ``ChunkedLogProbs`` left to it: the vocabulary-sized gradient never coexists with the activations."""
+    ``ChunkedLogProbs`` left to it: the vocabulary-sized gradient never coexists with the activations.
+
+    With tied weights (``ids``: the input ids the embedding looked up, its output passed in detached), the
+    embedding's gradient rows are added into the same float32 buffer, and the weight receives one gradient,
+    which autograd keeps as it is: a second one, dense or sparse, makes it allocate their sum, another
+    vocabulary-sized tensor."""
 
     @staticmethod
-    def forward(ctx, embeds, weight, pending: dict):
-        ctx.pending = pending
+    def forward(ctx, embeds, weight, ids, padding_idx: int | None, pending: dict):
+        ctx.save_for_backward(ids)
+        ctx.padding_idx, ctx.pending = padding_idx, pending
         return embeds.view_as(embeds), weight.view_as(weight)
 
     @staticmethod
     def backward(ctx, grad_embeds, _placeholder):
-        args = ctx.pending.pop(
-            "args"
-        )  # (hidden, weight, rows, targets, log_z, grad_out, chunk, compute dtype)
+        (ids,) = ctx.saved_tensors
+        args = ctx.pending.pop("args")  # ChunkedLogProbs.backward's
         grad_weight = _head_grads(*args, want_hidden=False, want_weight=True)[1]
-        return grad_embeds, grad_weight.to(args[1].dtype), None
+        if ids is None:
+            return grad_embeds, grad_weight.to(args[1].dtype), None, None, None
+        ids, rows = ids.flatten(), grad_embeds.reshape(-1, grad_weight.shape[1]).float()
+        if ctx.padding_idx is not None:  # as nn.Embedding: no gradient for the padding row
+            keep = ids != ctx.padding_idx
+            ids, rows = ids[keep], rows[keep]
+        grad_weight.index_add_(0, ids, rows)
+        return None, grad_weight.to(args[1].dtype), None, None, None
 
 
 class ChunkedLogProbs(torch.autograd.Function):
@@ -377,19 +389,28 @@ def response_logps(model: torch.nn.Module, batch: Batch, chunk_size: int = LOGPS
     captured: list[torch.Tensor] = []
     hook = decoder.register_forward_hook(lambda _m, _a, out: captured.append(out.last_hidden_state))
     # The head's weight gradient is computed after the decoder's backward (DeferredHeadGrad at the
-    # embedding's output); with tied weights the embedding's comes as a sparse tensor (its rows used), added
-    # into it in place instead of a second vocabulary-sized tensor; the weight's gradient stays dense.
-    # Neither under ZeRO-3, whose partitioned weight a view would hide from the gather.
+    # embedding's output); with tied weights the embedding's gradient is added into the same buffer there.
+    # Not under ZeRO-3, whose partitioned weight a view would hide from the gather.
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    defer = torch.is_grad_enabled() and lm_head.weight.requires_grad and not is_deepspeed_zero3_enabled()
     embed = decoder.get_input_embeddings()
-    embed.sparse = defer and embed.weight is lm_head.weight
+    tied = embed.weight is lm_head.weight
+    # the rows are added as a plain embedding's backward would make them
+    plain = not (embed.scale_grad_by_freq or embed.sparse or embed.max_norm is not None)
+    defer = (
+        torch.is_grad_enabled()
+        and lm_head.weight.requires_grad
+        and not is_deepspeed_zero3_enabled()
+        and (plain or not tied)
+    )
     pending: dict = {}
     head_weight: list[torch.Tensor] = []
 
-    def through_deferred(_m, _a, embeds):
-        embeds, weight = DeferredHeadGrad.apply(embeds, lm_head.weight, pending)
+    def through_deferred(_m, args, embeds):
+        ids, padding = (args[0], embed.padding_idx) if tied else (None, None)
+        embeds, weight = DeferredHeadGrad.apply(
+            embeds.detach() if tied else embeds, lm_head.weight, ids, padding, pending
+        )
         head_weight.append(weight)
         return embeds
 
@@ -400,7 +421,6 @@ def response_logps(model: torch.nn.Module, batch: Batch, chunk_size: int = LOGPS
     finally:
         for h in hooks:
             h.remove()
-        embed.sparse = False
     hidden = captured[-1]
     rows = (batch["tok_row"] * hidden.shape[1] + batch["tok_pred"]).to(hidden.device)  # row-major positions
     logps = token_logps(

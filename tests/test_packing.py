@@ -116,12 +116,16 @@ def full_logits_logps(model, batch):
 
 @pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize("shared_prefix", [True, False])
-def test_chunked_lm_head_equals_full_logits(tied, shared_prefix):
+@pytest.mark.parametrize("padding_idx", [None, 5])  # 5: an id the groups use
+def test_chunked_lm_head_equals_full_logits(tied, shared_prefix, padding_idx):
+    # tied: the deferred head gradient adds the embedding's rows itself, as nn.Embedding would (no
+    # embedding gradient for its padding_idx row, wherever that id occurs)
     config = tiny_qwen2_config(VOCAB, hidden_size=32)
-    config.tie_word_embeddings = tied
+    config.tie_word_embeddings, config.pad_token_id = tied, padding_idx
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config)
     assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
+    assert model.model.embed_tokens.padding_idx == padding_idx
     batch = collate_groups(random_groups(3), shared_prefix=shared_prefix)
     n_tokens = len(batch["tok_target"])
     weights = torch.randn(len(batch["resp_len"]))  # a loss that weighs every response differently
