@@ -13,12 +13,12 @@ gradient:
 
 Memory is the peak resident set above the set before the step (Linux VmHWM after resetting it through
 /proc/self/clear_refs), with glibc told to serve every allocation over 64 KiB by mmap so that a freed tensor
-leaves the resident set at once; each step's peak is also shown by phase (the high-water mark read and reset
-at the phase's end: for the training step the forward and loss, the head's hidden-state gradient, the
-decoder's backward, the head's deferred weight gradient, the embedding's backward). Both steps build the packed 4-D attention mask inside the measured step
-(row length squared, 64 MiB at 4,096 tokens in float32), as training does. The target line is issue 21's:
-the decoder-only step plus one chunk's float32 logits (``LOGPS_CHUNK`` x vocabulary), whose gradient
-is computed in place.
+leaves the resident set at once. Each step's peak is also shown by phase, the high-water mark read and
+reset at each phase's end (the training step: forward and loss, the head's hidden-state gradient, the
+decoder's backward, the head's deferred weight gradient, the gradient's accumulation into the weight).
+Both steps build the packed 4-D attention mask inside the measured step (row length squared, 64 MiB at
+4,096 tokens in float32), as training does. The target line is issue 21's: the decoder-only step plus one
+chunk's float32 logits (``LOGPS_CHUNK`` x vocabulary), whose gradient is computed in place.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/train_memory.py [--responses 1000] [--vocab 168320]
 """
@@ -199,7 +199,7 @@ def main() -> None:
             x = (logps - ref) / batch["resp_len"]
             losses, _ = lpo_loss(x[batch["pair_chosen"]], x[batch["pair_rejected"]], r2=0.4)
             losses.mean().backward()
-        mark("embedding backward, rest")
+        mark("accumulation into the weight, rest")
 
     decoder_only(
         lambda _name: None

@@ -18,10 +18,10 @@ positions that predict a response token go through the LM head and log-softmax a
 time, each chunk gathered from the decoder's output as it is used and recomputed in backward, so memory
 grows with the chunk times the vocabulary (151,936 + audio rows for Qwen2.5), not with the response tokens
 times the vocabulary, and no copy of the response positions' hidden states (or of their gradient) is made
-beside the decoder's output. As TRL
-1.16's chunked head does it: the matmul in the weights' (or autocast's) dtype, the log-softmax and both
-gradient GEMMs accumulated in float32, the LM-head weight's gradient accumulated in place in one float32
-buffer across chunks (as Liger's fused linear losses do), and under ZeRO-3 the head gathered once per pass.
+beside the decoder's output. As TRL 1.16's chunked head does it: the matmul in the weights' (or
+autocast's) dtype, the log-softmax and both gradient GEMMs accumulated in float32, the LM-head weight's
+gradient accumulated in place in one float32 buffer across chunks (as Liger's fused linear losses do),
+and under ZeRO-3 the head gathered once per pass.
 
 Rows are padded to a multiple of 64 (``PAD_MULTIPLE``): a length that is not a multiple of 8 makes PyTorch
 copy the padded 4-D mask in every layer, and few distinct lengths mean few kernel shapes.
@@ -250,6 +250,7 @@ def _head_grads(
                 grad_hidden.index_add_(0, at, part)
             if grad_weight is not None:
                 _addmm_fp32(grad_weight, grad.T, h)
+            del grad  # as in forward: one chunk of logits at a time
     return grad_hidden, grad_weight
 
 
@@ -310,6 +311,7 @@ class ChunkedLogProbs(torch.autograd.Function):
                 # logsumexp in place: torch.logsumexp would hold a second chunk-sized buffer
                 peak = logits.amax(dim=-1, keepdim=True)
                 log_z[s : s + chunk] = logits.sub_(peak).exp_().sum(dim=-1).log_() + peak.squeeze(1)
+                del logits  # else it lives on while the next chunk's logits are made: two chunks at once
         ctx.save_for_backward(hidden, weight, rows, targets, log_z)
         ctx.chunk, ctx.compute_dtype, ctx.pending = chunk, compute_dtype, pending
         return out - log_z
@@ -396,7 +398,9 @@ def response_logps(model: torch.nn.Module, batch: Batch, chunk_size: int = LOGPS
     embed = decoder.get_input_embeddings()
     tied = embed.weight is lm_head.weight
     # the rows are added as a plain embedding's backward would make them
-    plain = not (embed.scale_grad_by_freq or embed.sparse or embed.max_norm is not None)
+    plain = isinstance(embed, torch.nn.Embedding) and not (
+        embed.scale_grad_by_freq or embed.sparse or embed.max_norm is not None
+    )
     defer = (
         torch.is_grad_enabled()
         and lm_head.weight.requires_grad
