@@ -77,16 +77,17 @@ def step0(opts: argparse.Namespace, size: dict, autocast: torch.dtype | None, de
     model = tt.bench_model(size["vocab"], size["hidden"], size["layers"]).to(device)
     groups = list(with_ref_logps(model, tt.make_groups(opts.shape, 8, size["vocab"]), 8, autocast=autocast))
     model.train()  # as the trainer's first step (Qwen2 has no dropout: the same function)
-    x1, x2 = [], []
     precision = torch.autocast(device.type, dtype=autocast, enabled=autocast is not None)
+    # one batch of the 8 groups, as ref-logps batched them and as train (same --batch_size) does: another
+    # batch shape gives other roundings under autocast (per group: |x2| up to 8e-5 in bf16 on the CPU)
     with torch.no_grad(), precision:
-        for group in groups:
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate_groups([group]).items()}
-            logps, lengths = response_logps(model, batch), batch["resp_len"].float()
-            c, r = batch["pair_chosen"], batch["pair_rejected"]
-            ref_r = torch.tensor(group.ref_rejected_logp, device=device)
-            x1 += ((logps[c] - group.ref_chosen_logp) / lengths[c]).tolist()
-            x2 += ((logps[r] - ref_r) / lengths[r]).tolist()
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate_groups(groups).items()}
+        logps, lengths = response_logps(model, batch), batch["resp_len"].float()
+    c, r = batch["pair_chosen"], batch["pair_rejected"]  # pairs group by group, k of them each
+    ref_c = torch.tensor([g.ref_chosen_logp for g in groups for _ in range(g.k)], device=device)
+    ref_r = torch.tensor([x for g in groups for x in g.ref_rejected_logp], device=device)
+    x1 = ((logps[c] - ref_c) / lengths[c]).tolist()
+    x2 = ((logps[r] - ref_r) / lengths[r]).tolist()
     return {
         "precision": f"float32 weights, {autocast or 'no'} autocast in both",
         "max_abs_x1": max(map(abs, x1)),
