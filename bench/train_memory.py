@@ -201,9 +201,8 @@ def main() -> None:
             losses.mean().backward()
         mark("accumulation into the weight, rest")
 
-    decoder_only(
-        lambda _name: None
-    )  # warm-up: first-call allocations (thread pools, kernels) are not the step's
+    # warm-up: first-call allocations (thread pools, kernels) are not the step's
+    decoder_only(lambda _name: None)
     phases = {name: phase_peaks(model, fn) for name, fn in (("decoder_only", decoder_only), ("step", step))}
     figures = {name: phases[name]["whole step"] for name in phases}
     chunk_mib = LOGPS_CHUNK * opts.vocab * 4 / 2**20
