@@ -68,6 +68,19 @@ def test_recipe_options(recipe):
     assert shown.returncode == 0 and "--stop_stage 100" in shown.stdout and "--ngpu 0" in shown.stdout
     bad = bash(f"bash {run} --no_such_option 1", RECIPES)
     assert bad.returncode == 2 and "unknown option --no_such_option" in bad.stderr
+    # a boolean's value is run as a command (`${sft_seeds} && ...`): "yes" would print forever
+    for value in ("yes", "1", ""):
+        bad = bash(f"bash {run} --sft_seeds '{value}' --stage 99", RECIPES)
+        assert bad.returncode == 2 and f"--sft_seeds takes true or false, not '{value}'" in bad.stderr
+    assert "--force takes true or false, not 'no'" in bash(f"bash {run} --force=no", RECIPES).stderr
+
+
+def test_whisper_row_takes_auto_true_or_false():
+    run = RECIPES / "librispeech/run.sh"
+    shown = bash(f"bash {run} --whisper_row true --help", RECIPES)
+    assert shown.returncode == 0 and "--whisper_row true" in shown.stdout
+    bad = bash(f"bash {run} --whisper_row maybe", RECIPES)
+    assert bad.returncode == 2 and "--whisper_row takes true or false (or auto), not 'maybe'" in bad.stderr
 
 
 def test_multi_gpu_commands_are_assembled(tmp_path):
